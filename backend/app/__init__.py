@@ -1,0 +1,3 @@
+"""one-system API core."""
+
+__version__ = "0.2.0"

@@ -1,0 +1,37 @@
+"""boto3 clients with bounded waits: every AWS call answers or fails within seconds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+    from app.core.config import DatabaseSettings
+
+
+def client_config(settings: DatabaseSettings) -> Config:
+    return Config(
+        connect_timeout=settings.aws_connect_timeout_seconds,
+        read_timeout=settings.aws_read_timeout_seconds,
+        retries={"max_attempts": settings.aws_max_attempts, "mode": "standard"},
+    )
+
+
+@overload
+def aws_client(
+    service: Literal["cognito-idp"], settings: DatabaseSettings
+) -> CognitoIdentityProviderClient: ...
+@overload
+def aws_client(
+    service: Literal["secretsmanager"], settings: DatabaseSettings
+) -> SecretsManagerClient: ...
+def aws_client(service: str, settings: DatabaseSettings) -> Any:
+    # Endpoints for local emulators come from boto3's own AWS_ENDPOINT_URL* variables.
+    return boto3.client(  # type: ignore[call-overload]
+        service, region_name=settings.aws_region, config=client_config(settings)
+    )

@@ -1,0 +1,243 @@
+"""Settings, read once from the environment (and `.env` locally).
+
+Field names are the spec's (`DB_HOST`, `COGNITO_USER_POOL_ID`, ...). When `DB_SECRET_ID` is set the
+database credentials come from that AWS Secrets Manager secret (the RDS secret JSON) instead of the
+`DB_*` variables, which is how the service runs on EC2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import URL
+
+_SETTINGS_CONFIG = SettingsConfigDict(
+    env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+)
+
+
+class ConfigError(RuntimeError):
+    """The service cannot start with the configuration it was given."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseCredentials:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: SecretStr
+
+    def url(self) -> URL:
+        return URL.create(
+            "postgresql+asyncpg",
+            username=self.user,
+            password=self.password.get_secret_value(),
+            host=self.host,
+            port=self.port,
+            database=self.name,
+        )
+
+
+class DatabaseSettings(BaseSettings):
+    """What it takes to reach the database; enough on its own for Alembic."""
+
+    model_config = _SETTINGS_CONFIG
+
+    db_host: str | None = None
+    db_port: int = Field(default=5432, ge=1, le=65535)
+    db_name: str | None = None
+    db_user: str | None = None
+    db_password: SecretStr | None = None
+    db_secret_id: str | None = None
+    aws_region: str | None = None
+
+    # Every wait is bounded and shorter than the Cognito calls (5 s) and the proxies (30 s, 60 s).
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=2, ge=0)
+    db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    db_statement_timeout_seconds: float = Field(default=5.0, gt=0)
+    aws_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    aws_read_timeout_seconds: float = Field(default=5.0, gt=0)
+    aws_max_attempts: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _credentials_have_a_source(self) -> DatabaseSettings:
+        if self.db_secret_id is None:
+            missing = [
+                name.upper()
+                for name in ("db_host", "db_name", "db_user", "db_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    "set DB_SECRET_ID, or all of DB_HOST, DB_NAME, DB_USER, DB_PASSWORD "
+                    f"(missing: {', '.join(missing)})"
+                )
+        return self
+
+    def credentials_from_env(self) -> DatabaseCredentials:
+        # The model validator guarantees these when no secret is configured.
+        assert self.db_host is not None
+        assert self.db_name is not None
+        assert self.db_user is not None
+        assert self.db_password is not None
+        return DatabaseCredentials(
+            host=self.db_host,
+            port=self.db_port,
+            name=self.db_name,
+            user=self.db_user,
+            password=self.db_password,
+        )
+
+
+class Settings(DatabaseSettings):
+    """Everything the API needs at runtime."""
+
+    aws_region: str  # required here; Alembic needs only the database fields
+    cognito_user_pool_id: str
+    cognito_app_client_id: str
+    s3_attachments_bucket: str
+    s3_exports_bucket: str
+    s3_audit_bucket: str
+    s3_landing_bucket: str
+    sqs_notification_queue_url: str
+    sqs_export_queue_url: str
+    environment: str = "development"
+
+    cognito_jwks_url: str | None = None
+    cognito_domain: str | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "INFO"
+    health_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, origins: list[str]) -> list[str]:
+        # Browsers send the bearer token from the SPA only; an explicit list keeps other sites out.
+        if "*" in origins:
+            raise ValueError("CORS_ORIGINS must list origins explicitly; '*' is not allowed")
+        return [origin.rstrip("/") for origin in origins]
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, level: str) -> str:
+        level = level.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @cached_property
+    def cognito_issuer(self) -> str:
+        # Real Cognito and the local emulator issue tokens with this same `iss`.
+        return f"https://cognito-idp.{self.aws_region}.amazonaws.com/{self.cognito_user_pool_id}"
+
+    @cached_property
+    def jwks_url(self) -> str:
+        return self.cognito_jwks_url or f"{self.cognito_issuer}/.well-known/jwks.json"
+
+
+def _describe(error: ValidationError) -> str:
+    missing = [
+        str(problem["loc"][0]).upper() for problem in error.errors() if problem["type"] == "missing"
+    ]
+    other = [
+        f"{str(problem['loc'][0]).upper() if problem['loc'] else 'settings'}: {problem['msg']}"
+        for problem in error.errors()
+        if problem["type"] != "missing"
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing required settings: {', '.join(missing)}")
+    parts.extend(other)
+    return "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning pydantic's report into one line that names every problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_database_settings(**overrides: Any) -> DatabaseSettings:
+    try:
+        return DatabaseSettings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+_SECRET_KEYS = ("host", "port", "username", "password", "dbname")
+
+
+def parse_database_secret(secret_id: str, secret_string: str | None) -> DatabaseCredentials:
+    """Read an RDS-style secret. Errors name the secret and the problem, never its value."""
+    try:
+        document = json.loads(secret_string or "")
+    except ValueError:
+        raise ConfigError(f"secret {secret_id!r} is not a JSON object") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"secret {secret_id!r} is not a JSON object")
+    missing = [key for key in _SECRET_KEYS if document.get(key) in (None, "")]
+    if missing:
+        raise ConfigError(f"secret {secret_id!r} lacks required keys: {', '.join(missing)}")
+    try:
+        port = int(document["port"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"secret {secret_id!r} has a port that is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"secret {secret_id!r} has a port out of range")
+    return DatabaseCredentials(
+        host=str(document["host"]),
+        port=port,
+        name=str(document["dbname"]),
+        user=str(document["username"]),
+        password=SecretStr(str(document["password"])),
+    )
+
+
+def fetch_database_credentials(settings: DatabaseSettings) -> DatabaseCredentials:
+    """The credentials to connect with: from Secrets Manager when DB_SECRET_ID is set.
+
+    Blocking (boto3): call it from a worker thread on the request path.
+    """
+    if settings.db_secret_id is None:
+        return settings.credentials_from_env()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from app.core.aws import aws_client
+
+    client = aws_client("secretsmanager", settings)
+    try:
+        response = client.get_secret_value(SecretId=settings.db_secret_id)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "unknown")
+        raise ConfigError(f"cannot read secret {settings.db_secret_id!r}: {code}") from None
+    except BotoCoreError as error:
+        raise ConfigError(
+            f"cannot read secret {settings.db_secret_id!r}: {type(error).__name__}"
+        ) from None
+    return parse_database_secret(settings.db_secret_id, response.get("SecretString"))
+
+
+def load_database_url() -> str:
+    """The SQLAlchemy URL Alembic migrates, from the same settings the API uses."""
+    credentials = fetch_database_credentials(load_database_settings())
+    return credentials.url().render_as_string(hide_password=False)

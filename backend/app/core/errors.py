@@ -1,0 +1,176 @@
+"""Domain errors and the one place that turns errors into JSON responses.
+
+Every error body has FastAPI's `detail` plus a stable machine-readable `code` and the request id.
+Services raise the domain errors below; they never build HTTP responses themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.logging import request_id_var
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+class DomainError(Exception):
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+class InvalidInputError(DomainError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class NotAuthenticatedError(DomainError):
+    status_code = 401
+    code = "not_authenticated"
+
+    def __init__(self, detail: str = "Not authenticated", *, token_sent: bool = False) -> None:
+        challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class ForbiddenError(DomainError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFoundError(DomainError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(DomainError):
+    status_code = 409
+    code = "conflict"
+
+
+class TooManyRequestsError(DomainError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class ServiceUnavailableError(DomainError):
+    status_code = 503
+    code = "service_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (`detail` is a list for request validation errors)."""
+
+    detail: str | list[dict[str, Any]]
+    code: str
+    request_id: str | None = None
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    detail: str | list[dict[str, Any]],
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {"detail": detail, "code": code, "request_id": request_id_var.get()}
+    return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)
+
+
+# Connection-level failures only: a query that is wrong is a bug and must stay a 500.
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _is_database_unavailable(error: BaseException) -> bool:
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, DATABASE_UNAVAILABLE_ERRORS)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+async def _domain_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DomainError)
+    return error_response(error.status_code, error.code, error.detail, error.headers)
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    # `input` may echo a password or a token back: keep only where and what went wrong.
+    problems = [
+        {"loc": problem.get("loc", ()), "msg": problem.get("msg", ""), "type": problem.get("type")}
+        for problem in error.errors()
+    ]
+    return error_response(422, "validation_error", problems)
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    code = _HTTP_CODES.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail), error.headers)
+
+
+async def _dependency_error(request: Request, error: Exception) -> JSONResponse:
+    if not _is_database_unavailable(error):
+        return await _unexpected_error(request, error)
+    logger.warning("dependency unavailable: %s", type(error).__name__)
+    if isinstance(error, sqlalchemy.exc.SQLAlchemyError):
+        code, detail = "database_unavailable", "The database is unavailable; try again shortly"
+    else:
+        code, detail = "service_unavailable", "A dependency is unavailable; try again shortly"
+    return error_response(503, code, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    logger.error("unhandled error", exc_info=error)
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    dependency_errors: tuple[type[Exception], ...] = (
+        sqlalchemy.exc.DBAPIError,
+        *DATABASE_UNAVAILABLE_ERRORS,
+    )
+    for error_type in dependency_errors:
+        app.add_exception_handler(error_type, _dependency_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,81 @@
+"""Application factory. `uvicorn app.main:app` serves the app built from the environment."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api.v1 import api_router
+from app.api.v1.health import router as health_router
+from app.core.config import Settings, fetch_database_credentials, load_settings
+from app.core.db import create_engine, create_sessionmaker, database_is_reachable
+from app.core.errors import ErrorResponse, register_error_handlers
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+
+logger = logging.getLogger(__name__)
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[Any]]:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
+        engine = create_engine(settings, credentials)
+        # A database that is down at startup must not stop the process: /health reports it
+        # and the pool reconnects once it is back.
+        if await database_is_reachable(engine, settings.health_timeout_seconds):
+            logger.info("database reachable", extra={"db_host": credentials.host})
+        else:
+            logger.warning("database unreachable at startup", extra={"db_host": credentials.host})
+        try:
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "sessionmaker": create_sessionmaker(engine),
+            }
+        finally:
+            await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="one-system API",
+        version=__version__,
+        description="Complaint case management: authentication, users and reference data.",
+        lifespan=_lifespan(settings),
+        responses={500: {"model": ErrorResponse, "description": "Unexpected error"}},
+    )
+    register_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Location", "Retry-After", "ETag"],
+        max_age=600,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health_router)
+    app.include_router(api_router, prefix="/api/v1")
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # Built on first access rather than at import, so tests and tools can import this module
+    # (and call create_app with their own settings) without a production environment.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
