@@ -153,35 +153,39 @@ class Settings(DatabaseSettings):
         return self.cognito_jwks_url or f"{self.cognito_issuer}/.well-known/jwks.json"
 
 
-def _describe(error: ValidationError) -> str:
-    missing = [
-        str(problem["loc"][0]).upper() for problem in error.errors() if problem["type"] == "missing"
-    ]
-    other = [
-        f"{str(problem['loc'][0]).upper() if problem['loc'] else 'settings'}: {problem['msg']}"
-        for problem in error.errors()
-        if problem["type"] != "missing"
-    ]
-    parts = []
+def _problems(error: ValidationError) -> list[str]:
+    problems = []
+    missing = [str(p["loc"][0]).upper() for p in error.errors() if p["type"] == "missing"]
     if missing:
-        parts.append(f"missing required settings: {', '.join(missing)}")
-    parts.extend(other)
-    return "; ".join(parts)
+        problems.append(f"missing required settings: {', '.join(missing)}")
+    for problem in error.errors():
+        if problem["type"] != "missing":
+            where = f"{str(problem['loc'][0]).upper()}: " if problem["loc"] else ""
+            # `msg` only: pydantic's full text would echo the offending value, maybe a secret.
+            problems.append(f"{where}{problem['msg'].removeprefix('Value error, ')}")
+    return problems
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning pydantic's report into one line that names every problem."""
+    """Read the settings; on failure, one message that names every problem."""
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        problems = _problems(error)
+    # The database rule spans several fields and only runs once they parse; check it too so that
+    # the first message is the complete one.
+    try:
+        DatabaseSettings(**overrides)
+    except ValidationError as error:
+        problems += [problem for problem in _problems(error) if problem not in problems]
+    raise ConfigError("; ".join(problems))
 
 
 def load_database_settings(**overrides: Any) -> DatabaseSettings:
     try:
         return DatabaseSettings(**overrides)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError("; ".join(_problems(error))) from None
 
 
 _SECRET_KEYS = ("host", "port", "username", "password", "dbname")

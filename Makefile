@@ -1,0 +1,47 @@
+# The two commands that matter: `make run` and `make test`. Both set everything up themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export PYTHONPATH := backend
+
+.PHONY: help run test lint typecheck migrations-check pytest tools bench fuzz soak clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP) ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + local Cognito unless configured)
+	$(PY) -m devtools.run
+
+tools: ## Install the system tools the checks need (nginx, hadolint, shellcheck, ...)
+	@bash scripts/install_test_tools.sh
+
+lint: $(STAMP) ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP) ## mypy, strict on backend/app
+	$(VENV)/bin/mypy
+
+migrations-check: $(STAMP) ## alembic check on a throwaway embedded database
+	$(PY) -m devtools.migrations_check
+
+pytest: $(STAMP) tools ## The test suite (real PostgreSQL, moto Cognito)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck migrations-check pytest ## Everything CI runs
+
+clean: ## Remove the venv, caches and local data
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache
