@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,6 +20,7 @@ from app.core.db import create_engine, create_sessionmaker, database_is_reachabl
 from app.core.errors import ErrorResponse, register_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.security import AccessTokenVerifier, JWKSCache
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +36,24 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             logger.info("database reachable", extra={"db_host": credentials.host})
         else:
             logger.warning("database unreachable at startup", extra={"db_host": credentials.host})
+        jwks = JWKSCache(settings.jwks_url)
+        # Warm the key cache without holding up startup: tokens verify once it lands, and a
+        # Cognito outage now only means the first requests fetch the keys themselves.
+        preload = asyncio.create_task(jwks.preload())
         try:
             yield {
                 "settings": settings,
                 "engine": engine,
                 "sessionmaker": create_sessionmaker(engine),
+                "token_verifier": AccessTokenVerifier(
+                    jwks,
+                    issuer=settings.cognito_issuer,
+                    client_id=settings.cognito_app_client_id,
+                ),
             }
         finally:
+            preload.cancel()
+            await jwks.aclose()
             await engine.dispose()
 
     return lifespan

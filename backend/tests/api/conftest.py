@@ -1,0 +1,178 @@
+"""The app under test: built by `create_app`, its lifespan run, spoken to over ASGI with httpx."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.config import Settings
+from app.core.db import get_session
+from app.core.roles import Role
+from app.main import create_app
+from app.models.user import User
+from tests.support.jwt_tokens import (
+    TEST_CLIENT_ID,
+    TEST_REGION,
+    TEST_USER_POOL_ID,
+    JWKSServer,
+    access_token_claims,
+    mint_token,
+    shared_rsa_key,
+)
+
+SIGNING_KEY_ID = "test-signing-key-1"
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for a test app: only what the tests say, nothing from the environment or `.env`."""
+    url = make_url(database_url)
+    values: dict[str, Any] = {
+        "db_host": url.host,
+        "db_port": url.port or 5432,
+        "db_name": url.database,
+        "db_user": url.username,
+        "db_password": url.password or "unused",
+        "db_secret_id": None,
+        "aws_region": TEST_REGION,
+        "cognito_user_pool_id": TEST_USER_POOL_ID,
+        "cognito_app_client_id": TEST_CLIENT_ID,
+        "s3_attachments_bucket": "attachments",
+        "s3_exports_bucket": "exports",
+        "s3_audit_bucket": "audit",
+        "s3_landing_bucket": "landing",
+        "sqs_notification_queue_url": "http://localhost/notifications",
+        "sqs_export_queue_url": "http://localhost/exports",
+        "environment": "test",
+        "cors_origins": ["https://spa.example.gov"],
+        "health_timeout_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class _WithLifespanState:
+    """Hands the lifespan state to each request, as an ASGI server does."""
+
+    def __init__(self, app: ASGIApp, state: Mapping[str, Any]) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app({**scope, "state": dict(self.state)}, receive, send)
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and yield a client that talks to it over ASGI."""
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=_WithLifespanState(app, state or {}))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+def jwks_server() -> Iterator[JWKSServer]:
+    """The user pool's JWKS, served over real HTTP on loopback."""
+    with JWKSServer(shared_rsa_key(SIGNING_KEY_ID)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def app_settings(database_url: str, jwks_server: JWKSServer) -> Settings:
+    return make_settings(database_url, cognito_jwks_url=jwks_server.url)
+
+
+def token_for(user: User, **claims: object) -> str:
+    """A valid access token for `user`, signed by the key the test JWKS serves."""
+    return mint_token(
+        access_token_claims(sub=user.cognito_user_id, username=user.email, **claims),
+        shared_rsa_key(SIGNING_KEY_ID),
+    )
+
+
+def auth_headers(user: User, **claims: object) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user, **claims)}"}
+
+
+class UserFactory(Protocol):
+    async def __call__(
+        self,
+        role: Role = Role.ADMIN,
+        *,
+        province: str | None = None,
+        is_active: bool = True,
+        email: str | None = None,
+        full_name: str | None = None,
+    ) -> User: ...
+
+
+@pytest.fixture
+def make_user(db_session: AsyncSession) -> UserFactory:
+    """Insert a user row (no Cognito side) in the test's transaction."""
+
+    async def create(
+        role: Role = Role.ADMIN,
+        *,
+        province: str | None = None,
+        is_active: bool = True,
+        email: str | None = None,
+        full_name: str | None = None,
+    ) -> User:
+        unique = uuid.uuid4().hex[:12]
+        if role is Role.OFFICER and province is None:
+            province = "Chiang Mai"
+        user = User(
+            cognito_user_id=str(uuid.uuid4()),
+            email=email or f"{role.lower()}-{unique}@example.gov",
+            full_name=full_name or f"Test {role.title()} {unique}",
+            role=role,
+            responsible_province=province,
+            is_active=is_active,
+        )
+        db_session.add(user)
+        await db_session.flush()
+        return user
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def app(app_settings: Settings) -> FastAPI:
+    return create_app(app_settings)
+
+
+@pytest.fixture(scope="session")
+async def session_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(app) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, session_client: httpx.AsyncClient, db_session: AsyncSession
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests run inside the test's transaction, rolled back afterwards."""
+
+    async def session_in_test_transaction() -> AsyncIterator[AsyncSession]:
+        # Same contract as get_session: commit on success (a savepoint here), roll back on error.
+        try:
+            yield db_session
+            await db_session.commit()
+        except BaseException:
+            await db_session.rollback()
+            raise
+
+    app.dependency_overrides[get_session] = session_in_test_transaction
+    try:
+        yield session_client
+    finally:
+        app.dependency_overrides.pop(get_session, None)
