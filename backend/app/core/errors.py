@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.logging import request_id_var
+from app.core.middleware import REQUEST_ID_SCOPE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,18 @@ class ErrorResponse(BaseModel):
 
 
 def error_response(
+    request: Request,
     status_code: int,
     code: str,
     detail: str | list[dict[str, Any]],
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"detail": detail, "code": code, "request_id": request_id_var.get()}
-    return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)
+    request_id = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    body = {"detail": detail, "code": code, "request_id": request_id}
+    response = JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    return response
 
 
 # Connection-level failures only: a query that is wrong is a bug and must stay a 500.
@@ -126,25 +132,25 @@ _HTTP_CODES = {
 }
 
 
-async def _domain_error(_: Request, error: Exception) -> JSONResponse:
+async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
-    return error_response(error.status_code, error.code, error.detail, error.headers)
+    return error_response(request, error.status_code, error.code, error.detail, error.headers)
 
 
-async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     # `input` may echo a password or a token back: keep only where and what went wrong.
     problems = [
         {"loc": problem.get("loc", ()), "msg": problem.get("msg", ""), "type": problem.get("type")}
         for problem in error.errors()
     ]
-    return error_response(422, "validation_error", problems)
+    return error_response(request, 422, "validation_error", problems)
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     code = _HTTP_CODES.get(error.status_code, "http_error")
-    return error_response(error.status_code, code, str(error.detail), error.headers)
+    return error_response(request, error.status_code, code, str(error.detail), error.headers)
 
 
 async def _dependency_error(request: Request, error: Exception) -> JSONResponse:
@@ -155,12 +161,18 @@ async def _dependency_error(request: Request, error: Exception) -> JSONResponse:
         code, detail = "database_unavailable", "The database is unavailable; try again shortly"
     else:
         code, detail = "service_unavailable", "A dependency is unavailable; try again shortly"
-    return error_response(503, code, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return error_response(request, 503, code, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
-    logger.error("unhandled error", exc_info=error)
-    return error_response(500, "internal_error", "Internal server error")
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # Runs in Starlette's outermost middleware, after the request context was left: restore it
+    # so the traceback's log line names the request.
+    token = request_id_var.set(request.scope.get(REQUEST_ID_SCOPE_KEY))
+    try:
+        logger.error("unhandled error", exc_info=error)
+    finally:
+        request_id_var.reset(token)
+    return error_response(request, 500, "internal_error", "Internal server error")
 
 
 def register_error_handlers(app: FastAPI) -> None:

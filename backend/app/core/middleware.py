@@ -13,6 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.logging import request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
+# Also kept in the scope: Starlette's outermost error middleware answers a crash after this
+# middleware has returned, and must still be able to name the request.
+REQUEST_ID_SCOPE_KEY = "one_system.request_id"
 _ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 access_logger = logging.getLogger("app.access")
@@ -36,6 +39,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_code = 500

@@ -1,0 +1,118 @@
+"""Sign in to Cognito and print an access token: `python -m app.cli.token --email ...`.
+
+Uses InitiateAuth with USER_PASSWORD_AUTH (the app client must allow it) and answers a
+NEW_PASSWORD_REQUIRED challenge when `--new-password` is given (a user's first sign-in with the
+temporary password from the invitation). Works against real Cognito and, through boto3's
+AWS_ENDPOINT_URL_COGNITO_IDP, the local emulator. The password is asked for when not given, so
+it need not appear in shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+
+
+class SignInError(RuntimeError):
+    pass
+
+
+def _secret_hash(username: str, client_id: str, client_secret: str) -> str:
+    digest = hmac.new(
+        client_secret.encode(), (username + client_id).encode(), hashlib.sha256
+    ).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _client(region: str) -> CognitoIdentityProviderClient:
+    # Sign-in calls are public: no AWS credentials are needed or used.
+    config = Config(signature_version=UNSIGNED, connect_timeout=2, read_timeout=5)
+    return boto3.client("cognito-idp", region_name=region, config=config)
+
+
+def sign_in(
+    *,
+    email: str,
+    password: str,
+    client_id: str,
+    region: str,
+    client_secret: str | None = None,
+    new_password: str | None = None,
+) -> str:
+    """Return an access token for the user, or raise SignInError saying why not."""
+    cognito = _client(region)
+    parameters = {"USERNAME": email, "PASSWORD": password}
+    if client_secret:
+        parameters["SECRET_HASH"] = _secret_hash(email, client_id, client_secret)
+    try:
+        response: Any = cognito.initiate_auth(
+            ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH", AuthParameters=parameters
+        )
+        if response.get("ChallengeName") == "NEW_PASSWORD_REQUIRED":
+            if not new_password:
+                raise SignInError(
+                    "Cognito requires a new password on first sign-in: pass --new-password"
+                )
+            answers = {"USERNAME": email, "NEW_PASSWORD": new_password}
+            if client_secret:
+                answers["SECRET_HASH"] = parameters["SECRET_HASH"]
+            response = cognito.respond_to_auth_challenge(
+                ClientId=client_id,
+                ChallengeName="NEW_PASSWORD_REQUIRED",
+                Session=response["Session"],
+                ChallengeResponses=answers,
+            )
+        elif "ChallengeName" in response:
+            raise SignInError(f"unsupported challenge {response['ChallengeName']}")
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "unknown")
+        raise SignInError(f"sign-in refused: {code}") from None
+    except BotoCoreError as error:
+        raise SignInError(f"Cognito unreachable: {type(error).__name__}") from None
+    return str(response["AuthenticationResult"]["AccessToken"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--email", required=True)
+    parser.add_argument("--password", help="asked for when omitted")
+    parser.add_argument("--new-password", help="answer to NEW_PASSWORD_REQUIRED")
+    parser.add_argument("--client-id", default=os.environ.get("COGNITO_APP_CLIENT_ID"))
+    parser.add_argument("--client-secret", default=os.environ.get("COGNITO_APP_CLIENT_SECRET"))
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION"))
+    args = parser.parse_args(argv)
+    if not args.client_id or not args.region:
+        parser.error("--client-id and --region (or COGNITO_APP_CLIENT_ID, AWS_REGION) are needed")
+    password = args.password or getpass.getpass("Password: ")
+    try:
+        token = sign_in(
+            email=args.email,
+            password=password,
+            client_id=args.client_id,
+            region=args.region,
+            client_secret=args.client_secret,
+            new_password=args.new_password,
+        )
+    except SignInError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

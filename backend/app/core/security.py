@@ -1,0 +1,439 @@
+"""Verification of Cognito access tokens against the user pool's JWKS.
+
+`AccessTokenVerifier.verify` accepts a token only when every check of the auth contract passes and
+raises `TokenError` for anything else. `JWKSCache` fetches the pool's signing keys over HTTPS,
+builds each key object once per fetch, and bounds how often untrusted input (an unknown `kid`) can
+make it go back to the network.
+
+Nothing here knows about FastAPI: the request dependency maps `JWKSUnavailableError` to 503 and any
+other `TokenError` to 401. `str(error)` is written for logs; it never contains token contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+from cachetools import LRUCache
+
+# python-jose ships no type information; the ignore is marked so it stays quiet if a mypy override
+# for jose is added to the project config later.
+from jose.backends import RSAKey  # type: ignore[import-untyped, unused-ignore]
+from jose.exceptions import JWKError  # type: ignore[import-untyped, unused-ignore]
+
+__all__ = [
+    "AccessClaims",
+    "AccessTokenVerifier",
+    "JWKSCache",
+    "JWKSUnavailableError",
+    "TokenError",
+    "VerificationKey",
+    "cognito_issuer",
+    "cognito_jwks_url",
+]
+
+logger = logging.getLogger(__name__)
+
+# Cognito signs with RS256 only. Anything else in a header is an attack or a misconfiguration, and
+# accepting a second algorithm is how algorithm-confusion bugs start.
+ALGORITHM: Final = "RS256"
+_MIN_RSA_BITS: Final = 2048
+_MAX_KID_LENGTH: Final = 256
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class TokenError(Exception):
+    """The token is not acceptable. The message is a precise reason, meant for logs only."""
+
+
+class JWKSUnavailableError(TokenError):
+    """The token's key could not be found because no usable JWKS could be obtained."""
+
+
+class _InvalidJWKSError(Exception):
+    """A fetched JWKS document cannot be used."""
+
+
+def cognito_issuer(region: str, user_pool_id: str) -> str:
+    return f"https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
+
+
+def cognito_jwks_url(region: str, user_pool_id: str) -> str:
+    return f"{cognito_issuer(region, user_pool_id)}/.well-known/jwks.json"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    sub: str
+    username: str | None
+    client_id: str
+    token_use: str
+    exp: int
+    iat: int
+    jti: str | None
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """One RSA public key from the JWKS, built once per fetch and shared by every request."""
+
+    kid: str
+    alg: str | None  # the JWK's own `alg`, when it names one
+    key: Any  # jose's RSAKey bound to RS256; jose is untyped
+
+    def verify(self, signing_input: bytes, signature: bytes) -> bool:
+        try:
+            return bool(self.key.verify(signing_input, signature))
+        except (JWKError, ValueError, TypeError):
+            return False
+
+
+def _build_keys(body: bytes) -> dict[str, VerificationKey]:
+    """Parse a JWKS document; skip keys we cannot use, fail only if none is left."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError) as error:
+        raise _InvalidJWKSError(f"not JSON: {type(error).__name__}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise _InvalidJWKSError('not a {"keys": [...]} object')
+
+    keys: dict[str, VerificationKey] = {}
+    duplicated: set[str] = set()
+    for index, jwk in enumerate(document["keys"]):
+        try:
+            key = _build_key(jwk)
+        except _InvalidJWKSError as error:
+            logger.warning("JWKS key #%d skipped: %s", index, error)
+            continue
+        if key.kid in keys or key.kid in duplicated:
+            # Two keys under one kid make the choice ambiguous; trust neither.
+            duplicated.add(key.kid)
+            keys.pop(key.kid, None)
+            logger.warning("JWKS key #%d skipped: duplicate kid %r", index, key.kid)
+            continue
+        keys[key.kid] = key
+    if not keys:
+        raise _InvalidJWKSError("no usable RS256 signing key")
+    return keys
+
+
+def _build_key(jwk: object) -> VerificationKey:
+    if not isinstance(jwk, dict):
+        raise _InvalidJWKSError("not an object")
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+        raise _InvalidJWKSError("kid missing or not a short string")
+    if jwk.get("kty") != "RSA":
+        raise _InvalidJWKSError(f"kid {kid!r}: kty is not RSA")
+    alg = jwk.get("alg")
+    if alg is not None and alg != ALGORITHM:
+        raise _InvalidJWKSError(f"kid {kid!r}: alg is not {ALGORITHM}")
+    if jwk.get("use", "sig") != "sig":
+        raise _InvalidJWKSError(f"kid {kid!r}: use is not sig")
+    if "d" in jwk:
+        raise _InvalidJWKSError(f"kid {kid!r}: private key material published")
+    if not isinstance(jwk.get("n"), str) or not isinstance(jwk.get("e"), str):
+        raise _InvalidJWKSError(f"kid {kid!r}: n or e missing")
+    try:
+        key = RSAKey({"kty": "RSA", "n": jwk["n"], "e": jwk["e"]}, ALGORITHM)
+        bits = key.prepared_key.key_size
+    except (JWKError, ValueError, TypeError, binascii.Error) as error:
+        raise _InvalidJWKSError(f"kid {kid!r}: {type(error).__name__}") from None
+    if bits < _MIN_RSA_BITS:
+        raise _InvalidJWKSError(f"kid {kid!r}: RSA key of {bits} bits is too weak")
+    return VerificationKey(kid=kid, alg=alg, key=key)
+
+
+class JWKSCache:
+    """The pool's signing keys, fetched lazily and refreshed on TTL expiry or an unknown `kid`.
+
+    An unknown `kid` costs at most one fetch per `refetch_interval` no matter how many requests
+    carry it (single-flight behind a lock, then a penalty window), so forged tokens cannot turn
+    this service into a load generator against the IdP. A failed refresh keeps the last good keys.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = 3.0,
+        ttl: float = 86400,
+        refetch_interval: float = 10.0,
+        max_bytes: int = 64 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), follow_redirects=False
+        )
+        self._timeout = timeout
+        self._ttl = ttl
+        self._refetch_interval = refetch_interval
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._keys: dict[str, VerificationKey] = {}
+        self._loaded_at: float | None = None
+        self._attempted_at: float | None = None
+        self._last_attempt_ok = False
+
+    def holds(self, kid: str) -> bool:
+        """Whether `kid` is among the current keys; no I/O, no refresh."""
+        return kid in self._keys
+
+    async def get_key(self, kid: str) -> VerificationKey:
+        key = self._keys.get(kid)
+        if key is not None and (not self._is_stale() or self._lock.locked()):
+            # While one request refreshes stale keys, the others keep using the last good ones
+            # instead of queueing behind a possibly slow IdP.
+            return key
+        async with self._lock:
+            key = self._keys.get(kid)
+            if key is not None and not self._is_stale():
+                return key  # another request refreshed while this one waited
+            if self._may_fetch():
+                await self._refresh()
+            key = self._keys.get(kid)
+            if key is not None:
+                return key
+            if not self._last_attempt_ok:
+                raise JWKSUnavailableError("kid not in JWKS and the JWKS could not be fetched")
+            raise TokenError("kid not in JWKS")
+
+    async def preload(self) -> bool:
+        """Fetch the keys once, for app startup. Never raises: startup must not need the IdP."""
+        try:
+            async with self._lock:
+                return await self._refresh()
+        except Exception:
+            logger.exception("JWKS preload failed unexpectedly")
+            return False
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    def _is_stale(self) -> bool:
+        return self._loaded_at is None or self._clock() - self._loaded_at >= self._ttl
+
+    def _may_fetch(self) -> bool:
+        return (
+            self._attempted_at is None
+            or self._clock() - self._attempted_at >= self._refetch_interval
+        )
+
+    async def _refresh(self) -> bool:
+        try:
+            keys = await self._fetch()
+        except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, _InvalidJWKSError) as error:
+            self._attempted_at = self._clock()
+            self._last_attempt_ok = False
+            logger.warning(
+                "JWKS refresh from %s failed (%s: %s); keeping %d cached key(s)",
+                self._url,
+                type(error).__name__,
+                error,
+                len(self._keys),
+            )
+            return False
+        now = self._clock()
+        self._keys = keys
+        self._loaded_at = now
+        self._attempted_at = now
+        self._last_attempt_ok = True
+        logger.info("JWKS loaded from %s: kids %s", self._url, sorted(keys))
+        return True
+
+    async def _fetch(self) -> dict[str, VerificationKey]:
+        # httpx's timeout applies per connect/read/write; asyncio.timeout bounds the whole exchange
+        # so a server that trickles bytes cannot hold a request past the budget either.
+        async with asyncio.timeout(self._timeout):
+            async with self._http.stream(
+                "GET",
+                self._url,
+                # Raw bytes are what we count; compressed bodies could inflate past the cap.
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                timeout=self._timeout,
+                follow_redirects=False,
+            ) as response:
+                if response.status_code != 200:
+                    raise _InvalidJWKSError(f"HTTP status {response.status_code}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self._max_bytes:
+                    raise _InvalidJWKSError(f"body of {declared} bytes exceeds {self._max_bytes}")
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > self._max_bytes:
+                        raise _InvalidJWKSError(f"body exceeds {self._max_bytes} bytes")
+        return _build_keys(bytes(body))
+
+
+def _b64url_decode(segment: str, part: str) -> bytes:
+    # The stdlib decoder silently drops characters outside the alphabet; a token is either
+    # well-formed base64url or rejected.
+    if len(segment) % 4 == 1 or not _BASE64URL.fullmatch(segment):
+        raise TokenError(f"{part} is not base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _json_object(data: bytes, part: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise TokenError(f"{part} is not JSON") from None
+    if not isinstance(value, dict):
+        raise TokenError(f"{part} is not a JSON object")
+    return value
+
+
+def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenError(f"{name} is not an integer")
+    return value
+
+
+def _optional_str_claim(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is not None and not isinstance(value, str):
+        raise TokenError(f"{name} is not a string")
+    return value
+
+
+class AccessTokenVerifier:
+    """Checks Cognito access tokens for one user pool and one app client.
+
+    Time rules: `exp` gets no leeway (a token is dead at its expiry on our clock; our hosts keep
+    NTP time, and a grace period would only lengthen a stolen token's life), while `iat` and `nbf`
+    may be up to `leeway` seconds ahead of our clock, since a fresh token from a slightly fast IdP
+    clock must not be rejected.
+
+    Verified claims are cached by the token's SHA-256 (bounded LRU, `claims_cache_size`, 0 turns it
+    off), which skips the RSA check and the parsing on repeat requests. A hit is honoured only
+    while `exp` is still in the future and the signing key is still in the JWKS.
+    """
+
+    def __init__(
+        self,
+        jwks: JWKSCache,
+        *,
+        issuer: str,
+        client_id: str,
+        leeway: int = 60,
+        max_token_bytes: int = 8192,
+        clock: Callable[[], float] = time.time,
+        claims_cache_size: int = 1024,
+    ) -> None:
+        self._jwks = jwks
+        self._issuer = issuer
+        self._client_id = client_id
+        self._leeway = leeway
+        self._max_token_bytes = max_token_bytes
+        self._clock = clock
+        self._verified: LRUCache[bytes, tuple[AccessClaims, str]] | None = (
+            LRUCache(maxsize=claims_cache_size) if claims_cache_size > 0 else None
+        )
+
+    async def verify(self, token: str) -> AccessClaims:
+        # Size first: nothing below (hashing, splitting, decoding) runs on an oversized input.
+        if not isinstance(token, str) or len(token) > self._max_token_bytes:
+            raise TokenError("token missing or larger than the size limit")
+        if not token.isascii():
+            raise TokenError("token has non-ASCII characters")
+
+        cache_key = hashlib.sha256(token.encode("ascii")).digest()
+        if self._verified is not None:
+            hit = self._verified.get(cache_key)
+            if hit is not None:
+                claims, kid = hit
+                if claims.exp > self._clock() and self._jwks.holds(kid):
+                    return claims
+                del self._verified[cache_key]
+
+        claims, kid = await self._verify_uncached(token)
+        if self._verified is not None:
+            self._verified[cache_key] = (claims, kid)
+        return claims
+
+    async def _verify_uncached(self, token: str) -> tuple[AccessClaims, str]:
+        segments = token.split(".")
+        if len(segments) != 3:
+            raise TokenError(f"token has {len(segments)} segments, expected 3")
+        header_b64, payload_b64, signature_b64 = segments
+        header = _json_object(_b64url_decode(header_b64, "header"), "header")
+        payload_bytes = _b64url_decode(payload_b64, "payload")
+        signature = _b64url_decode(signature_b64, "signature")
+
+        # Header checks come before any key lookup so junk never triggers a JWKS fetch. `jku`,
+        # `x5u`, `jwk` and `x5c` are ignored: keys come only from the configured JWKS URL.
+        if header.get("alg") != ALGORITHM:
+            raise TokenError(f"header alg is not {ALGORITHM}")
+        if "crit" in header:
+            raise TokenError("header has crit")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+            raise TokenError("header kid missing or not a short string")
+
+        key = await self._jwks.get_key(kid)
+        if key.alg is not None and key.alg != header["alg"]:
+            raise TokenError("header alg differs from the JWK alg")
+        signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+        if not key.verify(signing_input, signature):
+            raise TokenError("signature verification failed")
+
+        return self._check_claims(_json_object(payload_bytes, "payload")), kid
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> AccessClaims:
+        now = self._clock()
+        exp = _int_claim(claims, "exp")
+        if exp is None:
+            raise TokenError("exp missing")
+        if exp <= now:
+            raise TokenError("token expired")
+        iat = _int_claim(claims, "iat")
+        if iat is None:
+            raise TokenError("iat missing")
+        if iat > now + self._leeway:
+            raise TokenError("iat in the future")
+        nbf = _int_claim(claims, "nbf")
+        if nbf is not None and nbf > now + self._leeway:
+            raise TokenError("token not yet valid (nbf)")
+        if claims.get("iss") != self._issuer:
+            raise TokenError("issuer mismatch")
+        token_use = claims.get("token_use")
+        if token_use != "access":
+            raise TokenError("token_use is not access")
+        if claims.get("client_id") != self._client_id:
+            raise TokenError("client_id mismatch")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise TokenError("sub missing or empty")
+        groups = claims.get("cognito:groups", [])
+        if not isinstance(groups, list) or not all(isinstance(group, str) for group in groups):
+            raise TokenError("cognito:groups is not a list of strings")
+        return AccessClaims(
+            sub=sub,
+            username=_optional_str_claim(claims, "username"),
+            client_id=self._client_id,
+            token_use=token_use,
+            exp=exp,
+            iat=iat,
+            jti=_optional_str_claim(claims, "jti"),
+            groups=tuple(groups),
+        )
