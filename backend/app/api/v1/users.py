@@ -2,18 +2,9 @@
 
 from fastapi import APIRouter
 
+from app.api.v1.responses import AUTH_RESPONSES
 from app.core.auth import CurrentUser
-from app.core.errors import ErrorResponse
 from app.schemas.user import UserResponse
-
-AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorResponse, "description": "Missing, invalid or expired access token"},
-    503: {"model": ErrorResponse, "description": "A dependency is unavailable"},
-}
-ADMIN_RESPONSES: dict[int | str, dict[str, object]] = {
-    **AUTH_RESPONSES,
-    403: {"model": ErrorResponse, "description": "The caller's role may not do this"},
-}
 
 router = APIRouter(prefix="/users", tags=["users"])
 
