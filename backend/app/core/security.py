@@ -416,8 +416,8 @@ class AccessTokenVerifier:
             raise TokenError("token not yet valid (nbf)")
         if claims.get("iss") != self._issuer:
             raise TokenError("issuer mismatch")
-        token_use = claims.get("token_use")
-        if token_use != "access":
+        kind = claims.get("token_use")
+        if kind != "access":
             raise TokenError("token_use is not access")
         if claims.get("client_id") != self._client_id:
             raise TokenError("client_id mismatch")
@@ -431,7 +431,7 @@ class AccessTokenVerifier:
             sub=sub,
             username=_optional_str_claim(claims, "username"),
             client_id=self._client_id,
-            token_use=token_use,
+            token_use=kind,
             exp=exp,
             iat=iat,
             jti=_optional_str_claim(claims, "jti"),
