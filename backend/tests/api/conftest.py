@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 import httpx
@@ -94,7 +94,7 @@ def app_settings(database_url: str, jwks_server: JWKSServer) -> Settings:
 def token_for(user: User, **claims: object) -> str:
     """A valid access token for `user`, signed by the key the test JWKS serves."""
     return mint_token(
-        access_token_claims(sub=user.cognito_user_id, username=user.email, **claims),
+        access_token_claims({"sub": user.cognito_user_id, "username": user.email, **claims}),
         shared_rsa_key(SIGNING_KEY_ID),
     )
 
@@ -156,11 +156,9 @@ async def session_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
-async def client(
-    app: FastAPI, session_client: httpx.AsyncClient, db_session: AsyncSession
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose requests run inside the test's transaction, rolled back afterwards."""
+@contextmanager
+def sessions_from(app: FastAPI, db_session: AsyncSession) -> Iterator[None]:
+    """Make every request of `app` use the test's session (its transaction is rolled back)."""
 
     async def session_in_test_transaction() -> AsyncIterator[AsyncSession]:
         # Same contract as get_session: commit on success (a savepoint here), roll back on error.
@@ -173,6 +171,15 @@ async def client(
 
     app.dependency_overrides[get_session] = session_in_test_transaction
     try:
-        yield session_client
+        yield
     finally:
         app.dependency_overrides.pop(get_session, None)
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, session_client: httpx.AsyncClient, db_session: AsyncSession
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests run inside the test's transaction, rolled back afterwards."""
+    with sessions_from(app, db_session):
+        yield session_client
