@@ -1,0 +1,133 @@
+"""The compose files: valid against the Compose Specification and wired as intended."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .nginx_harness import MAIN_CONF, REPO_ROOT, SITE_CONF, tool
+
+DEV = REPO_ROOT / "docker-compose.yml"
+PROD = REPO_ROOT / "docker-compose.prod.yml"
+SECRETS_FILE = "/etc/one-system/backend.env"
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema with the Compose Specification schema it ships (vendor.compose-spec)."""
+    return subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_both_files_match_the_compose_specification() -> None:
+    result = validate(DEV, PROD)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_rejects_an_invalid_file(tmp_path: Path) -> None:
+    broken = load(PROD)
+    broken["services"]["app"]["restart_policy"] = "always"  # not a service key
+    path = tmp_path / "compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = validate(path)
+    assert result.returncode != 0
+    assert "restart_policy" in result.stdout + result.stderr
+
+
+def test_dev_app_waits_for_healthy_postgres_moto_and_finished_migrations() -> None:
+    services = load(DEV)["services"]
+    assert services["postgres"]["image"] == "postgres:15"
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert services["cognito"]["image"].startswith("motoserver/moto:")
+    assert "healthcheck" in services["cognito"]
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["app"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "cognito": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
+    # Migrations and the app run the same image, built from this repo.
+    assert services["migrate"]["image"] == services["app"]["image"]
+    environment = services["app"]["environment"]
+    assert environment["DB_HOST"] == "postgres"
+    assert environment["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] == "http://cognito:5000"
+    # Published ports stay on loopback: a laptop on a café network exposes nothing.
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+
+
+def test_prod_app_runs_the_ecr_image_read_only_with_secrets_from_the_env_file() -> None:
+    app = load(PROD)["services"]["app"]
+    assert app["image"].startswith("${ECR_REGISTRY")
+    assert app["image"].endswith("/one-system-backend:${IMAGE_TAG:?IMAGE_TAG is not set}")
+    assert app["env_file"] == [SECRETS_FILE]
+    assert app["restart"] == "unless-stopped"
+    assert app["read_only"] is True
+    assert "/tmp" in app["tmpfs"]
+    assert "ports" not in app
+    assert "build" not in app
+    assert app["cap_drop"] == ["ALL"]
+
+
+def test_prod_nginx_is_the_only_published_service_and_mounts_config_read_only() -> None:
+    services = load(PROD)["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"nginx"}
+    nginx = services["nginx"]
+    assert nginx["ports"] == ["80:8080"]
+    assert "listen 8080 default_server;" in SITE_CONF.read_text()
+    mounts = {volume.split(":")[0]: volume for volume in nginx["volumes"]}
+    assert mounts.keys() == {"./nginx/nginx.conf", "./nginx/one-system.conf"}
+    assert all(volume.endswith(":ro") for volume in mounts.values())
+    for source, volume in mounts.items():
+        assert (REPO_ROOT / source).is_file()
+        target = volume.split(":")[1]
+        # nginx.conf includes the site file from exactly where compose mounts it.
+        if source.endswith("one-system.conf"):
+            assert f"include {target};" in MAIN_CONF.read_text()
+    assert nginx["read_only"] is True
+    assert nginx["depends_on"]["app"]["condition"] == "service_healthy"
+    assert nginx["restart"] == "unless-stopped"
+
+
+def test_prod_nginx_image_supports_upstream_resolve() -> None:
+    image = load(PROD)["services"]["nginx"]["image"]
+    match = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", image)
+    assert match, image
+    version = tuple(int(part or 0) for part in match.groups())
+    assert version >= (1, 27, 3), "server ... resolve needs nginx 1.27.3 or newer"
+
+
+def test_prod_app_trusts_forwarded_headers_only_from_its_own_network() -> None:
+    compose = load(PROD)
+    (subnet,) = [c["subnet"] for c in compose["networks"]["backend"]["ipam"]["config"]]
+    trusted = compose["services"]["app"]["environment"]["FORWARDED_ALLOW_IPS"]
+    assert ipaddress.ip_network(trusted) == ipaddress.ip_network(subnet)
+    assert ipaddress.ip_network(subnet).is_private
+    for service in compose["services"].values():
+        assert service["networks"] == ["backend"]
+
+
+@pytest.mark.parametrize("path", [DEV, PROD], ids=["dev", "prod"])
+def test_no_real_secret_is_committed(path: Path) -> None:
+    text = path.read_text()
+    assert "AKIA" not in text
+    if path == PROD:
+        assert "PASSWORD" not in text
