@@ -6,7 +6,7 @@ database does, so every start re-provisions each user row in the emulator (same 
 role, a known local password) and re-links the row to its new `sub` by email.
 
 The app reaches the emulator only the way it reaches real Cognito: boto3's
-AWS_ENDPOINT_URL_COGNITO_IDP and the JWKS URL (COGNITO_JWKS_URL).
+AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER and the JWKS URL (COGNITO_JWKS_URL).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def start_local_cognito(local_dir: Path) -> None:
     region = os.environ["AWS_REGION"]
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
-    os.environ["AWS_ENDPOINT_URL_COGNITO_IDP"] = endpoint
+    os.environ["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] = endpoint
     cognito = boto3.client("cognito-idp", region_name=region)
     pool_id, client_id = _create_pool(cognito)
     users = asyncio.run(_relink_users(cognito, pool_id))
@@ -157,7 +157,7 @@ local Cognito emulator on {endpoint} (pool {pool_id}, app client {client_id})
   password:        {LOCAL_PASSWORD}
   access token:    {token}
   a new token:     COGNITO_APP_CLIENT_ID={client_id} AWS_REGION={region} \\
-                   AWS_ENDPOINT_URL_COGNITO_IDP={endpoint} \\
+                   AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER={endpoint} \\
                    .venv/bin/python -m app.cli.token --email {LOCAL_ADMIN_EMAIL}
   Swagger UI:      {docs}  (Authorize, paste the token)
 """,

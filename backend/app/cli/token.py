@@ -3,8 +3,8 @@
 Uses InitiateAuth with USER_PASSWORD_AUTH (the app client must allow it) and answers a
 NEW_PASSWORD_REQUIRED challenge when `--new-password` is given (a user's first sign-in with the
 temporary password from the invitation). Works against real Cognito and, through boto3's
-AWS_ENDPOINT_URL_COGNITO_IDP, the local emulator. The password is asked for when not given, so
-it need not appear in shell history.
+AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER, the local emulator. The password is asked for when
+not given, so it need not appear in shell history.
 """
 
 from __future__ import annotations
