@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -27,6 +28,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -219,6 +221,14 @@ class EmbeddedPostgres(PsqlAdmin):
         """Start the server (creating the cluster on first use); no-op if it is running."""
         if self.is_running():
             return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Two concurrent starts (say, `make run` twice) must not both decide the server is down
+        # and both clear its lock file.
+        with _exclusive_lock(self.data_dir / "start.lock"):
+            if not self.is_running():
+                self._start()
+
+    def _start(self) -> None:
         run_as = self._prepare_filesystem()
         if not (self.pgdata / "PG_VERSION").is_file():
             self._initdb(run_as)
@@ -325,7 +335,6 @@ class EmbeddedPostgres(PsqlAdmin):
         return RunAs(entry.pw_uid, entry.pw_gid)
 
     def _prepare_filesystem(self) -> RunAs:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         run_as = self._run_as()
         if run_as.uid is not None and run_as.gid is not None:
             _make_reachable(self.bin_dir.parent)
@@ -367,6 +376,16 @@ def _is_postmaster(pid: int, pgdata: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _port_is_free(port: int) -> bool:
