@@ -1,0 +1,113 @@
+"""The systemd unit: accepted by systemd-analyze verify and consistent with what it runs."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from .nginx_harness import REPO_ROOT, tool
+from .test_write_db_env import write_db_env
+
+UNIT = REPO_ROOT / "deploy" / "systemd" / "one-system-backend.service"
+UNIT_NAME = UNIT.name
+HOST_UNIT_DIR = Path("/usr/lib/systemd/system")
+
+
+def unit_entries(text: str | None = None) -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in (text if text is not None else UNIT.read_text()).splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def verify_root(tmp_path: Path, unit_text: str) -> Path:
+    """A --root for systemd-analyze: the host's stock units, this unit, and stand-ins for the
+    EC2 host's docker.service, /usr/bin/docker and /usr/bin/python3."""
+    root = tmp_path / "root"
+    shutil.copytree(HOST_UNIT_DIR, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/lib/systemd/system/docker.service").write_text(
+        "[Unit]\nDescription=Docker stand-in\n[Service]\nExecStart=/usr/bin/docker\n"
+    )
+    (root / "usr/bin").mkdir(parents=True)
+    for name in ["docker", "python3"]:
+        stub = root / "usr/bin" / name
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system" / UNIT_NAME).write_text(unit_text)
+    return root
+
+
+def systemd_verify(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("systemd-analyze"), "verify", f"--root={root}", f"/etc/systemd/system/{UNIT_NAME}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
+    result = systemd_verify(verify_root(tmp_path, UNIT.read_text()))
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    """Guards the guard: a bad value and a missing executable are reported."""
+    broken = UNIT.read_text().replace("Restart=on-failure", "Restart=sometimes")
+    broken = broken.replace("ExecStop=/usr/bin/docker", "ExecStop=/usr/bin/dockr")
+    result = systemd_verify(verify_root(tmp_path, broken))
+    assert "ignoring: sometimes" in result.stderr
+    assert "/usr/bin/dockr is not executable" in result.stderr
+    assert result.returncode != 0
+
+
+def test_unit_orders_after_docker_and_network_and_restarts_on_failure() -> None:
+    unit = unit_entries()
+    assert "docker.service" in unit["Unit"]["Requires"][0].split()
+    after = unit["Unit"]["After"][0].split()
+    assert {"docker.service", "network-online.target"} <= set(after)
+    assert "network-online.target" in unit["Unit"]["Wants"][0].split()
+    assert unit["Service"]["Restart"] == ["on-failure"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_secrets_command_runs_first_and_writes_the_file_compose_reads() -> None:
+    service = unit_entries()["Service"]
+    (pre,) = service["ExecStartPre"]
+    words = shlex.split(pre)
+    assert words[0] == "/usr/bin/python3"
+    assert words[1].endswith("/scripts/write_db_env.py")
+    args = write_db_env.parse_args(words[2:])
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.prod.yml").read_text())
+    assert compose["services"]["app"]["env_file"] == [str(args.output)]
+    assert args.secret_id == "/one-system/db/credentials"
+    assert args.base_env is not None
+
+
+def test_start_and_stop_drive_the_production_compose_file() -> None:
+    service = unit_entries()["Service"]
+    (start,) = service["ExecStart"]
+    (stop,) = service["ExecStop"]
+    start_words, stop_words = shlex.split(start), shlex.split(stop)
+    assert start_words[:2] == ["/usr/bin/docker", "compose"]
+    assert start_words[start_words.index("-f") + 1].endswith("/docker-compose.prod.yml")
+    assert "up" in start_words
+    assert "-d" not in start_words, "compose must stay in the foreground for systemd"
+    assert stop_words[:2] == ["/usr/bin/docker", "compose"]
+    assert "down" in stop_words
+    # IMAGE_TAG / ECR_REGISTRY for compose's interpolation come from the release file.
+    assert service["EnvironmentFile"] == ["/etc/one-system/release.env"]
