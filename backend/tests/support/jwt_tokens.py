@@ -8,6 +8,7 @@ wrap what they need in fixtures.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import functools
 import json
@@ -223,6 +224,8 @@ class _Response:
     content_type: str = "application/json"
     declare_length: bool = True
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
+    trickle: float = 0.0
 
 
 @dataclass
@@ -247,8 +250,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", response.content_type)
         if response.declare_length:
             self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers:
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(response.body)
+        if not response.trickle:
+            self.wfile.write(response.body)
+            return
+        for index in range(len(response.body)):
+            self.wfile.write(response.body[index : index + 1])
+            self.wfile.flush()
+            if state.stopping.wait(response.trickle):
+                return
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean
@@ -347,9 +359,11 @@ class JWKSServer:
         status: int = 200,
         content_type: str = "application/json",
         declare_length: bool = True,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Serve these bytes; without `declare_length` the body ends when the connection closes."""
-        self._set(_Response(status, body, content_type, declare_length))
+        extra = tuple((headers or {}).items())
+        self._set(_Response(status, body, content_type, declare_length, headers=extra))
 
     def serve_status(self, status: int) -> None:
         self.serve_body(b'{"message": "error"}', status=status)
@@ -358,15 +372,13 @@ class JWKSServer:
         """Accept requests but answer only after `seconds` (or when stopped), keeping the body."""
         with self._state.lock:
             current = self._state.response
-        self._set(
-            _Response(
-                current.status,
-                current.body,
-                current.content_type,
-                current.declare_length,
-                delay=seconds,
-            )
-        )
+        self._set(dataclasses.replace(current, delay=seconds))
+
+    def trickle(self, seconds_per_byte: float = 0.1) -> None:
+        """Send the body a byte at a time: every read is quick, the whole response slow."""
+        with self._state.lock:
+            current = self._state.response
+        self._set(dataclasses.replace(current, trickle=seconds_per_byte))
 
     def _set(self, response: _Response) -> None:
         with self._state.lock:
