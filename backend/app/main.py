@@ -21,6 +21,7 @@ from app.core.errors import ErrorResponse, register_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, JWKSCache
+from app.services.cognito import CognitoUserPool
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 "settings": settings,
                 "engine": engine,
                 "sessionmaker": create_sessionmaker(engine),
+                "cognito": CognitoUserPool.from_settings(settings),
                 "token_verifier": AccessTokenVerifier(
                     jwks,
                     issuer=settings.cognito_issuer,

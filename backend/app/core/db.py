@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.core.compensation import undo_unless_committed
 from app.core.config import DatabaseCredentials, DatabaseSettings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ async def database_is_reachable(engine: AsyncEngine, within_seconds: float) -> b
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One request, one transaction: commit when the endpoint returns, roll back if it raises."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.state.sessionmaker
-    async with sessionmaker() as session, session.begin():
+    # Changes a service made outside the database (Cognito) are undone if the commit fails.
+    async with sessionmaker() as session, undo_unless_committed(session), session.begin():
         yield session
 
 

@@ -1,13 +1,386 @@
-"""User accounts: the database side, and Cognito kept in step with it."""
+"""User accounts: the database side, and Cognito kept in step with it.
+
+All or nothing. A user exists in both the users table and Cognito or in neither, and an update
+changes both or neither. Cognito cannot join the database transaction, so every change to it is
+paired with an undo action (`app.core.compensation`):
+
+- create: check the table for the email (a clear 409 before touching Cognito), AdminCreateUser
+  (Cognito's username uniqueness refuses a concurrent duplicate), AdminAddUserToGroup, insert the
+  row and flush (the unique index on lower(email) refuses a duplicate inside the service). A
+  failure at any step deletes the Cognito user again, and the exception rolls the row back.
+- update: lock and change the row and flush first, then make the Cognito calls; a failing call
+  undoes the calls made before it, and the exception rolls the row back.
+- Once every step has succeeded the undo log is handed to the session: the request's session
+  dependency (or the CLI) runs it if the commit that follows fails, e.g. when the database goes
+  away between the flush and the commit.
+
+Every admin action writes one line to the "app.audit" logger: actor, action, target, outcome.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+import functools
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from app.core.compensation import UndoLog, undo_on_rollback
+from app.core.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
+from app.core.roles import Role
 from app.models.user import User
+from app.schemas.user import (
+    PROVINCE_ONLY_FOR_OFFICERS,
+    PROVINCE_REQUIRED_FOR_OFFICERS,
+    PasswordResetOutcome,
+    UserCreate,
+    UserList,
+    UserListParams,
+    UserResponse,
+    UserSort,
+    UserUpdate,
+)
+from app.services.cognito import CognitoUserPool, EmailTakenError
+
+audit_logger = logging.getLogger("app.audit")
+
+EMAIL_INDEX = "uq_users_lower_email"
 
 
 async def find_user_by_cognito_id(session: AsyncSession, cognito_user_id: str) -> User | None:
     result = await session.execute(select(User).where(User.cognito_user_id == cognito_user_id))
     return result.scalar_one_or_none()
+
+
+async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
+    result = await session.execute(select(User).where(func.lower(User.email) == email.lower()))
+    return result.scalar_one_or_none()
+
+
+async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFoundError("No user with this id")
+    return user
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit
+
+
+@dataclass
+class _AuditRecord:
+    action: str
+    actor_id: uuid.UUID | None
+    target_id: uuid.UUID | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def emit(self, outcome: str) -> None:
+        audit_logger.info(
+            "%s %s",
+            self.action,
+            outcome,
+            extra={
+                "actor_id": str(self.actor_id) if self.actor_id else None,
+                "action": self.action,
+                "target_id": str(self.target_id) if self.target_id else None,
+                "outcome": outcome,
+                **self.details,
+            },
+        )
+
+    async def emit_rolled_back(self) -> None:
+        self.emit("rolled_back")
+
+
+@contextmanager
+def _audited(
+    action: str, actor_id: uuid.UUID | None, target_id: uuid.UUID | None = None
+) -> Iterator[_AuditRecord]:
+    record = _AuditRecord(action, actor_id, target_id)
+    try:
+        yield record
+    except DomainError as error:
+        record.emit(f"refused:{error.code}")
+        raise
+    except BaseException:
+        record.emit("failed")
+        raise
+    record.emit("success")
+
+
+# ---------------------------------------------------------------------------------------------
+# Create
+
+
+def _violated_constraint(error: IntegrityError) -> str | None:
+    # asyncpg's exception (the DB-API error's cause) names the constraint or index.
+    cause = getattr(error.orig, "__cause__", None)
+    name = getattr(cause, "constraint_name", None) or getattr(error.orig, "constraint_name", None)
+    return str(name) if name else None
+
+
+async def create_user(
+    session: AsyncSession,
+    cognito: CognitoUserPool,
+    data: UserCreate,
+    *,
+    actor_id: uuid.UUID | None,
+) -> User:
+    """Create the user in Cognito (which emails the invitation) and in the users table."""
+    with _audited("user.create", actor_id) as audit:
+        if await find_user_by_email(session, data.email) is not None:
+            raise EmailTakenError("A user with this email already exists")
+        undo = UndoLog()
+        undo.add("audit", audit.emit_rolled_back)
+        try:
+            cognito_user = await cognito.create_user(data.email)
+            undo.add(
+                "delete the new Cognito user",
+                functools.partial(cognito.delete_user_if_sub, data.email, cognito_user.sub),
+            )
+            await cognito.add_to_group(data.email, data.role)
+            user = User(
+                cognito_user_id=cognito_user.sub,
+                email=data.email,
+                full_name=data.full_name,
+                role=data.role,
+                responsible_province=data.responsible_province,
+                is_active=True,
+            )
+            session.add(user)
+            try:
+                await session.flush()
+            except IntegrityError as error:
+                if _violated_constraint(error) == EMAIL_INDEX:
+                    raise EmailTakenError("A user with this email already exists") from error
+                raise
+        except BaseException:
+            await undo.undo()
+            raise
+        audit.target_id = user.id
+        undo_on_rollback(session, undo)
+        return user
+
+
+# ---------------------------------------------------------------------------------------------
+# List
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_SORT_KEYS: dict[UserSort, tuple[ColumnElement[Any] | InstrumentedAttribute[Any], bool]] = {
+    UserSort.CREATED_AT_DESC: (User.created_at, True),
+    UserSort.CREATED_AT: (User.created_at, False),
+    UserSort.FULL_NAME: (User.full_name, False),
+    UserSort.FULL_NAME_DESC: (User.full_name, True),
+    # lower(email) is what the unique index holds; emails are stored in lower case anyway.
+    UserSort.EMAIL: (func.lower(User.email), False),
+    UserSort.EMAIL_DESC: (func.lower(User.email), True),
+}
+
+
+def _filters(params: UserListParams) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if params.role is not None:
+        conditions.append(User.role == params.role)
+    if params.is_active is not None:
+        conditions.append(User.is_active.is_(params.is_active))
+    if params.province is not None:
+        conditions.append(User.responsible_province == params.province)
+    if params.q is not None:
+        pattern = f"%{_escape_like(params.q)}%"
+        conditions.append(
+            or_(
+                User.full_name.ilike(pattern, escape="\\"),
+                User.email.ilike(pattern, escape="\\"),
+            )
+        )
+    return conditions
+
+
+async def list_users(session: AsyncSession, params: UserListParams) -> UserList:
+    """One page of users matching the filters, in a stable order, and how many match in all."""
+    conditions = _filters(params)
+    key, descending = _SORT_KEYS[params.sort]
+    # The id breaks ties, so a user never shows on two pages or on none.
+    order = (key.desc(), User.id.desc()) if descending else (key.asc(), User.id.asc())
+    page_query = (
+        select(User)
+        .where(*conditions)
+        .order_by(*order)
+        .limit(params.page_size)
+        .offset((params.page - 1) * params.page_size)
+    )
+    count_query = select(func.count()).select_from(User).where(*conditions)
+    users = (await session.execute(page_query)).scalars().all()
+    total = (await session.execute(count_query)).scalar_one()
+    return UserList(
+        items=[UserResponse.model_validate(user) for user in users],
+        total=total,
+        page=params.page,
+        page_size=params.page_size,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Update
+
+
+async def _lock_active_admins(session: AsyncSession) -> None:
+    # Every change that can take away an admin locks the admin rows first, in id order, so two
+    # such changes run one after the other (and cannot deadlock) and the second one counts
+    # what the first one left.
+    await session.execute(
+        select(User.id)
+        .where(User.role == Role.ADMIN, User.is_active.is_(True))
+        .order_by(User.id)
+        .with_for_update()
+    )
+
+
+async def _count_other_active_admins(session: AsyncSession, user_id: uuid.UUID) -> int:
+    result = await session.execute(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == Role.ADMIN, User.is_active.is_(True), User.id != user_id)
+    )
+    return result.scalar_one()
+
+
+async def _lock_user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    result = await session.execute(
+        select(User)
+        .where(User.id == user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    user = result.scalar_one_or_none()
+    if user is None:
+        raise NotFoundError("No user with this id")
+    return user
+
+
+def _province_after(user: User, changes: dict[str, Any], role: Role) -> str | None:
+    if "responsible_province" in changes:
+        province: str | None = changes["responsible_province"]
+        if role is not Role.OFFICER and province is not None:
+            raise InvalidInputError(PROVINCE_ONLY_FOR_OFFICERS)
+    else:
+        # Leaving the OFFICER role drops the province; staying keeps it.
+        province = user.responsible_province if role is Role.OFFICER else None
+    if role is Role.OFFICER and province is None:
+        raise InvalidInputError(PROVINCE_REQUIRED_FOR_OFFICERS)
+    return province
+
+
+async def update_user(
+    session: AsyncSession,
+    cognito: CognitoUserPool,
+    user_id: uuid.UUID,
+    update: UserUpdate,
+    *,
+    actor: User,
+) -> User:
+    """Change name, role, province or active state, in the table and in Cognito."""
+    changes = update.model_dump(exclude_unset=True)
+    with _audited("user.update", actor.id, user_id) as audit:
+        audit.details["fields"] = sorted(changes)
+        if "role" in changes or changes.get("is_active") is False:
+            await _lock_active_admins(session)
+        user = await _lock_user(session, user_id)
+        old_role, was_active = user.role, user.is_active
+        role: Role = changes.get("role", old_role)
+        is_active: bool = changes.get("is_active", was_active)
+        province = _province_after(user, changes, role)
+
+        if old_role is Role.ADMIN and was_active and (role is not Role.ADMIN or not is_active):
+            if user.id == actor.id:
+                raise ConflictError("You cannot deactivate or demote yourself")
+            if await _count_other_active_admins(session, user.id) == 0:
+                raise ConflictError("The last active admin cannot be deactivated or demoted")
+
+        user.full_name = changes.get("full_name", user.full_name)
+        user.role = role
+        user.responsible_province = province
+        user.is_active = is_active
+        await session.flush()
+
+        undo = UndoLog()
+        undo.add("audit", audit.emit_rolled_back)
+        try:
+            await _apply_in_cognito(
+                cognito,
+                user.email,
+                undo,
+                old_role=old_role,
+                new_role=role,
+                was_active=was_active,
+                is_active=is_active,
+            )
+        except BaseException:
+            await undo.undo()
+            raise
+        undo_on_rollback(session, undo)
+        return user
+
+
+async def _apply_in_cognito(
+    cognito: CognitoUserPool,
+    username: str,
+    undo: UndoLog,
+    *,
+    old_role: Role,
+    new_role: Role,
+    was_active: bool,
+    is_active: bool,
+) -> None:
+    if new_role is not old_role:
+        await cognito.remove_from_group(username, old_role)
+        undo.add(
+            f"put back into group {old_role}",
+            functools.partial(cognito.add_to_group, username, old_role),
+        )
+        await cognito.add_to_group(username, new_role)
+        undo.add(
+            f"take out of group {new_role}",
+            functools.partial(cognito.remove_from_group, username, new_role),
+        )
+    if is_active and not was_active:
+        await cognito.enable_user(username)
+        undo.add("disable again", functools.partial(cognito.disable_user, username))
+    elif was_active and not is_active:
+        await cognito.disable_user(username)
+        undo.add("enable again", functools.partial(cognito.enable_user, username))
+        # Not undone: if the deactivation is rolled back, the user merely signs in again.
+        await cognito.sign_out_everywhere(username)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reset password
+
+
+async def reset_password(
+    session: AsyncSession,
+    cognito: CognitoUserPool,
+    user_id: uuid.UUID,
+    *,
+    actor_id: uuid.UUID | None,
+) -> PasswordResetOutcome:
+    """Have Cognito email a reset code, or a new invitation to a user who never signed in."""
+    with _audited("user.reset_password", actor_id, user_id) as audit:
+        user = await get_user(session, user_id)
+        if not user.is_active:
+            raise ConflictError("The user is deactivated; reactivate them before a reset")
+        outcome = await cognito.reset_password(user.email)
+        audit.details["result"] = outcome.value
+        return outcome

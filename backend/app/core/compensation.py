@@ -1,0 +1,81 @@
+"""Undoing work done outside the database when the database transaction does not commit.
+
+A service that changes another system (Cognito) as part of a request cannot enlist it in the
+PostgreSQL transaction. It keeps the two in step like this:
+
+1. It applies its changes, flushing the database work so that constraint violations surface
+   inside the service, and records an undo action for every outside change as it makes it
+   (`UndoLog`).
+2. If a later step fails inside the service, it runs its undo log itself and re-raises; the
+   exception then rolls the database transaction back.
+3. Once every step has succeeded, it hands the undo log to the session with `undo_on_rollback`.
+   The commit happens later, in the session dependency, after the service has returned; if that
+   commit fails (or anything else raises before it), `undo_unless_committed` runs the actions.
+
+Undo actions run newest first, shielded from cancellation (a client that disconnects must not
+leave a half-undone change behind), and each failure is logged rather than raised, so one
+failing action neither hides the original error nor stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+logger = logging.getLogger(__name__)
+
+UndoAction = Callable[[], Awaitable[object]]
+
+_SESSION_KEY = "undo_on_rollback"
+
+
+class UndoLog:
+    """Undo actions for the outside changes made so far, run newest first."""
+
+    def __init__(self) -> None:
+        self._actions: list[tuple[str, UndoAction]] = []
+
+    def add(self, description: str, action: UndoAction) -> None:
+        self._actions.append((description, action))
+
+    async def undo(self) -> None:
+        actions, self._actions = self._actions, []
+        with anyio.CancelScope(shield=True):
+            for description, action in reversed(actions):
+                try:
+                    await action()
+                except Exception:
+                    # Left for an operator: the log line says exactly which change survived.
+                    logger.exception("undo failed: %s", description)
+                else:
+                    logger.info("undone: %s", description)
+
+
+def undo_on_rollback(session: AsyncSession, log: UndoLog) -> None:
+    """Run `log.undo()` if the session's current transaction ends without committing."""
+    session.info.setdefault(_SESSION_KEY, []).append(log)
+
+
+async def undo_registered(session: AsyncSession) -> None:
+    logs: list[UndoLog] = session.info.pop(_SESSION_KEY, [])
+    for log in reversed(logs):
+        await log.undo()
+
+
+@asynccontextmanager
+async def undo_unless_committed(session: AsyncSession) -> AsyncIterator[None]:
+    """Wrap a transaction (`async with undo_unless_committed(s), s.begin(): ...`).
+
+    Runs the undo logs registered during the transaction if its body or its commit raises.
+    """
+    try:
+        yield
+    except BaseException:
+        await undo_registered(session)
+        raise
+    finally:
+        session.info.pop(_SESSION_KEY, None)
