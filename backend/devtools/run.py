@@ -48,8 +48,7 @@ def start_embedded_database() -> None:
     port = int(os.environ.get("LOCAL_DB_PORT", "54329"))
     server = EmbeddedPostgres(LOCAL_DIR / "postgres", port=port)
     server.start()
-    if not server.database_exists(LOCAL_DATABASE):
-        server.create_database(LOCAL_DATABASE)
+    server.ensure_database(LOCAL_DATABASE)
     os.environ.update(
         DB_HOST="127.0.0.1",
         DB_PORT=str(server.port),

@@ -57,5 +57,7 @@ def configure_logging(level: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
-    # The access log below replaces uvicorn's, which knows no request id.
+    # The access log of app.core.middleware replaces uvicorn's, which knows no request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO; JWKS fetches are logged by the key cache itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -139,7 +139,9 @@ def make_user(db_session: AsyncSession) -> UserFactory:
             is_active=is_active,
         )
         db_session.add(user)
-        await db_session.flush()
+        # A savepoint commit: the row survives a rollback by the request under test, and the
+        # test's outer transaction still discards it afterwards.
+        await db_session.commit()
         return user
 
     return create

@@ -156,7 +156,7 @@ async def test_deactivation_applies_on_the_very_next_request(
     headers = auth_headers(user)
     assert (await client.get(ME, headers=headers)).status_code == 200
     user.is_active = False
-    await db_session.flush()
+    await db_session.commit()
     assert (await client.get(ME, headers=headers)).status_code == 401
 
 
@@ -168,7 +168,7 @@ async def test_role_comes_from_the_database_not_the_token(
     headers = auth_headers(user, **{"cognito:groups": ["ADMIN"]})
     assert (await client.get("/api/v1/users", headers=headers)).status_code == 403
     user.role = Role.ADMIN
-    await db_session.flush()
+    await db_session.commit()
     assert (await client.get("/api/v1/users", headers=headers)).status_code == 200
     assert (await client.get(ME, headers=headers)).json()["role"] == "ADMIN"
 

@@ -99,7 +99,7 @@ async def test_sign_in_then_call_a_protected_route(
     db_session.add(
         User(cognito_user_id=sub, email=EMAIL, full_name="Dee Spatcher", role=Role.DISPATCHER)
     )
-    await db_session.flush()
+    await db_session.commit()
 
     refused = sign_in_with_cli(emulator_env, client_id)
     assert refused.returncode == 1
