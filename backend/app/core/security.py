@@ -52,6 +52,9 @@ _MAX_KID_LENGTH: Final = 256
 _BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
+_KEY_CARRYING_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
+
+
 class TokenError(Exception):
     """The token is not acceptable. The message is a precise reason, meant for logs only."""
 
@@ -380,12 +383,15 @@ class AccessTokenVerifier:
         payload_bytes = _b64url_decode(payload_b64, "payload")
         signature = _b64url_decode(signature_b64, "signature")
 
-        # Header checks come before any key lookup so junk never triggers a JWKS fetch. `jku`,
-        # `x5u`, `jwk` and `x5c` are ignored: keys come only from the configured JWKS URL.
+        # Header checks come before any key lookup so junk never triggers a JWKS fetch. Keys
+        # come only from the configured JWKS URL; Cognito never sets a key-carrying header, so
+        # a token that does is someone else's and is refused without following it.
         if header.get("alg") != ALGORITHM:
             raise TokenError(f"header alg is not {ALGORITHM}")
         if "crit" in header:
             raise TokenError("header has crit")
+        if not _KEY_CARRYING_HEADERS.isdisjoint(header):
+            raise TokenError("header carries its own key or key URL")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
             raise TokenError("header kid missing or not a short string")

@@ -310,13 +310,14 @@ async def test_jku_is_never_followed(verifier: AccessTokenVerifier) -> None:
     with JWKSServer(attacker_key) as attacker:
         token = mint_token(claims(), attacker_key, headers={"jku": attacker.url})
 
-        await rejected(verifier, token, "kid")
+        await rejected(verifier, token, "key URL")
 
         assert attacker.request_count == 0
 
 
-async def test_key_carrying_headers_are_ignored(
-    verifier: AccessTokenVerifier, key: RSAKeyPair
+@pytest.mark.parametrize("header", ["jku", "x5u", "jwk", "x5c"])
+async def test_key_carrying_headers_are_refused_unfollowed(
+    verifier: AccessTokenVerifier, key: RSAKeyPair, header: str
 ) -> None:
     attacker_key = shared_rsa_key("attacker")
     with JWKSServer(attacker_key) as attacker:
@@ -326,12 +327,14 @@ async def test_key_carrying_headers_are_ignored(
             "jwk": attacker_key.public_jwk(),
             "x5c": ["MIIB"],
         }
-        # Signed by the attacker, naming the real kid and shipping the attacker's key inline.
-        forged = mint_token(claims(), key, headers=embedded, signing_key=attacker_key)
-        genuine = mint_token(claims(), key, headers=embedded)
+        # Naming the real kid, signed by the attacker or even by the real key: both refused.
+        forged = mint_token(
+            claims(), key, headers={header: embedded[header]}, signing_key=attacker_key
+        )
+        genuine = mint_token(claims(), key, headers={header: embedded[header]})
 
-        await rejected(verifier, forged, "signature")
-        assert (await verifier.verify(genuine)).sub
+        await rejected(verifier, forged, "key URL")
+        await rejected(verifier, genuine, "key URL")
 
         assert attacker.request_count == 0
 
