@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYTHONPATH := backend
 
-.PHONY: help run test lint typecheck migrations-check pytest tools bench fuzz soak clean
+.PHONY: help run stop-db test lint typecheck migrations-check pytest tools bench fuzz soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ venv: $(STAMP)
 
 run: $(STAMP) ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + local Cognito unless configured)
 	$(PY) -m devtools.run
+
+stop-db: $(STAMP) ## Stop the embedded PostgreSQL that make run started
+	$(PY) -m devtools.postgres stop --data-dir .local/postgres
 
 tools: ## Install the system tools the checks need (nginx, hadolint, shellcheck, ...)
 	@bash scripts/install_test_tools.sh

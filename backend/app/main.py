@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api.docs import install_docs
 from app.api.v1 import api_router
 from app.api.v1.health import router as health_router
 from app.core.config import Settings, fetch_database_credentials, load_settings
@@ -22,6 +23,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
+from app.services.reference import ReferenceCache
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                     issuer=settings.cognito_issuer,
                     client_id=settings.cognito_app_client_id,
                 ),
+                "reference_cache": ReferenceCache(),
             }
         finally:
             preload.cancel()
@@ -70,6 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Complaint case management: authentication, users and reference data.",
         lifespan=_lifespan(settings),
         responses={500: {"model": ErrorResponse, "description": "Unexpected error"}},
+        # FastAPI's own pages load Swagger UI from a CDN with inline scripts; install_docs
+        # serves it from the app under a strict CSP instead.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     register_error_handlers(app)
     app.add_middleware(
@@ -83,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(api_router, prefix="/api/v1")
+    install_docs(app, settings)
     return app
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import anyio.to_thread
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
@@ -17,30 +20,108 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.core.compensation import undo_unless_committed
-from app.core.config import DatabaseCredentials, DatabaseSettings
+from app.core.config import (
+    ConfigError,
+    DatabaseCredentials,
+    DatabaseSettings,
+    fetch_database_credentials,
+)
 
 logger = logging.getLogger(__name__)
 
 
+# Refused credentials re-read the secret at most this often, so a wrong secret yields 503s
+# instead of a loop hammering Secrets Manager and the database.
+CREDENTIALS_REFRESH_INTERVAL_SECONDS = 30.0
+
+
+class DatabaseConnector:
+    """Opens asyncpg connections with the current credentials, following secret rotation.
+
+    When the database refuses the password and the credentials came from Secrets Manager, the
+    secret is read again (once, for all concurrent connection attempts) and the connection is
+    retried with what it holds now. Nothing else retries here: the pool's callers see the error.
+    """
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        credentials: DatabaseCredentials,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self.credentials = credentials
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._refreshed_at: float | None = None
+        self._server_settings = {
+            "application_name": "one-system-api",
+            "statement_timeout": str(int(settings.db_statement_timeout_seconds * 1000)),
+            "idle_in_transaction_session_timeout": "30000",
+        }
+
+    async def connect(self) -> asyncpg.Connection:
+        credentials = self.credentials
+        try:
+            return await self._connect_with(credentials)
+        except asyncpg.InvalidAuthorizationSpecificationError:
+            if self._settings.db_secret_id is None:
+                raise
+            refreshed = await self._refresh(credentials)
+            if refreshed is None:
+                raise
+            return await self._connect_with(refreshed)
+
+    async def _connect_with(self, credentials: DatabaseCredentials) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=credentials.host,
+            port=credentials.port,
+            user=credentials.user,
+            password=credentials.password.get_secret_value(),
+            database=credentials.name,
+            timeout=self._settings.db_connect_timeout_seconds,
+            command_timeout=self._settings.db_statement_timeout_seconds + 1,
+            server_settings=self._server_settings,
+        )
+
+    async def _refresh(self, refused: DatabaseCredentials) -> DatabaseCredentials | None:
+        """New credentials from the secret, or None when there is nothing new to try."""
+        async with self._lock:
+            if self.credentials != refused:
+                return self.credentials  # another connection attempt already refreshed
+            now = self._clock()
+            if (
+                self._refreshed_at is not None
+                and now - self._refreshed_at < CREDENTIALS_REFRESH_INTERVAL_SECONDS
+            ):
+                return None
+            self._refreshed_at = now
+            try:
+                current = await anyio.to_thread.run_sync(fetch_database_credentials, self._settings)
+            except ConfigError as error:
+                logger.warning("database secret could not be re-read: %s", error)
+                return None
+            if current == refused:
+                logger.warning("database refused the credentials the secret still holds")
+                return None
+            logger.info("database credentials refreshed from the secret")
+            self.credentials = current
+            return current
+
+
 def create_engine(settings: DatabaseSettings, credentials: DatabaseCredentials) -> AsyncEngine:
-    statement_timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
+    connector = DatabaseConnector(settings, credentials)
     return create_async_engine(
-        credentials.url(),
+        # The URL names the dialect only; connections come from the connector.
+        "postgresql+asyncpg://",
+        async_creator=connector.connect,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=True,
         # Aurora fails over by DNS; recycling bounds how long a pool clings to an old writer.
         pool_recycle=1800,
-        connect_args={
-            "timeout": settings.db_connect_timeout_seconds,
-            "command_timeout": settings.db_statement_timeout_seconds + 1,
-            "server_settings": {
-                "application_name": "one-system-api",
-                "statement_timeout": str(statement_timeout_ms),
-                "idle_in_transaction_session_timeout": "30000",
-            },
-        },
     )
 
 
