@@ -2,7 +2,8 @@
 
 from fastapi import APIRouter
 
-from app.api.v1 import users
+from app.api.v1 import reference, users
 
 api_router = APIRouter()
 api_router.include_router(users.router)
+api_router.include_router(reference.router)

@@ -1,0 +1,129 @@
+"""Reference data for every signed-in role; the SLA table for admins.
+
+The pick lists are answered from a per-instance cache as pre-rendered JSON, bypassing response
+validation, with an ETag so a client revalidating an unchanged list gets a bodiless 304.
+Authentication still runs on every request, hit or not.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
+from app.core.auth import CurrentUser
+from app.core.db import SessionDep
+from app.core.errors import ErrorResponse
+from app.core.rbac import AdminUser
+from app.schemas.reference import (
+    ClosureReasonResponse,
+    ComplaintTypeResponse,
+    HandlerResponse,
+    ServiceTypeResponse,
+    SlaConfigResponse,
+)
+from app.services import reference
+from app.services.reference import REFERENCE_TTL_SECONDS, ReferenceCache, RenderedJson
+
+# `private`: the lists are the same for everyone, but only signed-in callers may see them, so
+# no shared cache (CDN, proxy) may store them.
+CACHE_CONTROL: Final = f"private, max-age={REFERENCE_TTL_SECONDS}"
+# PostgreSQL smallint, the type of the service type id; beyond it no id can exist.
+_MAX_SERVICE_TYPE_ID: Final = 32767
+
+CACHED_RESPONSES: dict[int | str, dict[str, object]] = {
+    **AUTH_RESPONSES,
+    304: {"description": "Not modified: the `If-None-Match` ETag is still current"},
+}
+
+
+async def _reference_cache(request: Request) -> ReferenceCache:
+    cache: ReferenceCache = request.state.reference_cache
+    return cache
+
+
+ReferenceCacheDep = Annotated[ReferenceCache, Depends(_reference_cache)]
+IfNoneMatch = Annotated[
+    str | None, Header(description="An ETag from an earlier response, to get 304 if unchanged")
+]
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    # RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`.
+    if if_none_match is None:
+        return False
+    candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+    return any(tag in ("*", etag) for tag in candidates)
+
+
+def _cached_json(rendered: RenderedJson, if_none_match: str | None) -> Response:
+    headers = {"Cache-Control": CACHE_CONTROL, "ETag": rendered.etag}
+    if _etag_matches(if_none_match, rendered.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(rendered.body, media_type="application/json", headers=headers)
+
+
+router = APIRouter(prefix="/reference", tags=["reference"])
+
+
+@router.get("/service-types", response_model=list[ServiceTypeResponse], responses=CACHED_RESPONSES)
+async def list_service_types(
+    _: CurrentUser, session: SessionDep, cache: ReferenceCacheDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """Active service types in display order."""
+    return _cached_json(await reference.service_types_json(session, cache), if_none_match)
+
+
+@router.get(
+    "/complaint-types",
+    response_model=list[ComplaintTypeResponse],
+    responses={
+        **CACHED_RESPONSES,
+        404: {"model": ErrorResponse, "description": "No active service type has this id"},
+    },
+)
+async def list_complaint_types(
+    _: CurrentUser,
+    session: SessionDep,
+    cache: ReferenceCacheDep,
+    service_type_id: Annotated[
+        int | None,
+        Query(ge=1, le=_MAX_SERVICE_TYPE_ID, description="Only this service type's entries"),
+    ] = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Active complaint types in display order, optionally of one service type (404 if unknown)."""
+    rendered = await reference.complaint_types_json(session, cache, service_type_id)
+    return _cached_json(rendered, if_none_match)
+
+
+@router.get("/handlers", response_model=list[HandlerResponse], responses=CACHED_RESPONSES)
+async def list_handlers(
+    _: CurrentUser, session: SessionDep, cache: ReferenceCacheDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """Active handling agencies in display order."""
+    return _cached_json(await reference.handlers_json(session, cache), if_none_match)
+
+
+@router.get(
+    "/closure-reasons", response_model=list[ClosureReasonResponse], responses=CACHED_RESPONSES
+)
+async def list_closure_reasons(
+    _: CurrentUser, session: SessionDep, cache: ReferenceCacheDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """Active closure reasons in display order."""
+    return _cached_json(await reference.closure_reasons_json(session, cache), if_none_match)
+
+
+@router.get("/provinces", response_model=list[str], responses=AUTH_RESPONSES)
+async def list_provinces(_: CurrentUser, session: SessionDep) -> list[str]:
+    """Provinces that have cases, sorted."""
+    return await reference.provinces(session)
+
+
+@router.get("/sla-config", response_model=list[SlaConfigResponse], responses=ADMIN_RESPONSES)
+async def list_sla_config(_: AdminUser, session: SessionDep) -> list[SlaConfigResponse]:
+    """SLA response and resolution hours per service type and priority (ADMIN)."""
+    rows = await reference.sla_config(session)
+    return [SlaConfigResponse.model_validate(row) for row in rows]
