@@ -19,6 +19,7 @@ from app.core.db import get_session
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
+from app.services.cognito import CognitoUserPool, get_cognito
 from tests.support.jwt_tokens import (
     TEST_CLIENT_ID,
     TEST_REGION,
@@ -28,6 +29,7 @@ from tests.support.jwt_tokens import (
     mint_token,
     shared_rsa_key,
 )
+from tests.support.moto_cognito import MotoCognito, running_moto_cognito
 
 SIGNING_KEY_ID = "test-signing-key-1"
 
@@ -185,3 +187,27 @@ async def client(
     """A client whose requests run inside the test's transaction, rolled back afterwards."""
     with sessions_from(app, db_session):
         yield session_client
+
+
+# ---------------------------------------------------------------------------------------------
+# Cognito on moto (user management tests)
+#
+#   moto_cognito   one moto server + user pool (groups for every role) for the test session
+#   cognito        the adapter the shared `app` uses in this test: its own client on that pool
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_cognito() -> Iterator[MotoCognito]:
+    with running_moto_cognito() as running:
+        yield running
+
+
+@pytest.fixture
+def cognito(app: FastAPI, moto_cognito: MotoCognito) -> Iterator[CognitoUserPool]:
+    adapter = moto_cognito.adapter()
+    app.dependency_overrides[get_cognito] = lambda: adapter
+    try:
+        yield adapter
+    finally:
+        app.dependency_overrides.pop(get_cognito, None)

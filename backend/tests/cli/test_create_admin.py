@@ -1,0 +1,159 @@
+"""The first-admin command against moto's Cognito and a database of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from app.cli.create_admin import create_admin
+from app.core.roles import Role
+from app.models.user import User
+from tests.api.conftest import make_settings
+from tests.support.jwt_tokens import TEST_REGION
+from tests.support.moto_cognito import (
+    DUMMY_CREDENTIALS_ENV,
+    MotoCognito,
+    aws_error_response,
+    fail_operation,
+    running_moto_cognito,
+)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoCognito]:
+    with running_moto_cognito() as running:
+        yield running
+
+
+@pytest.fixture
+async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(fresh_database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def users_with_email(engine: AsyncEngine, email: str) -> list[User]:
+    async with AsyncSession(engine) as session:
+        result = await session.execute(select(User).where(func.lower(User.email) == email))
+        return list(result.scalars())
+
+
+def new_email() -> str:
+    return f"first-admin-{uuid.uuid4().hex[:10]}@example.gov"
+
+
+def run_command(
+    database_url: str, moto: MotoCognito, cwd: Path, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m app.cli.create_admin ...` with only the environment the API would have."""
+    url = make_url(database_url)
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "DB_", "COGNITO_"))
+    }
+    environment = {
+        **inherited,
+        **DUMMY_CREDENTIALS_ENV,
+        "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER": moto.endpoint_url,
+        "AWS_REGION": TEST_REGION,
+        "DB_HOST": str(url.host),
+        "DB_PORT": str(url.port or 5432),
+        "DB_NAME": str(url.database),
+        "DB_USER": str(url.username),
+        "DB_PASSWORD": url.password or "unused",
+        "COGNITO_USER_POOL_ID": moto.user_pool_id,
+        "COGNITO_APP_CLIENT_ID": "unused",
+        "S3_ATTACHMENTS_BUCKET": "attachments",
+        "S3_EXPORTS_BUCKET": "exports",
+        "S3_AUDIT_BUCKET": "audit",
+        "S3_LANDING_BUCKET": "landing",
+        "SQS_NOTIFICATION_QUEUE_URL": "http://localhost/notifications",
+        "SQS_EXPORT_QUEUE_URL": "http://localhost/exports",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.create_admin", *arguments],
+        cwd=cwd,  # no .env there
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(
+    fresh_database_url: str, engine: AsyncEngine, moto: MotoCognito, tmp_path: Path
+) -> None:
+    email = new_email()
+    arguments = ("--email", email.upper(), "--name", "First Admin")
+    first = await asyncio.to_thread(run_command, fresh_database_url, moto, tmp_path, *arguments)
+    assert first.returncode == 0, first.stderr
+    assert f"created ADMIN {email}" in first.stdout
+    [user] = await users_with_email(engine, email)
+    assert (user.role, user.full_name, user.is_active) == (Role.ADMIN, "First Admin", True)
+    cognito_user = moto.find(email)
+    assert cognito_user is not None
+    assert cognito_user["attributes"]["sub"] == user.cognito_user_id
+    assert moto.groups_of(email) == {"ADMIN"}
+
+    again = await asyncio.to_thread(run_command, fresh_database_url, moto, tmp_path, *arguments)
+    assert again.returncode == 0, again.stderr
+    assert "already exists" in again.stdout
+    assert len(await users_with_email(engine, email)) == 1
+    assert len(moto.users_with_email(email)) == 1
+
+
+async def test_an_email_known_only_to_cognito_is_reported_and_fails(
+    fresh_database_url: str,
+    engine: AsyncEngine,
+    moto: MotoCognito,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    email = new_email()
+    sub = moto.create_user(email)
+    settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
+    assert await create_admin(settings, email, "Someone", moto.adapter()) == 1
+    assert "disagree" in capsys.readouterr().err
+    assert await users_with_email(engine, email) == []
+    assert moto.find(email)["attributes"]["sub"] == sub  # type: ignore[index]
+
+
+async def test_a_failure_half_way_leaves_nothing_behind(
+    fresh_database_url: str,
+    engine: AsyncEngine,
+    moto: MotoCognito,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    email = new_email()
+    cognito = moto.adapter()
+    fail_operation(
+        cognito,
+        "AdminAddUserToGroup",
+        lambda: aws_error_response(500, "InternalErrorException", "injected"),
+    )
+    settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
+    assert await create_admin(settings, email, "Someone", cognito) == 1
+    assert "unavailable" in capsys.readouterr().err
+    assert await users_with_email(engine, email) == []
+    assert moto.find(email) is None
+
+
+async def test_an_invalid_email_is_a_usage_error(
+    fresh_database_url: str, moto: MotoCognito, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
+    assert await create_admin(settings, "not-an-email", "Someone", moto.adapter()) == 2
+    assert "invalid email" in capsys.readouterr().err

@@ -1,0 +1,259 @@
+"""A Cognito user pool on moto's server, over real HTTP, and helpers to inspect and break it.
+
+moto's server emulates Cognito's admin API closely enough for the user service, with two
+differences from the real service that matter here and are patched while a server runs:
+- AdminCreateUser checks the username and then stores the user in two steps; with concurrent
+  requests (the server is threaded) two creates of one name can both succeed. Real Cognito's
+  username uniqueness is atomic, so the patch serialises creates.
+- AdminCreateUser with MessageAction=RESEND replaces the user with a new one (new sub, no
+  attributes, no groups); real Cognito keeps the user and only sends a new temporary password.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import boto3
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.config import Config
+from moto.cognitoidp.models import CognitoIdpBackend
+from moto.server import ThreadedMotoServer
+
+from app.core.roles import Role
+from app.services.cognito import CognitoUserPool
+from tests.support.jwt_tokens import TEST_REGION
+
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+
+DUMMY_CREDENTIALS_ENV: Final = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+def cognito_client(endpoint_url: str, *, max_attempts: int = 1) -> CognitoIdentityProviderClient:
+    """A client for `endpoint_url` with dummy credentials and bounded waits."""
+    return boto3.client(
+        "cognito-idp",
+        region_name=TEST_REGION,
+        endpoint_url=endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        aws_session_token="testing",
+        config=Config(
+            connect_timeout=2,
+            read_timeout=5,
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        ),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+_patch_lock = threading.Lock()
+_patch_users = 0
+_original_admin_create_user = CognitoIdpBackend.admin_create_user
+
+
+def _admin_create_user_like_cognito(
+    self: CognitoIdpBackend,
+    user_pool_id: str,
+    username: str,
+    message_action: str,
+    temporary_password: str,
+    attributes: list[dict[str, str]],
+) -> Any:
+    with _patch_lock:
+        if message_action == "RESEND":
+            return self.admin_get_user(user_pool_id, username)
+        return _original_admin_create_user(
+            self, user_pool_id, username, message_action, temporary_password, attributes
+        )
+
+
+@contextmanager
+def _cognito_fidelity_patches() -> Iterator[None]:
+    global _patch_users
+    with _patch_lock:
+        _patch_users += 1
+        CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
+
+
+class _Body:
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self._content
+
+
+def aws_error_response(status: int, code: str, message: str) -> AWSResponse:
+    """An HTTP response as Cognito sends it for an error (JSON protocol)."""
+    body = json.dumps({"__type": code, "message": message}).encode()
+    headers = HTTPHeaders()
+    headers["x-amzn-errortype"] = code
+    headers["content-type"] = "application/x-amz-json-1.1"
+    return AWSResponse("https://cognito-idp.invalid/", status, headers, _Body(body))
+
+
+@dataclass
+class MotoCognito:
+    endpoint_url: str
+    user_pool_id: str
+    client: Any  # a boto3 cognito-idp client on the moto server, for setup and assertions
+
+    def adapter(self, *, max_attempts: int = 1) -> CognitoUserPool:
+        """An adapter with a client of its own, so hooks a test adds stay in that test."""
+        return CognitoUserPool(self.new_client(max_attempts=max_attempts), self.user_pool_id)
+
+    def new_client(self, *, max_attempts: int = 1) -> CognitoIdentityProviderClient:
+        return cognito_client(self.endpoint_url, max_attempts=max_attempts)
+
+    def find(self, username: str) -> dict[str, Any] | None:
+        try:
+            user: dict[str, Any] = self.client.admin_get_user(
+                UserPoolId=self.user_pool_id, Username=username
+            )
+        except self.client.exceptions.UserNotFoundException:
+            return None
+        user["attributes"] = {a["Name"]: a["Value"] for a in user.get("UserAttributes", [])}
+        return user
+
+    def groups_of(self, username: str) -> set[str]:
+        response = self.client.admin_list_groups_for_user(
+            UserPoolId=self.user_pool_id, Username=username
+        )
+        return {group["GroupName"] for group in response["Groups"]}
+
+    def users_with_email(self, email: str) -> list[dict[str, Any]]:
+        response = self.client.list_users(UserPoolId=self.user_pool_id, Filter=f'email = "{email}"')
+        users: list[dict[str, Any]] = response["Users"]
+        return users
+
+    def create_user(self, email: str, *, role: Role | None = None, confirmed: bool = False) -> str:
+        """A Cognito user made directly, as if by someone else; returns its sub."""
+        response = self.client.admin_create_user(
+            UserPoolId=self.user_pool_id,
+            Username=email,
+            UserAttributes=[
+                {"Name": "email", "Value": email},
+                {"Name": "email_verified", "Value": "true"},
+            ],
+            MessageAction="SUPPRESS",
+        )
+        if role is not None:
+            self.client.admin_add_user_to_group(
+                UserPoolId=self.user_pool_id, Username=email, GroupName=role.value
+            )
+        if confirmed:
+            self.client.admin_set_user_password(
+                UserPoolId=self.user_pool_id,
+                Username=email,
+                Password="Correct-Horse-9!",
+                Permanent=True,
+            )
+        attributes = {a["Name"]: a["Value"] for a in response["User"]["Attributes"]}
+        return str(attributes["sub"])
+
+
+@contextmanager
+def running_moto_cognito() -> Iterator[MotoCognito]:
+    """A moto server on loopback with a fresh user pool and one group per role."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        with _cognito_fidelity_patches():
+            host, port = server.get_host_and_port()
+            endpoint_url = f"http://{host}:{port}"
+            client = cognito_client(endpoint_url)
+            pool = client.create_user_pool(PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}")
+            pool_id = pool["UserPool"]["Id"]
+            for role in Role:
+                client.create_group(UserPoolId=pool_id, GroupName=role.value)
+            yield MotoCognito(endpoint_url, pool_id, client)
+    finally:
+        server.stop()
+
+
+def fail_operation(
+    adapter: CognitoUserPool,
+    operation: str,
+    response: Callable[[], AWSResponse],
+    *,
+    times: int | None = None,
+) -> list[int]:
+    """Make `operation` calls of `adapter` get `response` instead of reaching moto.
+
+    The first `times` calls (all when None) are intercepted; later ones reach moto. The fake
+    answer goes through botocore's parsing and retries, like a real one. Returns a list that
+    grows by one per intercepted call.
+    """
+    calls: list[int] = []
+
+    def intercept(**_: object) -> AWSResponse | None:
+        if times is not None and len(calls) >= times:
+            return None
+        calls.append(1)
+        return response()
+
+    hooks = adapter._client.meta.events
+    hooks.register(f"before-send.cognito-idp.{operation}", intercept)  # type: ignore[arg-type]
+    return calls
+
+
+def unreachable_endpoint() -> str:
+    """An endpoint URL on a loopback port nothing listens on (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers (read timeouts)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(connection)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
