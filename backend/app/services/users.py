@@ -116,6 +116,14 @@ def _audited(
     record.emit("success")
 
 
+def _undo_on_rollback(session: AsyncSession, undo: UndoLog, audit: _AuditRecord) -> None:
+    # Registered first, so it runs last: the audit line follows the undo's own log lines.
+    audit_log = UndoLog()
+    audit_log.add("audit", audit.emit_rolled_back)
+    undo_on_rollback(session, audit_log)
+    undo_on_rollback(session, undo)
+
+
 # ---------------------------------------------------------------------------------------------
 # Create
 
@@ -139,7 +147,6 @@ async def create_user(
         if await find_user_by_email(session, data.email) is not None:
             raise EmailTakenError("A user with this email already exists")
         undo = UndoLog()
-        undo.add("audit", audit.emit_rolled_back)
         try:
             cognito_user = await cognito.create_user(data.email)
             undo.add(
@@ -166,7 +173,7 @@ async def create_user(
             await undo.undo()
             raise
         audit.target_id = user.id
-        undo_on_rollback(session, undo)
+        _undo_on_rollback(session, undo, audit)
         return user
 
 
@@ -316,7 +323,6 @@ async def update_user(
         await session.flush()
 
         undo = UndoLog()
-        undo.add("audit", audit.emit_rolled_back)
         try:
             await _apply_in_cognito(
                 cognito,
@@ -330,7 +336,7 @@ async def update_user(
         except BaseException:
             await undo.undo()
             raise
-        undo_on_rollback(session, undo)
+        _undo_on_rollback(session, undo, audit)
         return user
 
 

@@ -229,6 +229,7 @@ async def test_a_failing_cognito_step_leaves_neither_side_changed(
     db_session: AsyncSession,
     moto_cognito: MotoCognito,
     cognito: CognitoUserPool,
+    caplog: pytest.LogCaptureFixture,
     operation: str,
     status: int,
     code: str,
@@ -236,8 +237,11 @@ async def test_a_failing_cognito_step_leaves_neither_side_changed(
 ) -> None:
     fail_operation(cognito, operation, lambda: aws_error_response(status, code, "injected"))
     email = new_email("fault")
-    response = await client.post(USERS, json=body(email), headers=admin_headers)
+    with caplog.at_level(logging.INFO, logger="app.audit"):
+        response = await client.post(USERS, json=body(email), headers=admin_headers)
     assert response.status_code == expected_status, response.text
+    [audit] = [r for r in caplog.records if r.name == "app.audit"]
+    assert audit.outcome.startswith("refused:")  # type: ignore[attr-defined]
     if expected_status in (429, 503):
         assert int(response.headers["Retry-After"]) > 0
     assert await row_for(db_session, email) is None
@@ -763,16 +767,19 @@ FAIL_AT_COMMIT = [
 
 
 async def test_a_failing_commit_of_a_create_deletes_the_cognito_user(
-    committed: CommittedApp, moto_cognito: MotoCognito
+    committed: CommittedApp, moto_cognito: MotoCognito, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, _, headers = await committed.add_admin(moto_cognito)
     for statement in FAIL_AT_COMMIT:
         await committed.execute(statement)
     email = new_email("commit-fault")
-    response = await committed.client.post(
-        USERS, json=body(email, full_name="Fail At Commit"), headers=headers
-    )
+    with caplog.at_level(logging.INFO, logger="app.audit"):
+        response = await committed.client.post(
+            USERS, json=body(email, full_name="Fail At Commit"), headers=headers
+        )
     assert response.status_code == 500
+    audit = [r.outcome for r in caplog.records if r.name == "app.audit"]  # type: ignore[attr-defined]
+    assert audit == ["success", "rolled_back"]
     assert await committed.row(email) is None
     assert moto_cognito.find(email) is None
     # And without the fault the same email goes through: nothing was left behind.
