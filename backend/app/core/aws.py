@@ -18,7 +18,9 @@ def client_config(settings: DatabaseSettings) -> Config:
     return Config(
         connect_timeout=settings.aws_connect_timeout_seconds,
         read_timeout=settings.aws_read_timeout_seconds,
-        retries={"max_attempts": settings.aws_max_attempts, "mode": "standard"},
+        # total_max_attempts counts the first try; botocore's max_attempts would add retries
+        # on top of it and stretch a Cognito outage past the 5 s the request may wait.
+        retries={"total_max_attempts": settings.aws_max_attempts, "mode": "standard"},
     )
 
 
