@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.auth import CurrentUser
 from app.core.db import SessionDep
 from app.core.errors import ErrorResponse
@@ -22,14 +23,6 @@ from app.services.cognito import CognitoDep
 
 Responses = dict[int | str, dict[str, object]]
 
-AUTH_RESPONSES: Responses = {
-    401: {"model": ErrorResponse, "description": "Missing, invalid or expired access token"},
-    503: {"model": ErrorResponse, "description": "A dependency is unavailable"},
-}
-ADMIN_RESPONSES: Responses = {
-    **AUTH_RESPONSES,
-    403: {"model": ErrorResponse, "description": "The caller's role may not do this"},
-}
 _INVALID: Responses = {422: {"model": ErrorResponse, "description": "Invalid parameters or body"}}
 _NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No user with this id"}}
 _THROTTLED: Responses = {
