@@ -78,8 +78,17 @@ def main() -> None:
     print(f"API on http://{host}:{port}  (Swagger UI: http://{host}:{port}/docs)", flush=True)
     os.execv(  # noqa: S606 - replace this process so signals reach uvicorn directly
         sys.executable,
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", port,
-         "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            host,
+            "--port",
+            port,
+            "--no-access-log",
+        ],
     )
 
 
