@@ -276,6 +276,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 ECHO_APP = f"{Path(__file__).stem}:echo_app"
+APP_CSP = "default-src 'self'; connect-src 'self' https://auth.example.gov"
 ECHO_APP_DIR = Path(__file__).resolve().parent
 
 
@@ -319,6 +320,8 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
                 # nginx must replace these with its own single copy.
                 (b"x-frame-options", b"SAMEORIGIN"),
                 (b"x-request-id", b"set-by-app"),
+                # Replaced everywhere except under /docs, whose policy the app owns.
+                (b"content-security-policy", APP_CSP.encode()),
             ],
         }
     )
