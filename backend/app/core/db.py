@@ -129,12 +129,34 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+_abandoned_checks: set[asyncio.Future[None]] = set()
+
+
+def _forget_check(check: asyncio.Future[None]) -> None:
+    _abandoned_checks.discard(check)
+    if not check.cancelled():
+        check.exception()  # retrieved: its failure was already reported as "not reachable"
+
+
 async def database_is_reachable(engine: AsyncEngine, within_seconds: float) -> bool:
-    """`SELECT 1` within `within_seconds`; never raises."""
-    try:
-        async with asyncio.timeout(within_seconds), engine.connect() as connection:
+    """`SELECT 1` within `within_seconds`; never raises, never waits longer."""
+
+    async def select_one() -> None:
+        async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-    except Exception as error:  # any failure means "not reachable" to the health probe
+
+    check = asyncio.ensure_future(select_one())
+    try:
+        # Shielded and left behind on timeout: SQLAlchemy closes a connection that stopped
+        # answering gracefully, itself shielded from cancellation, for up to 2 s more.
+        await asyncio.wait_for(asyncio.shield(check), within_seconds)
+    except BaseException as error:
+        check.cancel()
+        _abandoned_checks.add(check)
+        check.add_done_callback(_forget_check)
+        if not isinstance(error, Exception):
+            raise
+        # Any failure means "not reachable" to the health probe.
         logger.warning("database check failed: %s", type(error).__name__)
         return False
     return True

@@ -114,10 +114,27 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# SQLSTATE classes that say the database cannot serve right now, not that the query is wrong:
+# 08 connection exception, 28 authorization (a rotated password), 53 insufficient resources (too
+# many connections), 57 operator intervention (statement timeout, shutdown, still starting up).
+# asyncpg's errors of these classes reach us as plain DBAPIError, so the class is what tells.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "53", "57"})
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    state = getattr(error, "sqlstate", None) or getattr(
+        getattr(error, "orig", None), "sqlstate", None
+    )
+    return state if isinstance(state, str) else None
+
+
 def _is_database_unavailable(error: BaseException) -> bool:
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, DATABASE_UNAVAILABLE_ERRORS)
+    if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
+        return True
+    state = _sqlstate(error)
+    return state is not None and state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
 
 
 _HTTP_CODES = {
