@@ -1,0 +1,82 @@
+"""The real app behind the real Nginx config: a signed-in user's request goes all the way through.
+
+The app runs as production runs it (uvicorn subprocess, proxy headers trusted from Nginx only)
+on its own migrated database, verifying tokens against a JWKS served over HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.core.roles import Role
+from app.models.user import User
+from tests.support.jwt_tokens import (
+    TEST_CLIENT_ID,
+    TEST_REGION,
+    TEST_USER_POOL_ID,
+    JWKSServer,
+    access_token_claims,
+    mint_token,
+    shared_rsa_key,
+)
+
+from .nginx_harness import offline_app_env, run_nginx, run_uvicorn
+
+KEY_ID = "nginx-e2e-key"
+
+
+@pytest.fixture(scope="module")
+def jwks() -> Iterator[JWKSServer]:
+    with JWKSServer(shared_rsa_key(KEY_ID)) as server:
+        yield server
+
+
+async def test_signed_in_request_through_nginx(fresh_database_url: str, jwks: JWKSServer) -> None:
+    sub = str(uuid.uuid4())
+    engine = create_async_engine(fresh_database_url)
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(User).values(
+                cognito_user_id=sub,
+                email="officer@example.gov",
+                full_name="Oh Fisser",
+                role=Role.OFFICER,
+                responsible_province="Phuket",
+            )
+        )
+    await engine.dispose()
+    url = make_url(fresh_database_url)
+    env = {
+        **offline_app_env(),
+        "DB_HOST": str(url.host),
+        "DB_PORT": str(url.port),
+        "DB_NAME": str(url.database),
+        "DB_USER": str(url.username),
+        "AWS_REGION": TEST_REGION,
+        "COGNITO_USER_POOL_ID": TEST_USER_POOL_ID,
+        "COGNITO_APP_CLIENT_ID": TEST_CLIENT_ID,
+        "COGNITO_JWKS_URL": jwks.url,
+    }
+    token = mint_token(access_token_claims({"sub": sub}), shared_rsa_key(KEY_ID))
+    with run_uvicorn("app.main:app", env=env) as app_port, run_nginx(app_port) as proxy:
+        async with httpx.AsyncClient(timeout=10) as client:
+            health = await client.get(proxy.url("/health"))
+            me = await client.get(
+                proxy.url("/api/v1/users/me"),
+                headers={"Authorization": f"Bearer {token}", "X-Request-ID": "through-nginx"},
+            )
+            anonymous = await client.get(proxy.url("/api/v1/users/me"))
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "db": "ok"}
+    assert me.status_code == 200, me.text
+    assert me.json()["email"] == "officer@example.gov"
+    assert me.headers.get_list("x-request-id") == ["through-nginx"]
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
