@@ -270,7 +270,26 @@ class _ProxyServer(ThreadingHTTPServer):
 
     def __init__(self, state: _ProxyState, port: int) -> None:
         self.state = state
+        self.connections: set[socket.socket] = set()
         super().__init__(("127.0.0.1", port), _ProxyHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.state.lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.state.lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def sever(self) -> None:
+        """Cut every open connection, as a server that goes away does."""
+        with self.state.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that give up on a hanging call close their end
@@ -310,6 +329,7 @@ class FaultProxy:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.sever()
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
