@@ -24,12 +24,15 @@ from app.services.cognito import CognitoDep
 Responses = dict[int | str, dict[str, object]]
 
 _INVALID: Responses = {422: {"model": ErrorResponse, "description": "Invalid parameters or body"}}
+# FastAPI's answer to a body that is not text at all (invalid UTF-8), before any validation.
+_UNREADABLE: Responses = {400: {"model": ErrorResponse, "description": "The body cannot be read"}}
 _NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No user with this id"}}
 _THROTTLED: Responses = {
     429: {"model": ErrorResponse, "description": "Cognito is throttling; see Retry-After"}
 }
 CREATE_RESPONSES: Responses = {
     **ADMIN_RESPONSES,
+    **_UNREADABLE,
     **_INVALID,
     **_THROTTLED,
     409: {"model": ErrorResponse, "description": "A user with this email already exists"},
@@ -37,6 +40,7 @@ CREATE_RESPONSES: Responses = {
 READ_RESPONSES: Responses = {**ADMIN_RESPONSES, **_INVALID, **_NOT_FOUND}
 UPDATE_RESPONSES: Responses = {
     **READ_RESPONSES,
+    **_UNREADABLE,
     **_THROTTLED,
     409: {
         "model": ErrorResponse,
