@@ -46,5 +46,14 @@ pytest: $(STAMP) tools ## The test suite (real PostgreSQL, moto Cognito)
 
 test: lint typecheck migrations-check pytest ## Everything CI runs
 
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-installed-*; touch $@
+
+bench: $(BENCH_STAMP) ## Throughput/latency vs a bare baseline at 100k users, 1M cases (BENCH_ARGS=...)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean: ## Remove the venv, caches and local data
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency of the API next to a bare FastAPI baseline."""

@@ -1,0 +1,321 @@
+"""Turning wrk runs into numbers, targets, a table, JSON and a chart.
+
+Nothing here starts a process or opens a socket, so the tests can feed it canned wrk output.
+
+Where each target is read (written down so nobody has to guess):
+- throughput ratios at every *saturated* level (concurrency >= 16), against the baseline at
+  the same level: one worker busy all the time, so req/s is the cost of a request;
+- p50 comparisons at concurrency 1, where the latency is the service time itself; under
+  saturation p50 is mostly time spent queueing behind other requests and says little;
+- errors over every run, warm-up rounds included;
+- RSS of the API worker over the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+MIB: Final = 1024 * 1024
+RSS_LIMIT_MIB: Final = 150.0
+# "No growth": the second half's peak RSS may exceed the first half's by at most this much.
+# Each half serves tens of thousands of requests, so a leak of even 100 bytes a request
+# would show as several MiB; allocator noise and late one-off allocations stay below 4 MiB.
+RSS_GROWTH_TOLERANCE_MIB: Final = 4.0
+SATURATED_CONNECTIONS: Final = 16
+
+_RESULT_LINE = re.compile(r"^BENCH_RESULT (\{.*\})\s*$", re.MULTILINE)
+
+
+class WrkOutputError(ValueError):
+    """wrk's output holds no summary line from our script."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    duration_s: float
+    non2xx: int
+    socket_errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + self.socket_errors
+
+
+def parse_wrk_output(text: str) -> WrkResult:
+    """The summary that `auth.lua`'s `done()` prints (the last one, if several)."""
+    matches = _RESULT_LINE.findall(text)
+    if not matches:
+        raise WrkOutputError("no BENCH_RESULT line in wrk's output:\n" + text[-2000:])
+    raw = json.loads(matches[-1])
+    return WrkResult(
+        requests=int(raw["requests"]),
+        duration_s=raw["duration_us"] / 1e6,
+        non2xx=int(raw["non2xx"]),
+        socket_errors=sum(
+            int(raw[name])
+            for name in ("connect_errors", "read_errors", "write_errors", "timeout_errors")
+        ),
+        p50_ms=raw["p50_us"] / 1000,
+        p90_ms=raw["p90_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
+        mean_ms=raw["mean_us"] / 1000,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    scenario: str
+    connections: int
+    result: WrkResult
+    warmup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RssSummary:
+    """RSS of one worker: its high-water mark, and the peak of each half of the run."""
+
+    peak_mib: float
+    first_half_peak_mib: float
+    second_half_peak_mib: float
+
+    @property
+    def growth_mib(self) -> float:
+        return self.second_half_peak_mib - self.first_half_peak_mib
+
+    @classmethod
+    def from_samples(
+        cls, samples: Sequence[tuple[float, int]], split_at: float, high_water_bytes: int
+    ) -> RssSummary:
+        """`samples` are (time, VmRSS bytes); the halves are before and after `split_at`."""
+        first = [rss for at, rss in samples if at < split_at]
+        second = [rss for at, rss in samples if at >= split_at]
+        if not first or not second:
+            raise ValueError("RSS samples must cover both halves of the run")
+        return cls(
+            # VmHWM is read once at the end; a sample may have caught a higher VmRSS figure
+            # between kernel accounting updates, so the peak is the larger of the two.
+            peak_mib=max(high_water_bytes, *first, *second) / MIB,
+            first_half_peak_mib=max(first) / MIB,
+            second_half_peak_mib=max(second) / MIB,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SqlTiming:
+    name: str
+    p50_ms: float
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOutcome:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    measurements: list[Measurement]
+    rss: list[RssSummary]
+    sql: list[SqlTiming] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def measured(self) -> list[Measurement]:
+        return [m for m in self.measurements if not m.warmup]
+
+    def find(self, scenario: str, connections: int) -> WrkResult:
+        for measurement in self.measured():
+            if measurement.scenario == scenario and measurement.connections == connections:
+                return measurement.result
+        raise KeyError(f"no measurement of {scenario} at {connections} connections")
+
+    def levels(self) -> list[int]:
+        return sorted({m.connections for m in self.measured()})
+
+    def sql_p50(self, name: str) -> float:
+        for timing in self.sql:
+            if timing.name == name:
+                return timing.p50_ms
+        raise KeyError(name)
+
+
+def _ratio_target(
+    report: BenchReport, scenario: str, minimum: float, levels: Iterable[int]
+) -> TargetOutcome:
+    worst: tuple[float, int] | None = None
+    for level in levels:
+        ratio = report.find(scenario, level).rps / report.find("baseline", level).rps
+        if worst is None or ratio < worst[0]:
+            worst = (ratio, level)
+    assert worst is not None
+    return TargetOutcome(
+        f"{scenario} throughput >= {minimum:g} x baseline",
+        worst[0] >= minimum,
+        f"lowest ratio {worst[0]:.2f} (at {worst[1]} connections)",
+    )
+
+
+def _p50_target(
+    report: BenchReport, scenario: str, reference: str, factor: float, *, reference_p50: float
+) -> TargetOutcome:
+    p50 = report.find(scenario, 1).p50_ms
+    return TargetOutcome(
+        f"{scenario} p50 <= {factor:g} x {reference} p50",
+        p50 <= factor * reference_p50,
+        f"{p50:.2f} ms vs {reference_p50:.2f} ms (x{p50 / reference_p50:.2f})",
+    )
+
+
+def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
+    saturated = [level for level in report.levels() if level >= SATURATED_CONNECTIONS]
+    outcomes = [
+        _ratio_target(report, "users/me", 0.5, saturated),
+        _ratio_target(report, "service-types", 0.8, saturated),
+    ]
+    first_page = report.find("users first page", 1).p50_ms
+    outcomes.append(
+        _p50_target(report, "users last page", "users first page", 1.5, reference_p50=first_page)
+    )
+    outcomes.append(
+        _p50_target(
+            report,
+            "users first page",
+            "users/me",
+            5,
+            reference_p50=report.find("users/me", 1).p50_ms,
+        )
+    )
+    outcomes.append(
+        _p50_target(
+            report,
+            "provinces",
+            "service-types",
+            2,
+            reference_p50=report.find("service-types", 1).p50_ms,
+        )
+    )
+    # "Far below the naive DISTINCT": the whole request, auth included, in a fifth of the time
+    # the bare DISTINCT query alone takes on the server.
+    outcomes.append(
+        _p50_target(
+            report,
+            "provinces",
+            "naive DISTINCT (SQL only)",
+            0.2,
+            reference_p50=report.sql_p50("naive DISTINCT"),
+        )
+    )
+    errors = sum(m.result.errors for m in report.measurements)
+    outcomes.append(
+        TargetOutcome("no non-2xx responses or socket errors", errors == 0, f"{errors} in all runs")
+    )
+    for index, rss in enumerate(report.rss):
+        outcomes.append(
+            TargetOutcome(
+                f"worker {index} RSS <= {RSS_LIMIT_MIB:g} MiB",
+                rss.peak_mib <= RSS_LIMIT_MIB,
+                f"peak {rss.peak_mib:.1f} MiB",
+            )
+        )
+        outcomes.append(
+            TargetOutcome(
+                f"worker {index} RSS growth <= {RSS_GROWTH_TOLERANCE_MIB:g} MiB between halves",
+                rss.growth_mib <= RSS_GROWTH_TOLERANCE_MIB,
+                f"{rss.first_half_peak_mib:.1f} -> {rss.second_half_peak_mib:.1f} MiB "
+                f"({rss.growth_mib:+.1f})",
+            )
+        )
+    return outcomes
+
+
+def format_table(report: BenchReport) -> str:
+    """A Markdown table of the measured runs, ratios against the baseline at the same level."""
+    lines = [
+        "| scenario | conns | req/s | p50 ms | p99 ms | errors | x baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for measurement in report.measured():
+        result = measurement.result
+        baseline = report.find("baseline", measurement.connections).rps
+        lines.append(
+            f"| {measurement.scenario} | {measurement.connections} | {result.rps:,.0f} | "
+            f"{result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.errors} | "
+            f"{result.rps / baseline:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_targets(outcomes: Sequence[TargetOutcome]) -> str:
+    return "\n".join(
+        f"{'PASS' if outcome.passed else 'FAIL'}  {outcome.name}: {outcome.detail}"
+        for outcome in outcomes
+    )
+
+
+def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str, Any]:
+    return {
+        "machine": report.machine,
+        "settings": report.settings,
+        "measurements": [
+            {
+                "scenario": m.scenario,
+                "connections": m.connections,
+                "warmup": m.warmup,
+                "rps": round(m.result.rps, 1),
+                **asdict(m.result),
+            }
+            for m in report.measurements
+        ],
+        "rss": [{**asdict(rss), "growth_mib": rss.growth_mib} for rss in report.rss],
+        "sql": [asdict(timing) for timing in report.sql],
+        "notes": report.notes,
+        "targets": [asdict(outcome) for outcome in outcomes],
+    }
+
+
+def write_chart(report: BenchReport, path: Path) -> None:
+    """Throughput and p99 per scenario, one bar per concurrency level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(m.scenario for m in report.measured()))
+    levels = report.levels()
+    height = 0.8 / len(levels)
+    figure, (throughput, p99) = plt.subplots(1, 2, figsize=(13, 0.45 * len(scenarios) + 2))
+    for index, level in enumerate(levels):
+        offsets = [row + index * height for row in range(len(scenarios))]
+        results = [report.find(scenario, level) for scenario in scenarios]
+        throughput.barh(offsets, [r.rps for r in results], height, label=f"{level} conns")
+        p99.barh(offsets, [r.p99_ms for r in results], height, label=f"{level} conns")
+    centre = [row + height * (len(levels) - 1) / 2 for row in range(len(scenarios))]
+    for axis, title in ((throughput, "requests / s"), (p99, "p99 latency, ms")):
+        axis.set_yticks(centre, scenarios)
+        axis.invert_yaxis()
+        axis.set_title(title)
+        axis.grid(axis="x", alpha=0.3)
+    p99.set_xscale("log")
+    throughput.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
