@@ -24,6 +24,9 @@ from app.core.middleware import REQUEST_ID_SCOPE_KEY
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+# A body of 200k unknown fields made a 422 listing each: seconds of CPU on the event loop and
+# an 18 MB answer. The first problems say what is wrong as well as all of them would.
+MAX_REPORTED_PROBLEMS = 20
 
 
 class DomainError(Exception):
@@ -157,10 +160,14 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     # `input` may echo a password or a token back: keep only where and what went wrong.
+    everything = error.errors()
     problems = [
         {"loc": problem.get("loc", ()), "msg": problem.get("msg", ""), "type": problem.get("type")}
-        for problem in error.errors()
+        for problem in everything[:MAX_REPORTED_PROBLEMS]
     ]
+    if len(everything) > MAX_REPORTED_PROBLEMS:
+        more = len(everything) - MAX_REPORTED_PROBLEMS
+        problems.append({"loc": (), "msg": f"{more} more problems", "type": "truncated"})
     return error_response(request, 422, "validation_error", problems)
 
 

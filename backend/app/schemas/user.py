@@ -22,11 +22,19 @@ from app.models.user import PROVINCE_LENGTH
 
 FULL_NAME_LENGTH = 200
 
+# PostgreSQL text cannot hold NUL: refuse it as bad input here instead of failing in the database.
+NO_NUL = r"^[^\x00]*$"
 FullName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=FULL_NAME_LENGTH)
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=FULL_NAME_LENGTH, pattern=NO_NUL
+    ),
 ]
 Province = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROVINCE_LENGTH)
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=PROVINCE_LENGTH, pattern=NO_NUL
+    ),
 ]
 # Cognito and the unique index both compare emails case-insensitively; storing one spelling
 # keeps lookups, the Cognito username and the index in agreement.
@@ -127,7 +135,9 @@ class UserListParams(BaseModel):
     province: Province | None = None
     q: Annotated[
         str | None,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=SEARCH_LENGTH),
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=SEARCH_LENGTH, pattern=NO_NUL
+        ),
         Field(description="Case-insensitive substring of the name or the email"),
     ] = None
     sort: UserSort = UserSort.CREATED_AT_DESC
