@@ -17,13 +17,19 @@ from app.api.docs import install_docs
 from app.api.v1 import api_router
 from app.api.v1.health import router as health_router
 from app.core.config import Settings, fetch_database_credentials, load_settings
-from app.core.db import create_engine, create_sessionmaker, database_is_reachable
+from app.core.db import (
+    DatabaseConnector,
+    create_engine,
+    create_sessionmaker,
+    database_is_reachable,
+)
 from app.core.errors import ErrorResponse, register_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
 from app.services.reference import ReferenceCache
+from app.services.user_cache import SESSION_CACHE_KEY, UserCache
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +49,19 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # Warm the key cache without holding up startup: tokens verify once it lands, and a
         # Cognito outage now only means the first requests fetch the keys themselves.
         preload = asyncio.create_task(jwks.preload())
+        # Its own connection (one per worker, beside the pool) listens for user changes; the
+        # cache stays bypassed until that works, so startup does not wait for it either.
+        user_cache = UserCache(DatabaseConnector(settings, credentials).connect)
+        user_cache.start()
+        sessionmaker = create_sessionmaker(engine)
+        # Sessions report the users they commit, so this instance evicts them at once.
+        sessionmaker.configure(info={SESSION_CACHE_KEY: user_cache})
         try:
             yield {
                 "settings": settings,
                 "engine": engine,
-                "sessionmaker": create_sessionmaker(engine),
+                "sessionmaker": sessionmaker,
+                "user_cache": user_cache,
                 "cognito": CognitoUserPool.from_settings(settings),
                 "token_verifier": AccessTokenVerifier(
                     jwks,
@@ -57,6 +71,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 "reference_cache": ReferenceCache(),
             }
         finally:
+            await user_cache.aclose()
             preload.cancel()
             await jwks.aclose()
             await engine.dispose()

@@ -17,6 +17,7 @@ from app.core.db import SessionDep
 from app.core.errors import NotAuthenticatedError, ServiceUnavailableError
 from app.core.security import AccessTokenVerifier, JWKSUnavailableError, TokenError
 from app.models.user import User
+from app.services.user_cache import UserCache, get_user_cache
 from app.services.users import find_user_by_cognito_id
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ async def get_current_user(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    cache: Annotated[UserCache | None, Depends(get_user_cache)],
 ) -> User:
     if credentials is None:
         header_sent = "authorization" in request.headers
@@ -47,6 +49,12 @@ async def get_current_user(
     except TokenError as error:
         logger.info("rejected token: %s", error)
         raise NotAuthenticatedError("Invalid or expired token", token_sent=True) from None
+    # The cache holds active users only and drops one when its row changes: at once for a
+    # write through this instance, on the commit's NOTIFY for any other (app.services.user_cache).
+    cached = cache.get(claims.sub) if cache is not None else None
+    if cached is not None:
+        return cached
+    ticket = cache.ticket() if cache is not None else None
     user = await find_user_by_cognito_id(session, claims.sub)
     if user is None or not user.is_active:
         logger.info(
@@ -55,6 +63,8 @@ async def get_current_user(
             extra={"cognito_sub": claims.sub},
         )
         raise NotAuthenticatedError("Invalid or expired token", token_sent=True)
+    if cache is not None:
+        cache.put(ticket, user)
     return user
 
 

@@ -20,6 +20,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool, get_cognito
+from app.services.user_cache import get_user_cache
 from tests.support.jwt_tokens import (
     TEST_CLIENT_ID,
     TEST_REGION,
@@ -160,6 +161,10 @@ async def session_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def _no_user_cache() -> None:
+    return None
+
+
 @contextmanager
 def sessions_from(app: FastAPI, db_session: AsyncSession) -> Iterator[None]:
     """Make every request of `app` use the test's session (its transaction is rolled back)."""
@@ -174,10 +179,14 @@ def sessions_from(app: FastAPI, db_session: AsyncSession) -> Iterator[None]:
             raise
 
     app.dependency_overrides[get_session] = session_in_test_transaction
+    # The test's transaction never commits, so PostgreSQL never notifies its user changes: the
+    # user cache, which relies on those notifications, must not serve these requests.
+    app.dependency_overrides[get_user_cache] = _no_user_cache
     try:
         yield
     finally:
         app.dependency_overrides.pop(get_session, None)
+        app.dependency_overrides.pop(get_user_cache, None)
 
 
 @pytest.fixture

@@ -1,0 +1,270 @@
+"""The user cache: exact across connections and processes, bypassed whenever it cannot be sure.
+
+These tests need real commits (notifications are only sent for committed transactions), so each
+runs on a database of its own and talks to the app through its real sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.core.roles import Role
+from app.main import create_app
+from app.models.user import User
+from app.services.user_cache import EVERYONE, UserCache
+from tests.api.conftest import SIGNING_KEY_ID, _WithLifespanState, make_settings, token_for
+from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
+
+ME = "/api/v1/users/me"
+
+
+@pytest.fixture(scope="module")
+def jwks_server() -> Iterator[JWKSServer]:
+    with JWKSServer(shared_rsa_key(SIGNING_KEY_ID)) as server:
+        yield server
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+async def insert_user(dsn: str, role: Role = Role.DISPATCHER) -> User:
+    user = User(
+        id=uuid.uuid4(),
+        cognito_user_id=f"sub-{uuid.uuid4()}",
+        email=f"{uuid.uuid4().hex[:10]}@example.gov",
+        full_name="Cached Person",
+        role=role,
+        responsible_province="Chiang Mai" if role is Role.OFFICER else None,
+        is_active=True,
+    )
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            "INSERT INTO users (id, cognito_user_id, email, full_name, role, "
+            "responsible_province) VALUES ($1, $2, $3, $4, $5, $6)",
+            user.id,
+            user.cognito_user_id,
+            user.email,
+            user.full_name,
+            user.role.value,
+            user.responsible_province,
+        )
+    finally:
+        await connection.close()
+    return user
+
+
+async def commit_elsewhere(dsn: str, sql: str, *args: Any) -> None:
+    """Run `sql` on a connection of its own, outside the app, and commit."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(sql, *args)
+    finally:
+        await connection.close()
+
+
+async def eventually(condition: Any, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - the conditions are plain attributes
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_app(
+    database_url: str, jwks_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
+    app = create_app(make_settings(database_url, cognito_jwks_url=jwks_url))
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=_WithLifespanState(app, state or {}))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            cache: UserCache = state["user_cache"]
+            await eventually(lambda: cache.listening)
+            yield client, dict(state or {})
+
+
+def headers_of(user: User) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user)}"}
+
+
+async def test_deactivation_committed_by_another_connection_rejects_the_cached_user(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        cache: UserCache = state["user_cache"]
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+        assert cache.get(user.cognito_user_id) is not None, "the first request fills the cache"
+
+        evicted = asyncio.create_task(cache.wait_for_change())
+        await commit_elsewhere(dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id)
+        # PostgreSQL sends the notification at commit; it arrives here within milliseconds.
+        await asyncio.wait_for(evicted, 5)
+
+        response = await client.get(ME, headers=headers_of(user))
+        assert response.status_code == 401
+        assert cache.get(user.cognito_user_id) is None
+
+
+async def test_role_change_committed_by_another_connection_applies_to_the_next_request(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn, Role.EXECUTIVE)
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        cache: UserCache = state["user_cache"]
+        assert (await client.get("/api/v1/users", headers=headers_of(user))).status_code == 403
+        assert cache.get(user.cognito_user_id) is not None
+
+        evicted = asyncio.create_task(cache.wait_for_change())
+        await commit_elsewhere(dsn, "UPDATE users SET role = 'ADMIN' WHERE id = $1", user.id)
+        await asyncio.wait_for(evicted, 5)
+
+        assert (await client.get("/api/v1/users", headers=headers_of(user))).status_code == 200
+        assert (await client.get(ME, headers=headers_of(user))).json()["role"] == "ADMIN"
+
+
+async def test_a_commit_through_this_instance_evicts_before_the_commit_returns(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        cache: UserCache = state["user_cache"]
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+
+        async with state["sessionmaker"]() as session, session.begin():
+            row = await session.get(User, user.id)
+            assert row is not None
+            row.is_active = False
+        # No waiting for the notification: this process knew of its own write.
+        assert cache.get(user.cognito_user_id) is None
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+
+
+async def test_a_lost_listener_clears_and_bypasses_the_cache_until_it_reconnects(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        cache: UserCache = state["user_cache"]
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+        assert len(cache) == 1
+
+        # Every other connection of the database goes, the listener's among them.
+        await commit_elsewhere(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        await eventually(lambda: not cache.listening)
+        assert len(cache) == 0
+        # While nothing listens, each request reads the row: a deactivation applies at once.
+        await commit_elsewhere(dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id)
+        if not cache.listening:
+            assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+
+        await eventually(lambda: cache.listening)
+        await commit_elsewhere(dsn, "UPDATE users SET is_active = true WHERE id = $1", user.id)
+        await eventually(lambda: cache.get(user.cognito_user_id) is None)
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+        assert cache.get(user.cognito_user_id) is not None
+
+
+async def test_mass_updates_tell_listeners_to_forget_everyone(fresh_database_url: str) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    payloads: list[str] = []
+    listener = await asyncpg.connect(dsn)
+    try:
+        await listener.add_listener(
+            "users_changed", lambda _c, _p, _ch, payload: payloads.append(payload)
+        )
+        await commit_elsewhere(
+            dsn,
+            "INSERT INTO users (cognito_user_id, email, full_name, role) "
+            "SELECT 'mass-' || g, 'mass' || g || '@example.gov', 'Mass', 'EXECUTIVE' "
+            "FROM generate_series(1, 1001) AS g",
+        )
+        await commit_elsewhere(
+            dsn, "UPDATE users SET full_name = 'Renamed' WHERE email = $1", "mass1@example.gov"
+        )
+        await commit_elsewhere(dsn, "UPDATE users SET full_name = 'Renamed'")
+        await commit_elsewhere(dsn, "DELETE FROM users WHERE cognito_user_id = 'mass-2'")
+        await eventually(lambda: len(payloads) == 3, within=5)
+    finally:
+        await listener.close()
+    # Inserts are silent; one row names its user; a thousand and one rows say "everyone".
+    assert payloads == ["mass-1", EVERYONE, "mass-2"]
+
+
+# --- the cache on its own ---------------------------------------------------------------------
+
+
+def cached_user() -> User:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return User(
+        id=uuid.uuid4(),
+        cognito_user_id="sub-1",
+        email="a@example.gov",
+        full_name="A",
+        role=Role.EXECUTIVE,
+        responsible_province=None,
+        is_active=True,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def never_connects() -> asyncpg.Connection:
+    raise OSError("database unreachable")
+
+
+async def test_without_a_listener_nothing_is_cached_or_served() -> None:
+    cache = UserCache(never_connects, min_backoff=0.01, max_backoff=0.02)
+    cache.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert not cache.listening
+        assert cache.ticket() is None
+        cache.put(cache.ticket(), cached_user())
+        assert cache.get("sub-1") is None
+        assert len(cache) == 0
+    finally:
+        await cache.aclose()
+
+
+async def test_a_lookup_that_raced_with_a_change_is_not_stored() -> None:
+    cache = UserCache(never_connects)
+    cache._listening = True  # as if LISTEN had succeeded
+    ticket = cache.ticket()
+    cache.invalidate(["someone-else"])  # a change arrives while the row is being read
+    cache.put(ticket, cached_user())
+    assert cache.get("sub-1") is None
+
+    cache.put(cache.ticket(), cached_user())
+    hit = cache.get("sub-1")
+    assert hit is not None
+    assert hit.role is Role.EXECUTIVE
+    assert hit is not cache.get("sub-1"), "each request gets its own object"
+
+
+async def test_inactive_users_are_never_stored() -> None:
+    cache = UserCache(never_connects)
+    cache._listening = True
+    user = cached_user()
+    user.is_active = False
+    cache.put(cache.ticket(), user)
+    assert len(cache) == 0
