@@ -243,13 +243,14 @@ async def list_users(session: AsyncSession, params: UserListParams) -> UserList:
 # Update
 
 
-async def _lock_active_admins(session: AsyncSession) -> None:
+async def _lock_active_admins(session: AsyncSession, user_id: uuid.UUID) -> None:
     # Every change that can take away an admin locks the admin rows first, in id order, so two
     # such changes run one after the other (and cannot deadlock) and the second one counts
-    # what the first one left.
+    # what the first one left. The changed user's row is locked in the same statement and
+    # order: locked afterwards, it deadlocked against a change that had seen it as an admin.
     await session.execute(
         select(User.id)
-        .where(User.role == Role.ADMIN, User.is_active.is_(True))
+        .where(or_((User.role == Role.ADMIN) & User.is_active.is_(True), User.id == user_id))
         .order_by(User.id)
         .with_for_update()
     )
@@ -303,7 +304,7 @@ async def update_user(
     with _audited("user.update", actor.id, user_id) as audit:
         audit.details["fields"] = sorted(changes)
         if "role" in changes or changes.get("is_active") is False:
-            await _lock_active_admins(session)
+            await _lock_active_admins(session, user_id)
         user = await _lock_user(session, user_id)
         old_role, was_active = user.role, user.is_active
         role: Role = changes.get("role", old_role)
