@@ -57,7 +57,7 @@ async def fuzz_callers(fuzz_database: str) -> dict[Role, dict[str, str]]:
     callers = {}
     for role in (Role.ADMIN, Role.DISPATCHER):
         user = await add_user(fuzz_database, role)
-        callers[role] = bearer(user.cognito_user_id, lifetime=3600)
+        callers[role] = bearer(user.cognito_user_id)
     return callers
 
 
