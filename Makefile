@@ -46,6 +46,12 @@ pytest: $(STAMP) tools ## The test suite (real PostgreSQL, moto Cognito)
 
 test: lint typecheck migrations-check pytest ## Everything CI runs
 
+fuzz: $(STAMP) ## Property-based tests of every operation with a large budget (FUZZ_EXAMPLES=300)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(VENV)/bin/pytest -p no:cacheprovider backend/tests/hardening/test_fuzz.py $(PYTEST_ARGS)
+
+soak: $(STAMP) ## 60 s of mixed traffic at 50 connections against uvicorn (SOAK_SECONDS=...)
+	SOAK_SECONDS=$${SOAK_SECONDS:-60} $(VENV)/bin/pytest -p no:cacheprovider -s backend/tests/soak $(PYTEST_ARGS)
+
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 $(BENCH_STAMP): $(STAMP)
