@@ -172,12 +172,12 @@ async def test_rotation_is_followed_with_one_read_of_the_secret_and_no_restart(
             set_password(own_pg, db_role, second)
             secret.put(db_role, second)
             # Open connections outlive a password change: nothing to do yet.
-            assert (await live.client.get(ME, headers=headers)).status_code == 200
+            assert (await live.client.get(USERS, headers=headers)).status_code == 200
             assert secrets_proxy.count("GetSecretValue") == 1
 
             await terminate_backends(own_database, db_role)
             responses = await asyncio.gather(
-                *(live.client.get(ME, headers=headers) for _ in range(5))
+                *(live.client.get(USERS, headers=headers) for _ in range(5))
             )
             assert [response.status_code for response in responses] == [200] * 5
             # One read for all the pool's connections the refused password made fail (a
