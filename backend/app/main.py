@@ -20,6 +20,7 @@ from app.core.config import Settings, fetch_database_credentials, load_settings
 from app.core.db import (
     DatabaseConnector,
     create_engine,
+    create_read_sessionmaker,
     create_sessionmaker,
     database_is_reachable,
 )
@@ -61,6 +62,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 "settings": settings,
                 "engine": engine,
                 "sessionmaker": sessionmaker,
+                "read_sessionmaker": create_read_sessionmaker(engine),
                 "user_cache": user_cache,
                 "cognito": CognitoUserPool.from_settings(settings),
                 "token_verifier": AccessTokenVerifier(
@@ -103,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["X-Request-ID", "Location", "Retry-After", "ETag"],
         max_age=600,
     )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)
     app.include_router(api_router, prefix="/api/v1")
     install_docs(app, settings)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 
-from app.core.auth import bearer_scheme
+from app.core.auth import BEARER_SCHEME_NAME
 from app.core.config import ConfigError, Settings
 from app.core.errors import NotFoundError
 
@@ -176,7 +176,7 @@ def offer_hosted_ui(schema: Mapping[str, Any], hosted_ui: HostedUI) -> dict[str,
             security = operation.get("security")
             if not security or alternative in security:
                 continue
-            if any(bearer_scheme.scheme_name in requirement for requirement in security):
+            if any(BEARER_SCHEME_NAME in requirement for requirement in security):
                 security.append(dict(alternative))
     return result
 

@@ -115,6 +115,9 @@ class Settings(DatabaseSettings):
     cognito_domain: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    # One JSON line per request. Behind Nginx, which logs every request with the same request
+    # id, production turns it off (docker-compose.prod.yml) and saves its cost on every request.
+    access_log: bool = True
     health_timeout_seconds: float = Field(default=2.0, gt=0)
 
     @field_validator("cors_origins", mode="before")

@@ -7,7 +7,6 @@ import re
 import time
 import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logging import request_id_var
@@ -31,8 +30,9 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,28 +43,37 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_code = 500
+        header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = message.setdefault("headers", [])
+                # Error responses name their request themselves; everything else gets it here.
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    message["headers"] = [*headers, header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            access_logger.info(
-                "%s %s %s",
-                scope["method"],
-                scope["path"],
-                status_code,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "client": scope["client"][0] if scope.get("client") else None,
-                },
-            )
+            if self.access_log:
+                self._log(scope, status_code, started)
             request_id_var.reset(token)
+
+    @staticmethod
+    def _log(scope: Scope, status_code: int, started: float) -> None:
+        access_logger.info(
+            "%s %s %s",
+            scope["method"],
+            scope["path"],
+            status_code,
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": scope["client"][0] if scope.get("client") else None,
+            },
+        )

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from cachetools import TTLCache
 from pydantic import TypeAdapter
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
+from app.core.db import ReadSessions
 from app.core.errors import NotFoundError
 from app.models.case import Case, CasePriority
 from app.models.reference import (
@@ -125,6 +125,7 @@ class ReferenceCache:
 
 
 _ReferenceT = TypeVar("_ReferenceT", bound=ReferenceMixin)
+_RowT = TypeVar("_RowT")
 
 _SERVICE_TYPES = TypeAdapter(list[ServiceTypeResponse])
 _COMPLAINT_TYPES = TypeAdapter(list[ComplaintTypeResponse])
@@ -141,16 +142,21 @@ def _active_in_display_order(model: type[_ReferenceT]) -> sa.Select[_ReferenceT]
     return select(model).where(model.is_active).order_by(model.sort_order, model.code)
 
 
-async def service_types_json(session: AsyncSession, cache: ReferenceCache) -> RenderedJson:
+async def _all(sessions: ReadSessions, statement: sa.Select[_RowT]) -> Sequence[_RowT]:
+    async with sessions() as session:
+        return (await session.scalars(statement)).all()
+
+
+async def service_types_json(sessions: ReadSessions, cache: ReferenceCache) -> RenderedJson:
     async def load() -> RenderedJson:
-        rows = await session.scalars(_active_in_display_order(RefServiceType))
-        return _render(_SERVICE_TYPES, rows.all())
+        rows = await _all(sessions, _active_in_display_order(RefServiceType))
+        return _render(_SERVICE_TYPES, rows)
 
     return await cache.get_or_load(("service-types", None), load)
 
 
 async def complaint_types_json(
-    session: AsyncSession, cache: ReferenceCache, service_type_id: int | None = None
+    sessions: ReadSessions, cache: ReferenceCache, service_type_id: int | None = None
 ) -> RenderedJson:
     """Active complaint types of active service types, grouped by service type in its order.
 
@@ -162,11 +168,12 @@ async def complaint_types_json(
 
     async def load() -> RenderedJson:
         if service_type_id is not None:
-            found = await session.scalar(
-                select(RefServiceType.id).where(
-                    RefServiceType.id == service_type_id, RefServiceType.is_active
+            async with sessions() as session:
+                found = await session.scalar(
+                    select(RefServiceType.id).where(
+                        RefServiceType.id == service_type_id, RefServiceType.is_active
+                    )
                 )
-            )
             if found is None:
                 raise NotFoundError(f"Service type {service_type_id} does not exist or is inactive")
         statement = (
@@ -182,24 +189,22 @@ async def complaint_types_json(
         )
         if service_type_id is not None:
             statement = statement.where(RefComplaintType.service_type_id == service_type_id)
-        rows = await session.scalars(statement)
-        return _render(_COMPLAINT_TYPES, rows.all())
+        return _render(_COMPLAINT_TYPES, await _all(sessions, statement))
 
     return await cache.get_or_load(("complaint-types", service_type_id), load)
 
 
-async def handlers_json(session: AsyncSession, cache: ReferenceCache) -> RenderedJson:
+async def handlers_json(sessions: ReadSessions, cache: ReferenceCache) -> RenderedJson:
     async def load() -> RenderedJson:
-        rows = await session.scalars(_active_in_display_order(RefHandler))
-        return _render(_HANDLERS, rows.all())
+        return _render(_HANDLERS, await _all(sessions, _active_in_display_order(RefHandler)))
 
     return await cache.get_or_load(("handlers", None), load)
 
 
-async def closure_reasons_json(session: AsyncSession, cache: ReferenceCache) -> RenderedJson:
+async def closure_reasons_json(sessions: ReadSessions, cache: ReferenceCache) -> RenderedJson:
     async def load() -> RenderedJson:
-        rows = await session.scalars(_active_in_display_order(RefClosureReason))
-        return _render(_CLOSURE_REASONS, rows.all())
+        rows = await _all(sessions, _active_in_display_order(RefClosureReason))
+        return _render(_CLOSURE_REASONS, rows)
 
     return await cache.get_or_load(("closure-reasons", None), load)
 
@@ -223,10 +228,9 @@ def _distinct_provinces() -> sa.Select[str]:
 DISTINCT_PROVINCES: Final = _distinct_provinces()
 
 
-async def provinces(session: AsyncSession) -> list[str]:
+async def provinces(sessions: ReadSessions) -> list[str]:
     """Provinces that have at least one case; uncached, so a new province shows at once."""
-    result = await session.scalars(DISTINCT_PROVINCES)
-    return list(result.all())
+    return list(await _all(sessions, DISTINCT_PROVINCES))
 
 
 _PRIORITY_RANK: Final = sa.case(
@@ -234,13 +238,13 @@ _PRIORITY_RANK: Final = sa.case(
 )
 
 
-async def sla_config(session: AsyncSession) -> Sequence[SlaConfig]:
+async def sla_config(sessions: ReadSessions) -> Sequence[SlaConfig]:
     """Every SLA row (deactivated service types included: admins still maintain them), in the
     service types' display order and from the lowest priority to the highest."""
-    result = await session.scalars(
+    return await _all(
+        sessions,
         select(SlaConfig)
         .join(SlaConfig.service_type)
         .options(contains_eager(SlaConfig.service_type))
-        .order_by(RefServiceType.sort_order, RefServiceType.code, _PRIORITY_RANK)
+        .order_by(RefServiceType.sort_order, RefServiceType.code, _PRIORITY_RANK),
     )
-    return result.all()

@@ -41,7 +41,7 @@ import asyncpg
 from cachetools import TTLCache
 from fastapi import Request
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.core.roles import Role
 from app.models.user import User
@@ -58,8 +58,12 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 @dataclass(frozen=True, slots=True)
-class CachedUser:
-    """The columns of a users row; turned into a fresh, detached `User` for each request."""
+class AuthenticatedUser:
+    """The caller, as its users row read at authentication: an immutable snapshot.
+
+    Immutable, so one cached instance can serve every request of that user without requests
+    sharing mutable state, and no ORM object has to be built per request.
+    """
 
     id: uuid.UUID
     cognito_user_id: str
@@ -72,7 +76,7 @@ class CachedUser:
     updated_at: datetime
 
     @classmethod
-    def of(cls, user: User) -> CachedUser:
+    def of(cls, user: User) -> AuthenticatedUser:
         return cls(
             id=user.id,
             cognito_user_id=user.cognito_user_id,
@@ -84,23 +88,6 @@ class CachedUser:
             created_at=user.created_at,
             updated_at=user.updated_at,
         )
-
-    def to_user(self) -> User:
-        # A new object per request: requests never share a mutable ORM instance. Detached, as a
-        # loaded user is once its session closes; relationships are lazy="raise" anyway.
-        user = User(
-            id=self.id,
-            cognito_user_id=self.cognito_user_id,
-            email=self.email,
-            full_name=self.full_name,
-            role=self.role,
-            responsible_province=self.responsible_province,
-            is_active=self.is_active,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-        )
-        make_transient_to_detached(user)
-        return user
 
 
 class UserCache:
@@ -117,7 +104,7 @@ class UserCache:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
-        self._entries: TTLCache[str, CachedUser] = TTLCache(
+        self._entries: TTLCache[str, AuthenticatedUser] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds, timer=timer
         )
         self._ping_interval = ping_interval
@@ -141,21 +128,20 @@ class UserCache:
     def generation(self) -> int:
         return self._generation
 
-    def get(self, sub: str) -> User | None:
+    def get(self, sub: str) -> AuthenticatedUser | None:
         if not self._listening:
             return None
-        entry = self._entries.get(sub)
-        return entry.to_user() if entry is not None else None
+        return self._entries.get(sub)
 
     def ticket(self) -> int | None:
         """Take before reading a user from the database; hand to `put` afterwards."""
         return self._generation if self._listening else None
 
-    def put(self, ticket: int | None, user: User) -> None:
+    def put(self, ticket: int | None, user: AuthenticatedUser) -> None:
         if ticket is None or ticket != self._generation or not self._listening:
             return
         if user.is_active:
-            self._entries[user.cognito_user_id] = CachedUser.of(user)
+            self._entries[user.cognito_user_id] = user
 
     def invalidate(self, subs: Iterable[str]) -> None:
         """Forget these users (`EVERYONE` among them: all users)."""

@@ -297,11 +297,11 @@ async def update_user(
     user_id: uuid.UUID,
     update: UserUpdate,
     *,
-    actor: User,
+    actor_id: uuid.UUID,
 ) -> User:
     """Change name, role, province or active state, in the table and in Cognito."""
     changes = update.model_dump(exclude_unset=True)
-    with _audited("user.update", actor.id, user_id) as audit:
+    with _audited("user.update", actor_id, user_id) as audit:
         audit.details["fields"] = sorted(changes)
         if "role" in changes or changes.get("is_active") is False:
             await _lock_active_admins(session, user_id)
@@ -312,7 +312,7 @@ async def update_user(
         province = _province_after(user, changes, role)
 
         if old_role is Role.ADMIN and was_active and (role is not Role.ADMIN or not is_active):
-            if user.id == actor.id:
+            if user.id == actor_id:
                 raise ConflictError("You cannot deactivate or demote yourself")
             if await _count_other_active_admins(session, user.id) == 0:
                 raise ConflictError("The last active admin cannot be deactivated or demoted")

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import Settings
-from app.core.db import get_session
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool, get_cognito
-from app.services.user_cache import get_user_cache
 from tests.support.jwt_tokens import (
     TEST_CLIENT_ID,
     TEST_REGION,
@@ -63,23 +61,54 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 class _WithLifespanState:
-    """Hands the lifespan state to each request, as an ASGI server does."""
+    """Hands the lifespan state to each request, as an ASGI server does; `overrides` replace
+    entries of it (a test's sessionmaker, a cache on a fake clock)."""
 
     def __init__(self, app: ASGIApp, state: Mapping[str, Any]) -> None:
         self.app = app
         self.state = state
+        self.overrides: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app({**scope, "state": dict(self.state)}, receive, send)
+        await self.app({**scope, "state": {**self.state, **self.overrides}}, receive, send)
+
+
+def in_transaction_of(db_session: AsyncSession) -> dict[str, Any]:
+    """State overrides that run a request's database work inside the test's transaction.
+
+    Every session the app opens joins the test's connection through savepoints, so it sees what
+    the test wrote and its commits stay inside the transaction the test rolls back. That
+    transaction never commits, so PostgreSQL never notifies its user changes: the user cache,
+    which relies on those notifications, is switched off.
+    """
+    assert isinstance(db_session.bind, AsyncConnection)
+    sessions = async_sessionmaker(
+        bind=db_session.bind,
+        join_transaction_mode="create_savepoint",
+        expire_on_commit=False,
+        autoflush=False,
+    )
+    return {"sessionmaker": sessions, "read_sessionmaker": sessions, "user_cache": None}
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan and yield a client that talks to it over ASGI."""
+async def served(app: FastAPI, **overrides: Any) -> AsyncIterator[_WithLifespanState]:
+    """Run the app's lifespan; yield its ASGI entry point, with these state overrides."""
     async with app.router.lifespan_context(app) as state:
-        transport = httpx.ASGITransport(app=_WithLifespanState(app, state or {}))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+        asgi = _WithLifespanState(app, state or {})
+        asgi.overrides.update(overrides)
+        yield asgi
+
+
+def client_of(asgi: _WithLifespanState) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://testserver")
+
+
+@asynccontextmanager
+async def serve(app: FastAPI, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and yield a client that talks to it over ASGI."""
+    async with served(app, **overrides) as asgi, client_of(asgi) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
@@ -156,46 +185,22 @@ def app(app_settings: Settings) -> FastAPI:
 
 
 @pytest.fixture(scope="session")
-async def session_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(app) as client:
-        yield client
-
-
-async def _no_user_cache() -> None:
-    return None
-
-
-@contextmanager
-def sessions_from(app: FastAPI, db_session: AsyncSession) -> Iterator[None]:
-    """Make every request of `app` use the test's session (its transaction is rolled back)."""
-
-    async def session_in_test_transaction() -> AsyncIterator[AsyncSession]:
-        # Same contract as get_session: commit on success (a savepoint here), roll back on error.
-        try:
-            yield db_session
-            await db_session.commit()
-        except BaseException:
-            await db_session.rollback()
-            raise
-
-    app.dependency_overrides[get_session] = session_in_test_transaction
-    # The test's transaction never commits, so PostgreSQL never notifies its user changes: the
-    # user cache, which relies on those notifications, must not serve these requests.
-    app.dependency_overrides[get_user_cache] = _no_user_cache
-    try:
-        yield
-    finally:
-        app.dependency_overrides.pop(get_session, None)
-        app.dependency_overrides.pop(get_user_cache, None)
+async def served_app(app: FastAPI) -> AsyncIterator[_WithLifespanState]:
+    async with served(app) as asgi:
+        yield asgi
 
 
 @pytest.fixture
 async def client(
-    app: FastAPI, session_client: httpx.AsyncClient, db_session: AsyncSession
+    served_app: _WithLifespanState, db_session: AsyncSession
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client whose requests run inside the test's transaction, rolled back afterwards."""
-    with sessions_from(app, db_session):
-        yield session_client
+    served_app.overrides = in_transaction_of(db_session)
+    try:
+        async with client_of(served_app) as client:
+            yield client
+    finally:
+        served_app.overrides = {}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.core.config import Settings
-from app.core.db import get_session
 from app.core.roles import Role
 from app.main import create_app
 from app.models import (
@@ -36,7 +35,13 @@ from app.models import (
     User,
 )
 from app.services.reference import DISTINCT_PROVINCES, ReferenceCache, provinces
-from tests.api.conftest import UserFactory, auth_headers, make_settings
+from tests.api.conftest import (
+    UserFactory,
+    auth_headers,
+    in_transaction_of,
+    make_settings,
+    serve,
+)
 from tests.support.jwt_tokens import JWKSServer
 
 BASE = "/api/v1/reference"
@@ -111,17 +116,8 @@ async def fresh_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a new app (so an empty cache on `clock`) whose requests use `db_session`."""
     app = create_app(app_settings)
-
-    async def session_in_test_transaction() -> AsyncIterator[AsyncSession]:
-        try:
-            yield db_session
-            await db_session.commit()
-        except BaseException:
-            await db_session.rollback()
-            raise
-
-    app.dependency_overrides[get_session] = session_in_test_transaction
-    async with serve_with_state(app, reference_cache=ReferenceCache(timer=clock)) as (client, _):
+    overrides = {**in_transaction_of(db_session), "reference_cache": ReferenceCache(timer=clock)}
+    async with serve(app, **overrides) as client:
         yield client
 
 
@@ -517,7 +513,9 @@ async def test_provinces_walk_the_province_index_instead_of_reading_every_case(
     assert len(index_scans) == 2, plan
     assert re.search(r"Index Cond: .*\bcases\.province > provinces\w*\.province", plan), plan
     assert "Seq Scan" not in plan, plan
-    assert await provinces(db_session) == [f"Province {n:02d}" for n in range(50)]
+    assert await provinces(in_transaction_of(db_session)["read_sessionmaker"]) == [
+        f"Province {n:02d}" for n in range(50)
+    ]
 
 
 # --- access ----------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ import re
 import httpx
 import pytest
 
+from app.core.config import Settings
 from app.core.logging import JsonFormatter
+from app.main import create_app
+from tests.api.conftest import serve
 
 
 async def test_request_id_is_echoed(client: httpx.AsyncClient) -> None:
@@ -63,3 +66,14 @@ async def test_cors_preflight_for_the_spa(client: httpx.AsyncClient) -> None:
     )
     assert refused.status_code == 400
     assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+async def test_access_log_can_be_left_to_the_proxy(
+    app_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(app_settings.model_copy(update={"access_log": False}))
+    with caplog.at_level(logging.INFO):
+        async with serve(app) as quiet_client:
+            response = await quiet_client.get("/health/live", headers={"X-Request-ID": "q-1"})
+    assert response.headers["X-Request-ID"] == "q-1"
+    assert not [r for r in caplog.records if r.name == "app.access"]

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from tests.api.conftest import make_settings, serve, sessions_from
+from tests.api.conftest import in_transaction_of, make_settings, serve
 from tests.support.net import free_port
 
 REGION = "us-east-1"
@@ -117,12 +117,11 @@ async def test_sign_in_then_call_a_protected_route(
             cognito_jwks_url=f"{cognito_endpoint}/{pool_id}/.well-known/jwks.json",
         )
     )
-    with sessions_from(app, db_session):
-        async with serve(app) as client:
-            me = await client.get(
-                "/api/v1/users/me", headers={"Authorization": f"Bearer {access_token}"}
-            )
-            anonymous = await client.get("/api/v1/users/me")
+    async with serve(app, **in_transaction_of(db_session)) as client:
+        me = await client.get(
+            "/api/v1/users/me", headers={"Authorization": f"Bearer {access_token}"}
+        )
+        anonymous = await client.get("/api/v1/users/me")
     assert me.status_code == 200, me.text
     assert me.json()["email"] == EMAIL
     assert me.json()["role"] == "DISPATCHER"

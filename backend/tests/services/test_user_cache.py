@@ -7,6 +7,7 @@ runs on a database of its own and talks to the app through its real sessions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from sqlalchemy.engine import make_url
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from app.services.user_cache import EVERYONE, UserCache
+from app.services.user_cache import EVERYONE, AuthenticatedUser, UserCache
 from tests.api.conftest import SIGNING_KEY_ID, _WithLifespanState, make_settings, token_for
 from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
 
@@ -211,11 +212,11 @@ async def test_mass_updates_tell_listeners_to_forget_everyone(fresh_database_url
 # --- the cache on its own ---------------------------------------------------------------------
 
 
-def cached_user() -> User:
+def cached_user() -> AuthenticatedUser:
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
-    return User(
+    row = User(
         id=uuid.uuid4(),
         cognito_user_id="sub-1",
         email="a@example.gov",
@@ -226,6 +227,7 @@ def cached_user() -> User:
         created_at=now,
         updated_at=now,
     )
+    return AuthenticatedUser.of(row)
 
 
 async def never_connects() -> asyncpg.Connection:
@@ -258,13 +260,13 @@ async def test_a_lookup_that_raced_with_a_change_is_not_stored() -> None:
     hit = cache.get("sub-1")
     assert hit is not None
     assert hit.role is Role.EXECUTIVE
-    assert hit is not cache.get("sub-1"), "each request gets its own object"
+    # One snapshot serves every request of the user, so it must be immutable.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hit.role = Role.ADMIN  # type: ignore[misc]
 
 
 async def test_inactive_users_are_never_stored() -> None:
     cache = UserCache(never_connects)
     cache._listening = True
-    user = cached_user()
-    user.is_active = False
-    cache.put(cache.ticket(), user)
+    cache.put(cache.ticket(), dataclasses.replace(cached_user(), is_active=False))
     assert len(cache) == 0

@@ -50,7 +50,7 @@ async def test_the_last_active_admin_cannot_be_deactivated_or_demoted(
             unused_cognito(),
             last_admin.id,
             UserUpdate.model_validate(change),
-            actor=former_admin,
+            actor_id=former_admin.id,
         )
     await db_session.refresh(last_admin)
     assert (last_admin.role, last_admin.is_active) == (Role.ADMIN, True)
@@ -65,5 +65,5 @@ async def test_with_another_active_admin_the_rule_lets_a_demotion_through(
     # Past the rule, the service goes to Cognito: unreachable here, so the refusal is a 503.
     with pytest.raises(ServiceUnavailableError):
         await update_user(
-            db_session, unused_cognito(), target.id, UserUpdate(is_active=False), actor=actor
+            db_session, unused_cognito(), target.id, UserUpdate(is_active=False), actor_id=actor.id
         )

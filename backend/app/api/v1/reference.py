@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.auth import CurrentUser
-from app.core.db import SessionDep
+from app.core.db import read_sessions
 from app.core.errors import ErrorResponse
 from app.core.rbac import AdminUser
 from app.schemas.reference import (
@@ -38,12 +38,13 @@ CACHED_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-async def _reference_cache(request: Request) -> ReferenceCache:
+def _cache(request: Request) -> ReferenceCache:
     cache: ReferenceCache = request.state.reference_cache
     return cache
 
 
-ReferenceCacheDep = Annotated[ReferenceCache, Depends(_reference_cache)]
+# No per-request session or cache dependency: a cache hit (nearly every request) then costs no
+# more than authentication; a miss reads through a short autocommit session of its own.
 IfNoneMatch = Annotated[
     str | None, Header(description="An ETag from an earlier response, to get 304 if unchanged")
 ]
@@ -69,10 +70,11 @@ router = APIRouter(prefix="/reference", tags=["reference"])
 
 @router.get("/service-types", response_model=list[ServiceTypeResponse], responses=CACHED_RESPONSES)
 async def list_service_types(
-    _: CurrentUser, session: SessionDep, cache: ReferenceCacheDep, if_none_match: IfNoneMatch = None
+    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Active service types in display order."""
-    return _cached_json(await reference.service_types_json(session, cache), if_none_match)
+    rendered = await reference.service_types_json(read_sessions(request), _cache(request))
+    return _cached_json(rendered, if_none_match)
 
 
 @router.get(
@@ -85,8 +87,7 @@ async def list_service_types(
 )
 async def list_complaint_types(
     _: CurrentUser,
-    session: SessionDep,
-    cache: ReferenceCacheDep,
+    request: Request,
     service_type_id: Annotated[
         int | None,
         Query(ge=1, le=_MAX_SERVICE_TYPE_ID, description="Only this service type's entries"),
@@ -94,36 +95,40 @@ async def list_complaint_types(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active complaint types in display order, optionally of one service type (404 if unknown)."""
-    rendered = await reference.complaint_types_json(session, cache, service_type_id)
+    rendered = await reference.complaint_types_json(
+        read_sessions(request), _cache(request), service_type_id
+    )
     return _cached_json(rendered, if_none_match)
 
 
 @router.get("/handlers", response_model=list[HandlerResponse], responses=CACHED_RESPONSES)
 async def list_handlers(
-    _: CurrentUser, session: SessionDep, cache: ReferenceCacheDep, if_none_match: IfNoneMatch = None
+    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Active handling agencies in display order."""
-    return _cached_json(await reference.handlers_json(session, cache), if_none_match)
+    rendered = await reference.handlers_json(read_sessions(request), _cache(request))
+    return _cached_json(rendered, if_none_match)
 
 
 @router.get(
     "/closure-reasons", response_model=list[ClosureReasonResponse], responses=CACHED_RESPONSES
 )
 async def list_closure_reasons(
-    _: CurrentUser, session: SessionDep, cache: ReferenceCacheDep, if_none_match: IfNoneMatch = None
+    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Active closure reasons in display order."""
-    return _cached_json(await reference.closure_reasons_json(session, cache), if_none_match)
+    rendered = await reference.closure_reasons_json(read_sessions(request), _cache(request))
+    return _cached_json(rendered, if_none_match)
 
 
 @router.get("/provinces", response_model=list[str], responses=AUTH_RESPONSES)
-async def list_provinces(_: CurrentUser, session: SessionDep) -> list[str]:
+async def list_provinces(_: CurrentUser, request: Request) -> list[str]:
     """Provinces that have cases, sorted."""
-    return await reference.provinces(session)
+    return await reference.provinces(read_sessions(request))
 
 
 @router.get("/sla-config", response_model=list[SlaConfigResponse], responses=ADMIN_RESPONSES)
-async def list_sla_config(_: AdminUser, session: SessionDep) -> list[SlaConfigResponse]:
+async def list_sla_config(_: AdminUser, request: Request) -> list[SlaConfigResponse]:
     """SLA response and resolution hours per service type and priority (ADMIN)."""
-    rows = await reference.sla_config(session)
+    rows = await reference.sla_config(read_sessions(request))
     return [SlaConfigResponse.model_validate(row) for row in rows]

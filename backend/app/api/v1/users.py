@@ -110,7 +110,7 @@ async def update_user(
     cognito: CognitoDep,
 ) -> UserResponse:
     """Change a user's name, role, province or active state (in Cognito too)."""
-    user = await users.update_user(session, cognito, user_id, update, actor=admin)
+    user = await users.update_user(session, cognito, user_id, update, actor_id=admin.id)
     return UserResponse.model_validate(user)
 
 
