@@ -14,7 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api.docs import install_docs
-from app.api.v1 import api_router
+from app.api.v1 import API_PREFIX
+from app.api.v1 import routers as v1_routers
 from app.api.v1.health import router as health_router
 from app.core.config import Settings, fetch_database_credentials, load_settings
 from app.core.db import (
@@ -107,7 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)
-    app.include_router(api_router, prefix="/api/v1")
+    for router in v1_routers:
+        app.include_router(router, prefix=API_PREFIX)
     install_docs(app, settings)
     return app
 

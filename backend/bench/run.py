@@ -320,6 +320,8 @@ def server_env(dsn_port: int, jwks_url: str) -> dict[str, str]:
         SQS_EXPORT_QUEUE_URL="http://127.0.0.1:9/exports",
         ENVIRONMENT="bench",
         LOG_LEVEL="INFO",
+        # As docker-compose.prod.yml runs it: Nginx writes the access log there.
+        ACCESS_LOG="false",
         FORWARDED_ALLOW_IPS="127.0.0.1",
     )
     return env
