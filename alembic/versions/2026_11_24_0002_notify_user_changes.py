@@ -7,8 +7,9 @@ Create Date: 2026-11-24
 `NOTIFY users_changed` carries the `cognito_user_id` of each updated or deleted row, or `*` when
 a statement changed more rows than are worth naming one by one (and on TRUNCATE). PostgreSQL
 delivers notifications when the writing transaction commits, and never for one that rolls back.
-Inserts notify nothing: the cache never holds a user it did not find. Statement-level triggers
-with transition tables fire once per statement, not once per row.
+Inserts notify too: a new user changes how many users match a filter, which the user list's
+count cache keeps (app.services.user_cache). Statement-level triggers with transition tables
+fire once per statement, not once per row.
 """
 
 from collections.abc import Sequence
@@ -45,6 +46,13 @@ def upgrade() -> None:
     # A changed cognito_user_id must evict the old one: the OLD rows are what listeners hold.
     op.execute(
         """
+        CREATE TRIGGER users_notify_insert AFTER INSERT ON users
+        REFERENCING NEW TABLE AS changed_users
+        FOR EACH STATEMENT EXECUTE FUNCTION notify_users_changed()
+        """
+    )
+    op.execute(
+        """
         CREATE TRIGGER users_notify_update AFTER UPDATE ON users
         REFERENCING OLD TABLE AS changed_users
         FOR EACH STATEMENT EXECUTE FUNCTION notify_users_changed()
@@ -69,4 +77,5 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER users_notify_truncate ON users")
     op.execute("DROP TRIGGER users_notify_delete ON users")
     op.execute("DROP TRIGGER users_notify_update ON users")
+    op.execute("DROP TRIGGER users_notify_insert ON users")
     op.execute("DROP FUNCTION notify_users_changed()")

@@ -31,7 +31,7 @@ from app.core.middleware import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
 from app.services.reference import ReferenceCache
-from app.services.user_cache import SESSION_CACHE_KEY, UserCache
+from app.services.user_cache import SESSION_CACHE_KEY, UserCache, UserCountCache
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 "sessionmaker": sessionmaker,
                 "read_sessionmaker": create_read_sessionmaker(engine),
                 "user_cache": user_cache,
+                "user_counts": UserCountCache(user_cache),
                 "cognito": CognitoUserPool.from_settings(settings),
                 "token_verifier": AccessTokenVerifier(
                     jwks,

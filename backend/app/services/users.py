@@ -48,6 +48,7 @@ from app.schemas.user import (
     UserUpdate,
 )
 from app.services.cognito import CognitoUserPool, EmailTakenError
+from app.services.user_cache import UserCountCache
 
 audit_logger = logging.getLogger("app.audit")
 
@@ -215,22 +216,45 @@ def _filters(params: UserListParams) -> list[ColumnElement[bool]]:
     return conditions
 
 
-async def list_users(session: AsyncSession, params: UserListParams) -> UserList:
-    """One page of users matching the filters, in a stable order, and how many match in all."""
+async def list_users(
+    session: AsyncSession, params: UserListParams, counts: UserCountCache | None = None
+) -> UserList:
+    """One page of users matching the filters, in a stable order, and how many match in all.
+
+    The total is counted first (from `counts` while it can vouch for it), so a page in the back
+    half is read from the other end of the same index: the last page costs what the first does
+    instead of walking past every row before it.
+    """
     conditions = _filters(params)
-    key, descending = _SORT_KEYS[params.sort]
-    # The id breaks ties, so a user never shows on two pages or on none.
-    order = (key.desc(), User.id.desc()) if descending else (key.asc(), User.id.asc())
-    page_query = (
-        select(User)
-        .where(*conditions)
-        .order_by(*order)
-        .limit(params.page_size)
-        .offset((params.page - 1) * params.page_size)
-    )
-    count_query = select(func.count()).select_from(User).where(*conditions)
-    users = (await session.execute(page_query)).scalars().all()
-    total = (await session.execute(count_query)).scalar_one()
+
+    async def count() -> int:
+        return (
+            await session.execute(select(func.count()).select_from(User).where(*conditions))
+        ).scalar_one()
+
+    key = (params.role, params.is_active, params.province, params.q)
+    total = await count() if counts is None else await counts.get_or_count(key, count)
+    start = (params.page - 1) * params.page_size
+    end = min(start + params.page_size, total)
+    users: list[User] = []
+    if start < end:
+        sort_key, descending = _SORT_KEYS[params.sort]
+        from_the_end = start > total - end
+        # The id breaks ties, so a user never shows on two pages or on none.
+        if descending != from_the_end:
+            order = (sort_key.desc(), User.id.desc())
+        else:
+            order = (sort_key.asc(), User.id.asc())
+        page_query = (
+            select(User)
+            .where(*conditions)
+            .order_by(*order)
+            .limit(end - start)
+            .offset(total - end if from_the_end else start)
+        )
+        users = list((await session.execute(page_query)).scalars().all())
+        if from_the_end:
+            users.reverse()
     return UserList(
         items=[UserResponse.model_validate(user) for user in users],
         total=total,

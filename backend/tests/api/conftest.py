@@ -78,8 +78,8 @@ def in_transaction_of(db_session: AsyncSession) -> dict[str, Any]:
 
     Every session the app opens joins the test's connection through savepoints, so it sees what
     the test wrote and its commits stay inside the transaction the test rolls back. That
-    transaction never commits, so PostgreSQL never notifies its user changes: the user cache,
-    which relies on those notifications, is switched off.
+    transaction never commits, so PostgreSQL never notifies its user changes: the user cache and
+    the user counts, which rely on those notifications, are switched off.
     """
     assert isinstance(db_session.bind, AsyncConnection)
     sessions = async_sessionmaker(
@@ -88,7 +88,12 @@ def in_transaction_of(db_session: AsyncSession) -> dict[str, Any]:
         expire_on_commit=False,
         autoflush=False,
     )
-    return {"sessionmaker": sessions, "read_sessionmaker": sessions, "user_cache": None}
+    return {
+        "sessionmaker": sessions,
+        "read_sessionmaker": sessions,
+        "user_cache": None,
+        "user_counts": None,
+    }
 
 
 @asynccontextmanager

@@ -202,11 +202,11 @@ async def test_mass_updates_tell_listeners_to_forget_everyone(fresh_database_url
         )
         await commit_elsewhere(dsn, "UPDATE users SET full_name = 'Renamed'")
         await commit_elsewhere(dsn, "DELETE FROM users WHERE cognito_user_id = 'mass-2'")
-        await eventually(lambda: len(payloads) == 3, within=5)
+        await eventually(lambda: len(payloads) == 4, within=5)
     finally:
         await listener.close()
-    # Inserts are silent; one row names its user; a thousand and one rows say "everyone".
-    assert payloads == ["mass-1", EVERYONE, "mass-2"]
+    # One row names its user; a thousand and one rows, inserted or updated, say "everyone".
+    assert payloads == [EVERYONE, "mass-1", EVERYONE, "mass-2"]
 
 
 # --- the cache on its own ---------------------------------------------------------------------

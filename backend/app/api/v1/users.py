@@ -89,10 +89,10 @@ async def create_user(
 
 @router.get("", response_model=UserList, responses=READ_RESPONSES)
 async def list_users(
-    params: Annotated[UserListParams, Query()], _: AdminUser, session: SessionDep
+    params: Annotated[UserListParams, Query()], _: AdminUser, session: SessionDep, request: Request
 ) -> UserList:
     """Users, filtered, sorted and paginated."""
-    return await users.list_users(session, params)
+    return await users.list_users(session, params, request.state.user_counts)
 
 
 @router.get("/{user_id}", response_model=UserResponse, responses=READ_RESPONSES)
