@@ -559,3 +559,15 @@ async def test_sla_config_for_admin_lists_every_row_with_its_service_type(
     }
     assert [row["priority"] for row in body[:4]] == [priority.value for priority in CasePriority]
     assert set(body[0]) == {"id", "service_type", "priority", "response_hours", "resolution_hours"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [SERVICE_TYPES, "/api/v1/reference/complaint-types", PROVINCES, "/api/v1/reference/handlers"],
+)
+async def test_a_misspelt_query_parameter_is_refused(
+    client: httpx.AsyncClient, dispatcher_headers: dict[str, str], path: str
+) -> None:
+    response = await client.get(f"{path}?servce_type_id=3", headers=dispatcher_headers)
+    assert response.status_code == 422
+    assert "servce_type_id" in response.json()["detail"]
