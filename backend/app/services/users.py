@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.core.compensation import UndoLog, undo_on_rollback
+from app.core.db import ReadSessions
 from app.core.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
 from app.core.roles import Role
 from app.models.user import User
@@ -217,14 +218,24 @@ def _filters(params: UserListParams) -> list[ColumnElement[bool]]:
 
 
 async def list_users(
-    session: AsyncSession, params: UserListParams, counts: UserCountCache | None = None
+    sessions: ReadSessions, params: UserListParams, counts: UserCountCache | None = None
 ) -> UserList:
     """One page of users matching the filters, in a stable order, and how many match in all.
+
+    Read-only, so it reads through an autocommit session of its own rather than the request's
+    transaction: no BEGIN and COMMIT round trips.
 
     The total is counted first (from `counts` while it can vouch for it), so a page in the back
     half is read from the other end of the same index: the last page costs what the first does
     instead of walking past every row before it.
     """
+    async with sessions() as session:
+        return await _list_users(session, params, counts)
+
+
+async def _list_users(
+    session: AsyncSession, params: UserListParams, counts: UserCountCache | None
+) -> UserList:
     conditions = _filters(params)
 
     async def count() -> int:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.auth import CurrentUser
-from app.core.db import SessionDep
+from app.core.db import SessionDep, read_sessions
 from app.core.errors import ErrorResponse
 from app.core.rbac import AdminUser
 from app.schemas.user import (
@@ -89,10 +89,10 @@ async def create_user(
 
 @router.get("", response_model=UserList, responses=READ_RESPONSES)
 async def list_users(
-    params: Annotated[UserListParams, Query()], _: AdminUser, session: SessionDep, request: Request
+    params: Annotated[UserListParams, Query()], _: AdminUser, request: Request
 ) -> UserList:
     """Users, filtered, sorted and paginated."""
-    return await users.list_users(session, params, request.state.user_counts)
+    return await users.list_users(read_sessions(request), params, request.state.user_counts)
 
 
 @router.get("/{user_id}", response_model=UserResponse, responses=READ_RESPONSES)
