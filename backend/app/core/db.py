@@ -10,14 +10,17 @@ from typing import Annotated
 
 import anyio.to_thread
 import asyncpg
+import sqlalchemy.exc
 from fastapi import Depends, Request
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_only
 
 from app.core.compensation import undo_unless_committed
 from app.core.config import (
@@ -112,17 +115,36 @@ class DatabaseConnector:
 
 def create_engine(settings: DatabaseSettings, credentials: DatabaseCredentials) -> AsyncEngine:
     connector = DatabaseConnector(settings, credentials)
-    return create_async_engine(
+    engine = create_async_engine(
         # The URL names the dialect only; connections come from the connector.
         "postgresql+asyncpg://",
         async_creator=connector.connect,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
+        # Pinged on checkout by `_ping_on_checkout` instead of `pool_pre_ping`.
+        pool_pre_ping=False,
         # Aurora fails over by DNS; recycling bounds how long a pool clings to an old writer.
         pool_recycle=1800,
     )
+    event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
+    return engine
+
+
+def _ping_on_checkout(
+    _dbapi_connection: object, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """Make sure a pooled connection is alive before a request gets it: one round trip.
+
+    SQLAlchemy's own pre-ping for asyncpg wraps its query in BEGIN and ROLLBACK (for pgbouncer's
+    transaction mode, which this service does not use): three round trips on every checkout,
+    as much as the statement a read then runs. A dead connection (database restart, failover)
+    raises DisconnectionError, so the pool discards it and hands out a fresh one.
+    """
+    try:
+        await_only(record.driver_connection.fetchrow(";"))  # type: ignore[union-attr]
+    except Exception as error:
+        raise sqlalchemy.exc.DisconnectionError(type(error).__name__) from error
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
