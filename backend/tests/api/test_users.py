@@ -864,3 +864,14 @@ async def test_two_admins_deactivating_each_other_leave_one_active_admin(
             .where(User.role == Role.ADMIN, User.is_active.is_(True))
         )
     assert active_admins == 1
+
+
+async def test_a_repeated_filter_is_refused_not_collapsed(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    admin = await make_user(Role.ADMIN)
+    response = await client.get(
+        "/api/v1/users?province=Phuket&province=Krabi", headers=auth_headers(admin)
+    )
+    assert response.status_code == 422
+    assert "province" in response.json()["detail"]

@@ -11,10 +11,11 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.auth import CurrentUser
 from app.core.db import read_sessions
-from app.core.errors import ErrorResponse, InvalidInputError
+from app.core.errors import ErrorResponse
 from app.core.rbac import AdminUser
 from app.schemas.reference import (
     ClosureReasonResponse,
@@ -40,14 +41,6 @@ CACHED_RESPONSES: dict[int | str, dict[str, object]] = {
     **_UNKNOWN_QUERY,
     304: {"description": "Not modified: the `If-None-Match` ETag is still current"},
 }
-
-
-def _refuse_unknown_query(request: Request, allowed: frozenset[str] = frozenset()) -> None:
-    # As the user list does: a misspelt filter must fail loudly, not return everything.
-    if request.scope["query_string"]:
-        unknown = sorted(set(request.query_params) - allowed)
-        if unknown:
-            raise InvalidInputError(f"Unknown query parameters: {', '.join(unknown)}")
 
 
 def _cache(request: Request) -> ReferenceCache:
@@ -85,7 +78,7 @@ async def list_service_types(
     _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Active service types in display order."""
-    _refuse_unknown_query(request)
+    refuse_unexpected_query(request)
     rendered = await reference.service_types_json(read_sessions(request), _cache(request))
     return _cached_json(rendered, if_none_match)
 
@@ -108,7 +101,7 @@ async def list_complaint_types(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active complaint types in display order, optionally of one service type (404 if unknown)."""
-    _refuse_unknown_query(request, frozenset({"service_type_id"}))
+    refuse_unexpected_query(request, frozenset({"service_type_id"}))
     rendered = await reference.complaint_types_json(
         read_sessions(request), _cache(request), service_type_id
     )
@@ -120,7 +113,7 @@ async def list_handlers(
     _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Active handling agencies in display order."""
-    _refuse_unknown_query(request)
+    refuse_unexpected_query(request)
     rendered = await reference.handlers_json(read_sessions(request), _cache(request))
     return _cached_json(rendered, if_none_match)
 
@@ -132,7 +125,7 @@ async def list_closure_reasons(
     _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Active closure reasons in display order."""
-    _refuse_unknown_query(request)
+    refuse_unexpected_query(request)
     rendered = await reference.closure_reasons_json(read_sessions(request), _cache(request))
     return _cached_json(rendered, if_none_match)
 
@@ -140,7 +133,7 @@ async def list_closure_reasons(
 @router.get("/provinces", response_model=list[str], responses={**AUTH_RESPONSES, **_UNKNOWN_QUERY})
 async def list_provinces(_: CurrentUser, request: Request) -> list[str]:
     """Provinces that have cases, sorted."""
-    _refuse_unknown_query(request)
+    refuse_unexpected_query(request)
     return await reference.provinces(read_sessions(request))
 
 
@@ -151,6 +144,6 @@ async def list_provinces(_: CurrentUser, request: Request) -> list[str]:
 )
 async def list_sla_config(_: AdminUser, request: Request) -> list[SlaConfigResponse]:
     """SLA response and resolution hours per service type and priority (ADMIN)."""
-    _refuse_unknown_query(request)
+    refuse_unexpected_query(request)
     rows = await reference.sla_config(read_sessions(request))
     return [SlaConfigResponse.model_validate(row) for row in rows]

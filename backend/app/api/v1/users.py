@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.auth import CurrentUser
 from app.core.db import SessionDep, read_sessions
@@ -92,6 +93,7 @@ async def list_users(
     params: Annotated[UserListParams, Query()], _: AdminUser, request: Request
 ) -> UserList:
     """Users, filtered, sorted and paginated."""
+    refuse_unexpected_query(request, UserListParams.model_fields)
     return await users.list_users(read_sessions(request), params, request.state.user_counts)
 
 
