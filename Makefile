@@ -28,7 +28,7 @@ run: $(STAMP) ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + local Co
 stop-db: $(STAMP) ## Stop the embedded PostgreSQL that make run started
 	$(PY) -m devtools.postgres stop --data-dir .local/postgres
 
-tools: ## Install the system tools the checks need (nginx, hadolint, shellcheck, ...)
+tools: ## Install the system tools the tests need (nginx, systemd-analyze, Chromium) with apt
 	@bash scripts/install_test_tools.sh
 
 lint: $(STAMP) ## ruff check + ruff format --check
