@@ -1,8 +1,9 @@
 """Who is calling: the bearer access token, verified, mapped to an active user row.
 
 Every failure is the same 401 to the client (with a `WWW-Authenticate` challenge); the precise
-reason goes to the log. The role comes from the database row, never from the token, so a role
-change or a deactivation applies on the caller's very next request.
+reason goes to the log. The role comes from the database row, never from the token: read per
+request, or from the worker's user cache, which a change evicts at once on the worker that made
+it and on every other one when PostgreSQL's notification arrives (app.services.user_cache).
 """
 
 from __future__ import annotations
