@@ -293,38 +293,19 @@ def wait_until_ok(url: str, process: subprocess.Popen[bytes], within: float = 60
     raise SystemExit(f"{url} did not answer 200 within {within:.0f} s")
 
 
-def server_env(dsn_port: int, jwks_url: str) -> dict[str, str]:
-    from tests.support.jwt_tokens import TEST_CLIENT_ID, TEST_REGION, TEST_USER_POOL_ID
+def server_env(dsn: str, jwks_url: str) -> dict[str, str]:
+    from tests.support.app_env import app_environment
 
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DB_", "COGNITO_", "AWS_", "S3_", "SQS_", "WEB_CONCURRENCY"))
-    }
-    env.update(
+    return app_environment(
+        dsn,
+        jwks_url,
         PYTHONPATH=str(BACKEND),
-        DB_HOST="127.0.0.1",
-        DB_PORT=str(dsn_port),
-        DB_NAME="bench",
-        DB_USER="postgres",
-        DB_PASSWORD="unused",  # noqa: S106 - the embedded server trusts loopback
-        AWS_REGION=TEST_REGION,
-        COGNITO_USER_POOL_ID=TEST_USER_POOL_ID,
-        COGNITO_APP_CLIENT_ID=TEST_CLIENT_ID,
-        COGNITO_JWKS_URL=jwks_url,
-        S3_ATTACHMENTS_BUCKET="bench-attachments",
-        S3_EXPORTS_BUCKET="bench-exports",
-        S3_AUDIT_BUCKET="bench-audit",
-        S3_LANDING_BUCKET="bench-landing",
-        SQS_NOTIFICATION_QUEUE_URL="http://127.0.0.1:9/notifications",
-        SQS_EXPORT_QUEUE_URL="http://127.0.0.1:9/exports",
         ENVIRONMENT="bench",
         LOG_LEVEL="INFO",
         # As docker-compose.prod.yml runs it: Nginx writes the access log there.
         ACCESS_LOG="false",
         FORWARDED_ALLOW_IPS="127.0.0.1",
     )
-    return env
 
 
 class RssSampler:
@@ -490,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         admin_token = tokens["admin"].read_text().strip()
         micro = asyncio.run(verify_micro(jwks.url, admin_token))
 
-        env = server_env(int(dsn.rsplit(":", 1)[1].split("/")[0]), jwks.url)
+        env = server_env(dsn, jwks.url)
         api = start_server("api", "app.main:app", env, args.workers, run_dir)
         baseline = start_server("baseline", "bench.baseline_app:app", env, args.workers, run_dir)
         servers = {"api": api, "baseline": baseline}

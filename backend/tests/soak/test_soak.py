@@ -33,10 +33,8 @@ from app.core.roles import Role
 from devtools.postgres import PsqlAdmin
 from tests.conftest import REPO_ROOT, unique_database_name
 from tests.hardening.harness import SIGNING_KEY_ID, add_user, bearer
+from tests.support.app_env import app_environment
 from tests.support.jwt_tokens import (
-    TEST_CLIENT_ID,
-    TEST_REGION,
-    TEST_USER_POOL_ID,
     JWKSServer,
     shared_rsa_key,
 )
@@ -85,28 +83,13 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(soak_database: str, soak_jwks: JWKSServer) -> Iterator[Server]:
-    url = make_url(soak_database)
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DB_", "AWS_"))}
-    env.update(
+    env = app_environment(
+        soak_database,
+        soak_jwks.url,
         PYTHONPATH=str(REPO_ROOT / "backend"),
-        DB_HOST=str(url.host),
-        DB_PORT=str(url.port),
-        DB_NAME=str(url.database),
-        DB_USER=str(url.username),
-        DB_PASSWORD=url.password or "unused",
         DB_POOL_SIZE=str(POOL_SIZE),
         DB_MAX_OVERFLOW=str(MAX_OVERFLOW),
-        AWS_REGION=TEST_REGION,
-        COGNITO_USER_POOL_ID=TEST_USER_POOL_ID,
-        COGNITO_APP_CLIENT_ID=TEST_CLIENT_ID,
-        COGNITO_JWKS_URL=soak_jwks.url,
-        S3_ATTACHMENTS_BUCKET="attachments",
-        S3_EXPORTS_BUCKET="exports",
-        S3_AUDIT_BUCKET="audit",
-        S3_LANDING_BUCKET="landing",
-        SQS_NOTIFICATION_QUEUE_URL="http://localhost/notifications",
-        SQS_EXPORT_QUEUE_URL="http://localhost/exports",
         ENVIRONMENT="soak",
         LOG_LEVEL="WARNING",
     )

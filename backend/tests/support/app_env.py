@@ -1,0 +1,41 @@
+"""The environment of an app server started as a subprocess by the tests, the soak or the bench."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import make_url
+
+from tests.support.jwt_tokens import TEST_CLIENT_ID, TEST_REGION, TEST_USER_POOL_ID
+
+# The server reads only what these say: nothing of the caller's database, AWS or Cognito setup.
+_INHERITED_NOT = ("DB_", "COGNITO_", "AWS_", "S3_", "SQS_", "WEB_CONCURRENCY")
+
+
+def app_environment(database_url: str, jwks_url: str, **overrides: str) -> dict[str, str]:
+    """The caller's environment minus its service settings, plus the test pool and `database_url`.
+
+    S3 and SQS are required settings the phase-2 app never calls: placeholders on a port that
+    nothing listens on.
+    """
+    url = make_url(database_url)
+    env = {name: value for name, value in os.environ.items() if not name.startswith(_INHERITED_NOT)}
+    env.update(
+        DB_HOST=str(url.host),
+        DB_PORT=str(url.port or 5432),
+        DB_NAME=str(url.database),
+        DB_USER=str(url.username),
+        DB_PASSWORD=url.password or "unused",  # the embedded server trusts loopback
+        AWS_REGION=TEST_REGION,
+        COGNITO_USER_POOL_ID=TEST_USER_POOL_ID,
+        COGNITO_APP_CLIENT_ID=TEST_CLIENT_ID,
+        COGNITO_JWKS_URL=jwks_url,
+        S3_ATTACHMENTS_BUCKET="attachments",
+        S3_EXPORTS_BUCKET="exports",
+        S3_AUDIT_BUCKET="audit",
+        S3_LANDING_BUCKET="landing",
+        SQS_NOTIFICATION_QUEUE_URL="http://127.0.0.1:9/notifications",
+        SQS_EXPORT_QUEUE_URL="http://127.0.0.1:9/exports",
+    )
+    env.update(overrides)
+    return env
