@@ -30,7 +30,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
-from app.services.reference import ReferenceCache
+from app.services.reference import PROVINCES_CHANNEL, ProvincesCache, ReferenceCache
 from app.services.user_cache import SESSION_CACHE_KEY, UserCache, UserCountCache
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # Its own connection (one per worker, beside the pool) listens for user changes; the
         # cache stays bypassed until that works, so startup does not wait for it either.
         user_cache = UserCache(DatabaseConnector(settings, credentials).connect)
+        provinces_cache = ProvincesCache(listening=lambda: user_cache.listening)
+        user_cache.subscribe(PROVINCES_CHANNEL, provinces_cache.forget)
         user_cache.start()
         sessionmaker = create_sessionmaker(engine)
         # Sessions report the users they commit, so this instance evicts them at once.
@@ -73,6 +75,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                     client_id=settings.cognito_app_client_id,
                 ),
                 "reference_cache": ReferenceCache(),
+                "provinces_cache": provinces_cache,
             }
         finally:
             await user_cache.aclose()

@@ -22,6 +22,9 @@ and stays exact because PostgreSQL tells it about every change:
   lost on a connection that has not yet been noticed as dead.
 
 Only active users are stored; an unknown or inactive sub always goes to the database.
+
+The same connection carries other caches' channels (`subscribe`), so a worker holds one
+listening connection however many caches PostgreSQL keeps exact.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class UserCache:
         self._generation = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._subscribers: dict[str, Callable[[], None]] = {}
 
     # -- what requests use ----------------------------------------------------------------
 
@@ -162,6 +166,12 @@ class UserCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def subscribe(self, channel: str, forget: Callable[[], None]) -> None:
+        """Also LISTEN to `channel`; `forget` runs on each of its notifications and whenever
+        the listener goes down (what was cached under it can no longer be trusted). Call
+        before `start`."""
+        self._subscribers[channel] = forget
+
     # -- the listener ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -180,6 +190,8 @@ class UserCache:
         # Notifications sent while nobody listens are lost, so nothing cached can be trusted.
         self._listening = False
         self.invalidate([EVERYONE])
+        for forget in self._subscribers.values():
+            forget()
 
     def _on_notification(
         self, _connection: object, _pid: int, _channel: str, payload: object
@@ -212,6 +224,8 @@ class UserCache:
         connection.add_termination_listener(lambda _: lost.set())
         try:
             await connection.add_listener(CHANNEL, self._on_notification)
+            for channel, forget in self._subscribers.items():
+                await connection.add_listener(channel, _ignoring_arguments(forget))
             # From here on every committed change is notified, so the cache may be trusted;
             # anything cached before was cleared when the last connection went.
             self._listening = True
@@ -226,6 +240,13 @@ class UserCache:
         finally:
             self._stop_listening()
             connection.terminate()
+
+
+def _ignoring_arguments(forget: Callable[[], None]) -> Callable[..., None]:
+    def on_notification(*_: object) -> None:
+        forget()
+
+    return on_notification
 
 
 async def get_user_cache(request: Request) -> UserCache | None:

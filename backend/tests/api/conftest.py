@@ -19,6 +19,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool, get_cognito
+from app.services.reference import ProvincesCache
 from tests.support.jwt_tokens import (
     TEST_CLIENT_ID,
     TEST_REGION,
@@ -78,8 +79,8 @@ def in_transaction_of(db_session: AsyncSession) -> dict[str, Any]:
 
     Every session the app opens joins the test's connection through savepoints, so it sees what
     the test wrote and its commits stay inside the transaction the test rolls back. That
-    transaction never commits, so PostgreSQL never notifies its user changes: the user cache and
-    the user counts, which rely on those notifications, are switched off.
+    transaction never commits, so PostgreSQL never notifies its changes: the user cache, the
+    user counts and the provinces cache, which rely on those notifications, are switched off.
     """
     assert isinstance(db_session.bind, AsyncConnection)
     sessions = async_sessionmaker(
@@ -93,6 +94,7 @@ def in_transaction_of(db_session: AsyncSession) -> dict[str, Any]:
         "read_sessionmaker": sessions,
         "user_cache": None,
         "user_counts": None,
+        "provinces_cache": ProvincesCache(listening=lambda: False),
     }
 
 

@@ -463,7 +463,7 @@ async def test_provinces_are_distinct_and_sorted(
     assert response.json() == ["Bangkok", "Chiang Mai", "Phuket"]
 
 
-async def test_provinces_are_not_cached(
+async def test_a_new_province_shows_on_the_next_request(
     client: httpx.AsyncClient, db_session: AsyncSession, dispatcher_headers: dict[str, str]
 ) -> None:
     await add_cases(db_session, ["Bangkok"])
@@ -472,6 +472,26 @@ async def test_provinces_are_not_cached(
     await add_cases(db_session, ["Krabi"])
 
     assert (await client.get(PROVINCES, headers=dispatcher_headers)).json() == ["Bangkok", "Krabi"]
+
+
+async def test_provinces_carry_an_etag_and_must_be_revalidated(
+    client: httpx.AsyncClient, db_session: AsyncSession, dispatcher_headers: dict[str, str]
+) -> None:
+    await add_cases(db_session, ["Bangkok"])
+    first = await client.get(PROVINCES, headers=dispatcher_headers)
+    assert first.headers["cache-control"] == "private, no-cache"
+
+    unchanged = await client.get(
+        PROVINCES, headers={**dispatcher_headers, "If-None-Match": first.headers["etag"]}
+    )
+    await add_cases(db_session, ["Krabi"])
+    changed = await client.get(
+        PROVINCES, headers={**dispatcher_headers, "If-None-Match": first.headers["etag"]}
+    )
+
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    assert changed.status_code == 200
+    assert changed.json() == ["Bangkok", "Krabi"]
 
 
 async def test_no_cases_means_no_provinces(

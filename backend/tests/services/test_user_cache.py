@@ -270,3 +270,28 @@ async def test_inactive_users_are_never_stored() -> None:
     cache._listening = True
     cache.put(cache.ticket(), dataclasses.replace(cached_user(), is_active=False))
     assert len(cache) == 0
+
+
+async def test_a_subscribed_channel_forgets_on_its_notifications_and_on_a_lost_listener(
+    fresh_database_url: str,
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    cache = UserCache(lambda: asyncpg.connect(dsn), min_backoff=0.05)
+    forgotten: list[str] = []
+    cache.subscribe("other_cache_changed", lambda: forgotten.append("forgotten"))
+    cache.start()
+    try:
+        await eventually(lambda: cache.listening)
+        forgotten.clear()
+
+        await commit_elsewhere(dsn, "NOTIFY other_cache_changed")
+        await eventually(lambda: forgotten == ["forgotten"])
+
+        await commit_elsewhere(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        await eventually(lambda: len(forgotten) == 2)
+    finally:
+        await cache.aclose()

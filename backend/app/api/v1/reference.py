@@ -25,11 +25,18 @@ from app.schemas.reference import (
     SlaConfigResponse,
 )
 from app.services import reference
-from app.services.reference import REFERENCE_TTL_SECONDS, ReferenceCache, RenderedJson
+from app.services.reference import (
+    REFERENCE_TTL_SECONDS,
+    ProvincesCache,
+    ReferenceCache,
+    RenderedJson,
+)
 
 # `private`: the lists are the same for everyone, but only signed-in callers may see them, so
 # no shared cache (CDN, proxy) may store them.
 CACHE_CONTROL: Final = f"private, max-age={REFERENCE_TTL_SECONDS}"
+# The provinces change with the cases, so clients revalidate every time (a 304 while unchanged).
+PROVINCES_CACHE_CONTROL: Final = "private, no-cache"
 # PostgreSQL smallint, the type of the service type id; beyond it no id can exist.
 _MAX_SERVICE_TYPE_ID: Final = 32767
 
@@ -63,8 +70,10 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag in ("*", etag) for tag in candidates)
 
 
-def _cached_json(rendered: RenderedJson, if_none_match: str | None) -> Response:
-    headers = {"Cache-Control": CACHE_CONTROL, "ETag": rendered.etag}
+def _cached_json(
+    rendered: RenderedJson, if_none_match: str | None, cache_control: str = CACHE_CONTROL
+) -> Response:
+    headers = {"Cache-Control": cache_control, "ETag": rendered.etag}
     if _etag_matches(if_none_match, rendered.etag):
         return Response(status_code=304, headers=headers)
     return Response(rendered.body, media_type="application/json", headers=headers)
@@ -130,11 +139,15 @@ async def list_closure_reasons(
     return _cached_json(rendered, if_none_match)
 
 
-@router.get("/provinces", response_model=list[str], responses={**AUTH_RESPONSES, **_UNKNOWN_QUERY})
-async def list_provinces(_: CurrentUser, request: Request) -> list[str]:
-    """Provinces that have cases, sorted."""
+@router.get("/provinces", response_model=list[str], responses=CACHED_RESPONSES)
+async def list_provinces(
+    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
+) -> Response:
+    """Provinces that have cases, sorted; current as of the latest committed case."""
     refuse_unexpected_query(request)
-    return await reference.provinces(read_sessions(request))
+    provinces_cache: ProvincesCache = request.state.provinces_cache
+    rendered = await reference.provinces_json(read_sessions(request), provinces_cache)
+    return _cached_json(rendered, if_none_match, PROVINCES_CACHE_CONTROL)
 
 
 @router.get(
