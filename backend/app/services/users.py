@@ -25,11 +25,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.core.compensation import UndoLog, undo_on_rollback
@@ -187,15 +188,37 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_SORT_KEYS: dict[UserSort, tuple[ColumnElement[Any] | InstrumentedAttribute[Any], bool]] = {
-    UserSort.CREATED_AT_DESC: (User.created_at, True),
-    UserSort.CREATED_AT: (User.created_at, False),
-    UserSort.FULL_NAME: (User.full_name, False),
-    UserSort.FULL_NAME_DESC: (User.full_name, True),
+def _orders(
+    key: ColumnElement[Any] | InstrumentedAttribute[Any], descending: bool
+) -> tuple[tuple[ColumnElement[Any], ...], tuple[ColumnElement[Any], ...]]:
+    """The ORDER BY of a sort, and its reverse (to read a page from the other end).
+
+    The id breaks ties, so a user never shows on two pages or on none.
+    """
+    ascending_order = (key.asc(), User.id.asc())
+    descending_order = (key.desc(), User.id.desc())
+    if descending:
+        return descending_order, ascending_order
+    return ascending_order, descending_order
+
+
+_SORT_ORDERS: Final = {
+    UserSort.CREATED_AT_DESC: _orders(User.created_at, descending=True),
+    UserSort.CREATED_AT: _orders(User.created_at, descending=False),
+    UserSort.FULL_NAME: _orders(User.full_name, descending=False),
+    UserSort.FULL_NAME_DESC: _orders(User.full_name, descending=True),
     # lower(email) is what the unique index holds; emails are stored in lower case anyway.
-    UserSort.EMAIL: (func.lower(User.email), False),
-    UserSort.EMAIL_DESC: (func.lower(User.email), True),
+    UserSort.EMAIL: _orders(func.lower(User.email), descending=False),
+    UserSort.EMAIL_DESC: _orders(func.lower(User.email), descending=True),
 }
+
+# A page is read as plain rows of just the columns it returns, through Core, and validated in
+# one call: loading ORM objects (identity map, instance state) cost more than the query itself.
+# The table's own columns, not the ORM attributes: a cached compiled statement then recognises
+# them by identity, where ORM-annotated copies are matched by building SQL `==` expressions.
+_LISTED_COLUMNS: Final = tuple(User.__table__.c[name] for name in UserResponse.model_fields)
+_LISTED_USERS: Final = TypeAdapter(list[UserResponse])
+_COUNT_USERS: Final = select(func.count()).select_from(User)
 
 
 def _filters(params: UserListParams) -> list[ColumnElement[bool]]:
@@ -230,44 +253,38 @@ async def list_users(
     instead of walking past every row before it.
     """
     async with sessions() as session:
-        return await _list_users(session, params, counts)
+        return await _list_users(await session.connection(), params, counts)
 
 
 async def _list_users(
-    session: AsyncSession, params: UserListParams, counts: UserCountCache | None
+    connection: AsyncConnection, params: UserListParams, counts: UserCountCache | None
 ) -> UserList:
     conditions = _filters(params)
 
     async def count() -> int:
-        return (
-            await session.execute(select(func.count()).select_from(User).where(*conditions))
-        ).scalar_one()
+        return (await connection.execute(_COUNT_USERS.where(*conditions))).scalar_one()
 
     key = (params.role, params.is_active, params.province, params.q)
     total = await count() if counts is None else await counts.get_or_count(key, count)
     start = (params.page - 1) * params.page_size
     end = min(start + params.page_size, total)
-    users: list[User] = []
+    items: list[UserResponse] = []
     if start < end:
-        sort_key, descending = _SORT_KEYS[params.sort]
         from_the_end = start > total - end
-        # The id breaks ties, so a user never shows on two pages or on none.
-        if descending != from_the_end:
-            order = (sort_key.desc(), User.id.desc())
-        else:
-            order = (sort_key.asc(), User.id.asc())
+        forward, reverse = _SORT_ORDERS[params.sort]
         page_query = (
-            select(User)
+            select(*_LISTED_COLUMNS)
             .where(*conditions)
-            .order_by(*order)
+            .order_by(*(reverse if from_the_end else forward))
             .limit(end - start)
             .offset(total - end if from_the_end else start)
         )
-        users = list((await session.execute(page_query)).scalars().all())
+        rows = list((await connection.execute(page_query)).all())
         if from_the_end:
-            users.reverse()
+            rows.reverse()
+        items = _LISTED_USERS.validate_python(rows, from_attributes=True)
     return UserList(
-        items=[UserResponse.model_validate(user) for user in users],
+        items=items,
         total=total,
         page=params.page,
         page_size=params.page_size,
