@@ -591,3 +591,16 @@ async def test_a_misspelt_query_parameter_is_refused(
     response = await client.get(f"{path}?servce_type_id=3", headers=dispatcher_headers)
     assert response.status_code == 422
     assert "servce_type_id" in response.json()["detail"]
+
+
+async def test_openapi_documents_the_bearer_token_and_if_none_match_of_every_list(
+    client: httpx.AsyncClient,
+) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    for path in EVERY_ROLE_MAY_READ:
+        operation = paths[path]["get"]
+        assert operation["security"] == [{"HTTPBearer": []}], path
+        headers = [p["name"] for p in operation.get("parameters", []) if p["in"] == "header"]
+        assert headers == ["If-None-Match"], path
+        assert {"200", "304", "401", "422"} <= set(operation["responses"]), path

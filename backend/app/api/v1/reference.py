@@ -3,17 +3,24 @@
 The pick lists are answered from a per-instance cache as pre-rendered JSON, bypassing response
 validation, with an ETag so a client revalidating an unchanged list gets a bodiless 304.
 Authentication still runs on every request, hit or not.
+
+The lists without query parameters are what every screen loads, so a hit is kept to the bare
+minimum: they authenticate with a direct call to `authenticate` and read `If-None-Match` from
+the headers instead of declaring a dependency and a header parameter, whose resolution by FastAPI
+cost as much as the rest of a hit (190 → 151 µs per request in process). `openapi_extra`
+documents both, so the OpenAPI document and Swagger UI are unchanged; the access matrix test
+checks these routes by calling them like every other.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
-from app.core.auth import CurrentUser
+from app.core.auth import BEARER_SCHEME_NAME, CurrentUser, authenticate
 from app.core.db import read_sessions
 from app.core.errors import ErrorResponse
 from app.core.rbac import AdminUser
@@ -55,11 +62,16 @@ def _cache(request: Request) -> ReferenceCache:
     return cache
 
 
-# No per-request session or cache dependency: a cache hit (nearly every request) then costs no
-# more than authentication; a miss reads through a short autocommit session of its own.
-IfNoneMatch = Annotated[
-    str | None, Header(description="An ETag from an earlier response, to get 304 if unchanged")
-]
+_IF_NONE_MATCH_PARAMETER: Final = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "An ETag from an earlier response, to get 304 if unchanged",
+}
+# What a dependency and a header parameter would have told OpenAPI (see the module docstring).
+_CONDITIONAL_GET: Final = {"parameters": [_IF_NONE_MATCH_PARAMETER]}
+_SIGNED_IN_CONDITIONAL_GET: Final = {**_CONDITIONAL_GET, "security": [{BEARER_SCHEME_NAME: []}]}
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -71,10 +83,11 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def _cached_json(
-    rendered: RenderedJson, if_none_match: str | None, cache_control: str = CACHE_CONTROL
+    request: Request, rendered: RenderedJson, cache_control: str = CACHE_CONTROL
 ) -> Response:
+    """The rendered list, or a bodiless 304 when the request's `If-None-Match` still matches."""
     headers = {"Cache-Control": cache_control, "ETag": rendered.etag}
-    if _etag_matches(if_none_match, rendered.etag):
+    if _etag_matches(request.headers.get("if-none-match"), rendered.etag):
         return Response(status_code=304, headers=headers)
     return Response(rendered.body, media_type="application/json", headers=headers)
 
@@ -82,14 +95,18 @@ def _cached_json(
 router = APIRouter(prefix="/reference", tags=["reference"])
 
 
-@router.get("/service-types", response_model=list[ServiceTypeResponse], responses=CACHED_RESPONSES)
-async def list_service_types(
-    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
-) -> Response:
+@router.get(
+    "/service-types",
+    response_model=list[ServiceTypeResponse],
+    responses=CACHED_RESPONSES,
+    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
+)
+async def list_service_types(request: Request) -> Response:
     """Active service types in display order."""
+    await authenticate(request)
     refuse_unexpected_query(request)
     rendered = await reference.service_types_json(read_sessions(request), _cache(request))
-    return _cached_json(rendered, if_none_match)
+    return _cached_json(request, rendered)
 
 
 @router.get(
@@ -99,6 +116,7 @@ async def list_service_types(
         **CACHED_RESPONSES,
         404: {"model": ErrorResponse, "description": "No active service type has this id"},
     },
+    openapi_extra=_CONDITIONAL_GET,
 )
 async def list_complaint_types(
     _: CurrentUser,
@@ -107,47 +125,56 @@ async def list_complaint_types(
         int | None,
         Query(ge=1, le=_MAX_SERVICE_TYPE_ID, description="Only this service type's entries"),
     ] = None,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active complaint types in display order, optionally of one service type (404 if unknown)."""
     refuse_unexpected_query(request, frozenset({"service_type_id"}))
     rendered = await reference.complaint_types_json(
         read_sessions(request), _cache(request), service_type_id
     )
-    return _cached_json(rendered, if_none_match)
-
-
-@router.get("/handlers", response_model=list[HandlerResponse], responses=CACHED_RESPONSES)
-async def list_handlers(
-    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
-) -> Response:
-    """Active handling agencies in display order."""
-    refuse_unexpected_query(request)
-    rendered = await reference.handlers_json(read_sessions(request), _cache(request))
-    return _cached_json(rendered, if_none_match)
+    return _cached_json(request, rendered)
 
 
 @router.get(
-    "/closure-reasons", response_model=list[ClosureReasonResponse], responses=CACHED_RESPONSES
+    "/handlers",
+    response_model=list[HandlerResponse],
+    responses=CACHED_RESPONSES,
+    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
 )
-async def list_closure_reasons(
-    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
-) -> Response:
+async def list_handlers(request: Request) -> Response:
+    """Active handling agencies in display order."""
+    await authenticate(request)
+    refuse_unexpected_query(request)
+    rendered = await reference.handlers_json(read_sessions(request), _cache(request))
+    return _cached_json(request, rendered)
+
+
+@router.get(
+    "/closure-reasons",
+    response_model=list[ClosureReasonResponse],
+    responses=CACHED_RESPONSES,
+    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
+)
+async def list_closure_reasons(request: Request) -> Response:
     """Active closure reasons in display order."""
+    await authenticate(request)
     refuse_unexpected_query(request)
     rendered = await reference.closure_reasons_json(read_sessions(request), _cache(request))
-    return _cached_json(rendered, if_none_match)
+    return _cached_json(request, rendered)
 
 
-@router.get("/provinces", response_model=list[str], responses=CACHED_RESPONSES)
-async def list_provinces(
-    _: CurrentUser, request: Request, if_none_match: IfNoneMatch = None
-) -> Response:
+@router.get(
+    "/provinces",
+    response_model=list[str],
+    responses=CACHED_RESPONSES,
+    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
+)
+async def list_provinces(request: Request) -> Response:
     """Provinces that have cases, sorted; current as of the latest committed case."""
+    await authenticate(request)
     refuse_unexpected_query(request)
     provinces_cache: ProvincesCache = request.state.provinces_cache
     rendered = await reference.provinces_json(read_sessions(request), provinces_cache)
-    return _cached_json(rendered, if_none_match, PROVINCES_CACHE_CONTROL)
+    return _cached_json(request, rendered, PROVINCES_CACHE_CONTROL)
 
 
 @router.get(
