@@ -6,14 +6,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
 
 import anyio.to_thread
 import asyncpg
 import sqlalchemy.exc
 from fastapi import Depends, Request
-from sqlalchemy import event, text
+from sqlalchemy import Select, event, text
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -171,6 +174,36 @@ def create_read_sessionmaker(engine: AsyncEngine) -> ReadSessions:
 def read_sessions(request: Request) -> ReadSessions:
     sessions: ReadSessions = request.state.read_sessionmaker
     return sessions
+
+
+_ASYNCPG: Final = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverQuery:
+    """A Core SELECT compiled once, run on the asyncpg connection beneath a SQLAlchemy one.
+
+    For the hottest reads only: SQLAlchemy's execution and result layers cost ~0.4 ms per
+    statement on our hardware, more than an indexed query itself (measured on the user list:
+    1.04 → 0.63 ms in process). The statement is still written in SQLAlchemy and runs on the
+    caller's connection (and so in its transaction, if any); what is skipped is SQLAlchemy's type
+    processing: bind values must already be what asyncpg takes (`str` for an enum column), and
+    rows come back as asyncpg records.
+    """
+
+    sql: str
+    parameter_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, statement: Select[Any]) -> DriverQuery:
+        """Compile `statement`, whose values are all named `bindparam`s."""
+        compiled = statement.compile(dialect=_ASYNCPG)
+        return cls(str(compiled), tuple(compiled.positiontup or ()))
+
+    async def fetch(self, connection: AsyncConnection, **values: object) -> list[asyncpg.Record]:
+        raw = await connection.get_raw_connection()
+        driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+        return await driver.fetch(self.sql, *(values[name] for name in self.parameter_names))
 
 
 _abandoned_checks: set[asyncio.Future[None]] = set()

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.core.compensation import UndoLog, undo_on_rollback
-from app.core.db import ReadSessions
+from app.core.db import DriverQuery, ReadSessions
 from app.core.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
 from app.core.roles import Role
 from app.models.user import User
@@ -212,32 +212,48 @@ _SORT_ORDERS: Final = {
     UserSort.EMAIL_DESC: _orders(func.lower(User.email), descending=True),
 }
 
-# A page is read as plain rows of just the columns it returns, through Core, and validated in
-# one call: loading ORM objects (identity map, instance state) cost more than the query itself.
-# The table's own columns, not the ORM attributes: a cached compiled statement then recognises
-# them by identity, where ORM-annotated copies are matched by building SQL `==` expressions.
+# Every filter is a named bind parameter, so the statements depend only on which filters are
+# set: a page's SQL is compiled once per combination and run on the driver (`DriverQuery`).
+_FILTERS: Final[dict[str, ColumnElement[bool]]] = {
+    "role": User.role == bindparam("role"),
+    "is_active": User.is_active == bindparam("is_active"),
+    "province": User.responsible_province == bindparam("province"),
+    "q": or_(
+        User.full_name.ilike(bindparam("q"), escape="\\"),
+        User.email.ilike(bindparam("q"), escape="\\"),
+    ),
+}
+# Read as plain rows of just the columns a page returns, validated in one call: loading ORM
+# objects cost more than the query itself.
 _LISTED_COLUMNS: Final = tuple(User.__table__.c[name] for name in UserResponse.model_fields)
 _LISTED_USERS: Final = TypeAdapter(list[UserResponse])
 _COUNT_USERS: Final = select(func.count()).select_from(User)
 
 
-def _filters(params: UserListParams) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+def _filter_values(params: UserListParams) -> dict[str, object]:
+    """The value of each filter that is set, as the driver takes it, keyed like `_FILTERS`."""
+    values: dict[str, object] = {}
     if params.role is not None:
-        conditions.append(User.role == params.role)
+        values["role"] = params.role.value
     if params.is_active is not None:
-        conditions.append(User.is_active.is_(params.is_active))
+        values["is_active"] = params.is_active
     if params.province is not None:
-        conditions.append(User.responsible_province == params.province)
+        values["province"] = params.province
     if params.q is not None:
-        pattern = f"%{_escape_like(params.q)}%"
-        conditions.append(
-            or_(
-                User.full_name.ilike(pattern, escape="\\"),
-                User.email.ilike(pattern, escape="\\"),
-            )
-        )
-    return conditions
+        values["q"] = f"%{_escape_like(params.q)}%"
+    return values
+
+
+@functools.cache
+def _page_query(filters: tuple[str, ...], sort: UserSort, from_the_end: bool) -> DriverQuery:
+    forward, reverse = _SORT_ORDERS[sort]
+    return DriverQuery.of(
+        select(*_LISTED_COLUMNS)
+        .where(*(_FILTERS[name] for name in filters))
+        .order_by(*(reverse if from_the_end else forward))
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
 
 
 async def list_users(
@@ -259,10 +275,12 @@ async def list_users(
 async def _list_users(
     connection: AsyncConnection, params: UserListParams, counts: UserCountCache | None
 ) -> UserList:
-    conditions = _filters(params)
+    values = _filter_values(params)
+    filters = tuple(values)
 
     async def count() -> int:
-        return (await connection.execute(_COUNT_USERS.where(*conditions))).scalar_one()
+        statement = _COUNT_USERS.where(*(_FILTERS[name] for name in filters))
+        return (await connection.execute(statement, values)).scalar_one()
 
     key = (params.role, params.is_active, params.province, params.q)
     total = await count() if counts is None else await counts.get_or_count(key, count)
@@ -271,24 +289,17 @@ async def _list_users(
     items: list[UserResponse] = []
     if start < end:
         from_the_end = start > total - end
-        forward, reverse = _SORT_ORDERS[params.sort]
-        page_query = (
-            select(*_LISTED_COLUMNS)
-            .where(*conditions)
-            .order_by(*(reverse if from_the_end else forward))
-            .limit(end - start)
-            .offset(total - end if from_the_end else start)
+        page = _page_query(filters, params.sort, from_the_end)
+        rows = await page.fetch(
+            connection,
+            **values,
+            limit=end - start,
+            offset=total - end if from_the_end else start,
         )
-        rows = list((await connection.execute(page_query)).all())
         if from_the_end:
             rows.reverse()
-        items = _LISTED_USERS.validate_python(rows, from_attributes=True)
-    return UserList(
-        items=items,
-        total=total,
-        page=params.page,
-        page_size=params.page_size,
-    )
+        items = _LISTED_USERS.validate_python([dict(row) for row in rows])
+    return UserList(items=items, total=total, page=params.page, page_size=params.page_size)
 
 
 # ---------------------------------------------------------------------------------------------
