@@ -14,7 +14,8 @@ checks these routes by calling them like every other.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Final, TypeAlias
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -62,6 +63,7 @@ def _cache(request: Request) -> ReferenceCache:
     return cache
 
 
+_Endpoint: TypeAlias = Callable[[Request], Awaitable[Response]]
 _IF_NONE_MATCH_PARAMETER: Final = {
     "name": "If-None-Match",
     "in": "header",
@@ -95,16 +97,26 @@ def _cached_json(
 router = APIRouter(prefix="/reference", tags=["reference"])
 
 
-@router.get(
-    "/service-types",
-    response_model=list[ServiceTypeResponse],
-    responses=CACHED_RESPONSES,
-    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
-)
-async def list_service_types(request: Request) -> Response:
-    """Active service types in display order."""
+def _signed_in_list(path: str, item: Any) -> Callable[[_Endpoint], _Endpoint]:
+    """The route of a cached list without query parameters (see the module docstring)."""
+    return router.get(
+        path,
+        response_model=list[item],
+        responses=CACHED_RESPONSES,
+        openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
+    )
+
+
+async def _admit(request: Request) -> None:
+    """What a dependency and FastAPI would check for such a list: a signed-in caller, no query."""
     await authenticate(request)
     refuse_unexpected_query(request)
+
+
+@_signed_in_list("/service-types", ServiceTypeResponse)
+async def list_service_types(request: Request) -> Response:
+    """Active service types in display order."""
+    await _admit(request)
     rendered = await reference.service_types_json(read_sessions(request), _cache(request))
     return _cached_json(request, rendered)
 
@@ -134,44 +146,26 @@ async def list_complaint_types(
     return _cached_json(request, rendered)
 
 
-@router.get(
-    "/handlers",
-    response_model=list[HandlerResponse],
-    responses=CACHED_RESPONSES,
-    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
-)
+@_signed_in_list("/handlers", HandlerResponse)
 async def list_handlers(request: Request) -> Response:
     """Active handling agencies in display order."""
-    await authenticate(request)
-    refuse_unexpected_query(request)
+    await _admit(request)
     rendered = await reference.handlers_json(read_sessions(request), _cache(request))
     return _cached_json(request, rendered)
 
 
-@router.get(
-    "/closure-reasons",
-    response_model=list[ClosureReasonResponse],
-    responses=CACHED_RESPONSES,
-    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
-)
+@_signed_in_list("/closure-reasons", ClosureReasonResponse)
 async def list_closure_reasons(request: Request) -> Response:
     """Active closure reasons in display order."""
-    await authenticate(request)
-    refuse_unexpected_query(request)
+    await _admit(request)
     rendered = await reference.closure_reasons_json(read_sessions(request), _cache(request))
     return _cached_json(request, rendered)
 
 
-@router.get(
-    "/provinces",
-    response_model=list[str],
-    responses=CACHED_RESPONSES,
-    openapi_extra=_SIGNED_IN_CONDITIONAL_GET,
-)
+@_signed_in_list("/provinces", str)
 async def list_provinces(request: Request) -> Response:
     """Provinces that have cases, sorted; current as of the latest committed case."""
-    await authenticate(request)
-    refuse_unexpected_query(request)
+    await _admit(request)
     provinces_cache: ProvincesCache = request.state.provinces_cache
     rendered = await reference.provinces_json(read_sessions(request), provinces_cache)
     return _cached_json(request, rendered, PROVINCES_CACHE_CONTROL)
