@@ -25,7 +25,7 @@ def database_url() -> str:
     if url:
         return url
     # Imported here so that Alembic only needs the app's settings when no URL was given.
-    from app.core.config import load_database_url
+    from app.core.secrets import load_database_url
 
     return load_database_url()
 

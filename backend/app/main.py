@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TypedDict
 
 import anyio.to_thread
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
@@ -17,30 +19,61 @@ from app.api.docs import install_docs
 from app.api.v1 import API_PREFIX
 from app.api.v1 import routers as v1_routers
 from app.api.v1.health import router as health_router
-from app.core.config import Settings, fetch_database_credentials, load_settings
+from app.core.config import Settings, load_settings
 from app.core.db import (
     DatabaseConnector,
+    ReadSessions,
+    Sessionmaker,
     create_engine,
     create_read_sessionmaker,
     create_sessionmaker,
     database_is_reachable,
 )
 from app.core.errors import ErrorResponse, register_error_handlers
+from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.rbac import UserLookup
+from app.core.secrets import fetch_database_credentials
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
-from app.services.reference import PROVINCES_CHANNEL, ProvincesCache, ReferenceCache
-from app.services.user_cache import SESSION_CACHE_KEY, UserCache, UserCountCache
+from app.services.reference import ReferenceCache
+from app.services.user_cache import (
+    ActiveUsers,
+    UserCache,
+    UserCountCache,
+    session_class_evicting_from,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[Any]]:
+class State(TypedDict):
+    """What the lifespan builds, handed to every request (`app.core.state.LifespanItem`)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: Sessionmaker
+    read_sessionmaker: ReadSessions
+    token_verifier: AccessTokenVerifier
+    user_cache: UserCache
+    user_lookup: UserLookup
+    user_counts: UserCountCache
+    cognito: CognitoUserPool
+    reference_cache: ReferenceCache
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
-        engine = create_engine(settings, credentials)
+        reread = (
+            functools.partial(fetch_database_credentials, settings)
+            if settings.db_secret_id is not None
+            else None
+        )
+        connector = DatabaseConnector(settings, credentials, reread)
+        engine = create_engine(connector, settings)
         # A database that is down at startup must not stop the process: /health reports it
         # and the pool reconnects once it is back.
         if await database_is_reachable(engine, settings.health_timeout_seconds):
@@ -51,34 +84,32 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # Warm the key cache without holding up startup: tokens verify once it lands, and a
         # Cognito outage now only means the first requests fetch the keys themselves.
         preload = asyncio.create_task(jwks.preload())
-        # Its own connection (one per worker, beside the pool) listens for user changes; the
-        # cache stays bypassed until that works, so startup does not wait for it either.
-        user_cache = UserCache(DatabaseConnector(settings, credentials).connect)
-        provinces_cache = ProvincesCache(listening=lambda: user_cache.listening)
-        user_cache.subscribe(PROVINCES_CHANNEL, provinces_cache.forget)
-        user_cache.start()
-        sessionmaker = create_sessionmaker(engine)
-        # Sessions report the users they commit, so this instance evicts them at once.
-        sessionmaker.configure(info={SESSION_CACHE_KEY: user_cache})
+        # One connection per worker, beside the pool, listens for the changes the in-process
+        # caches must hear of; they stay bypassed until it works, so startup does not wait.
+        listener = NotificationListener(connector.connect) if settings.user_cache else None
+        user_cache = UserCache(listener)
+        if listener is not None:
+            listener.start()
+        read_sessions = create_read_sessionmaker(engine)
         try:
-            yield {
-                "settings": settings,
-                "engine": engine,
-                "sessionmaker": sessionmaker,
-                "read_sessionmaker": create_read_sessionmaker(engine),
-                "user_cache": user_cache,
-                "user_counts": UserCountCache(user_cache),
-                "cognito": CognitoUserPool.from_settings(settings),
-                "token_verifier": AccessTokenVerifier(
-                    jwks,
-                    issuer=settings.cognito_issuer,
-                    client_id=settings.cognito_app_client_id,
+            yield State(
+                settings=settings,
+                engine=engine,
+                # Its sessions evict the users they commit from this worker's cache at once.
+                sessionmaker=create_sessionmaker(engine, session_class_evicting_from(user_cache)),
+                read_sessionmaker=read_sessions,
+                token_verifier=AccessTokenVerifier(
+                    jwks, issuer=settings.cognito_issuer, client_id=settings.cognito_app_client_id
                 ),
-                "reference_cache": ReferenceCache(),
-                "provinces_cache": provinces_cache,
-            }
+                user_cache=user_cache,
+                user_lookup=ActiveUsers(user_cache, read_sessions),
+                user_counts=UserCountCache(user_cache),
+                cognito=CognitoUserPool.from_settings(settings),
+                reference_cache=ReferenceCache(),
+            )
         finally:
-            await user_cache.aclose()
+            if listener is not None:
+                await listener.aclose()
             preload.cancel()
             await jwks.aclose()
             await engine.dispose()

@@ -25,8 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.cli.token import sign_in
-from app.core.config import fetch_database_credentials, load_database_settings
+from app.core.config import load_database_settings
 from app.core.roles import Role
+from app.core.secrets import fetch_database_credentials
 from app.models.user import User
 
 if TYPE_CHECKING:

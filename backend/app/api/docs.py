@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 
-from app.core.auth import BEARER_SCHEME_NAME
 from app.core.config import ConfigError, Settings
 from app.core.errors import NotFoundError
+from app.core.rbac import BEARER_SCHEME_NAME
 
 DOCS_PATH: Final = "/docs"
 STATIC_PATH: Final = f"{DOCS_PATH}/static"

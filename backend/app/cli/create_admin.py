@@ -19,11 +19,12 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from app.core.compensation import undo_unless_committed
-from app.core.config import ConfigError, Settings, fetch_database_credentials, load_settings
-from app.core.db import create_engine, create_sessionmaker
+from app.core.config import ConfigError, Settings, load_settings
+from app.core.db import DatabaseConnector, create_engine, create_sessionmaker
 from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
 from app.core.roles import Role
+from app.core.secrets import fetch_database_credentials
 from app.schemas.user import UserCreate
 from app.services.cognito import CognitoUserPool, EmailTakenError
 from app.services.users import create_user, find_user_by_email
@@ -50,7 +51,7 @@ async def create_admin(
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    engine = create_engine(settings, credentials)
+    engine = create_engine(DatabaseConnector(settings, credentials), settings)
     sessionmaker = create_sessionmaker(engine)
     try:
         # The same transaction shape as a request: the Cognito user is deleted again if the

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import boto3
 from botocore.config import Config
 
+from app.core.config import AwsSettings
+
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-    from app.core.config import DatabaseSettings
 
-
-def client_config(settings: DatabaseSettings) -> Config:
+def client_config(settings: AwsSettings) -> Config:
     return Config(
         connect_timeout=settings.aws_connect_timeout_seconds,
         read_timeout=settings.aws_read_timeout_seconds,
@@ -26,13 +26,13 @@ def client_config(settings: DatabaseSettings) -> Config:
 
 @overload
 def aws_client(
-    service: Literal["cognito-idp"], settings: DatabaseSettings
+    service: Literal["cognito-idp"], settings: AwsSettings
 ) -> CognitoIdentityProviderClient: ...
 @overload
 def aws_client(
-    service: Literal["secretsmanager"], settings: DatabaseSettings
+    service: Literal["secretsmanager"], settings: AwsSettings
 ) -> SecretsManagerClient: ...
-def aws_client(service: str, settings: DatabaseSettings) -> Any:
+def aws_client(service: str, settings: AwsSettings) -> Any:
     # Endpoints for local emulators come from boto3's own AWS_ENDPOINT_URL* variables.
     return boto3.client(  # type: ignore[call-overload]
         service, region_name=settings.aws_region, config=client_config(settings)

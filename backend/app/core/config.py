@@ -1,8 +1,8 @@
 """Settings, read once from the environment (and `.env` locally).
 
 Field names are the spec's (`DB_HOST`, `COGNITO_USER_POOL_ID`, ...). When `DB_SECRET_ID` is set the
-database credentials come from that AWS Secrets Manager secret (the RDS secret JSON) instead of the
-`DB_*` variables, which is how the service runs on EC2.
+database credentials come from that AWS Secrets Manager secret instead of the `DB_*` variables,
+which is how the service runs on EC2; reading it is `app.core.secrets`' job.
 """
 
 from __future__ import annotations
@@ -44,8 +44,19 @@ class DatabaseCredentials:
         )
 
 
+class AwsSettings(BaseSettings):
+    """The region and the bounded waits of every AWS call (Cognito, Secrets Manager)."""
+
+    model_config = _SETTINGS_CONFIG
+
+    aws_region: str | None = None
+    aws_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    aws_read_timeout_seconds: float = Field(default=5.0, gt=0)
+    aws_max_attempts: int = Field(default=2, ge=1)
+
+
 class DatabaseSettings(BaseSettings):
-    """What it takes to reach the database; enough on its own for Alembic."""
+    """Where the database is, how its credentials are found, and the pool's bounded waits."""
 
     model_config = _SETTINGS_CONFIG
 
@@ -55,7 +66,6 @@ class DatabaseSettings(BaseSettings):
     db_user: str | None = None
     db_password: SecretStr | None = None
     db_secret_id: str | None = None
-    aws_region: str | None = None
 
     # Every wait is bounded and shorter than the Cognito calls (5 s) and the proxies (30 s, 60 s).
     db_pool_size: int = Field(default=5, ge=1)
@@ -63,9 +73,6 @@ class DatabaseSettings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     db_statement_timeout_seconds: float = Field(default=5.0, gt=0)
-    aws_connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    aws_read_timeout_seconds: float = Field(default=5.0, gt=0)
-    aws_max_attempts: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _credentials_have_a_source(self) -> DatabaseSettings:
@@ -97,7 +104,11 @@ class DatabaseSettings(BaseSettings):
         )
 
 
-class Settings(DatabaseSettings):
+class DatabaseAccessSettings(DatabaseSettings, AwsSettings):
+    """Enough to reach the database from a tool (Alembic, the CLIs): its secret may be in AWS."""
+
+
+class Settings(DatabaseAccessSettings):
     """Everything the API needs at runtime."""
 
     aws_region: str  # required here; Alembic needs only the database fields
@@ -119,6 +130,9 @@ class Settings(DatabaseSettings):
     # id, production turns it off (docker-compose.prod.yml) and saves its cost on every request.
     access_log: bool = True
     health_timeout_seconds: float = Field(default=2.0, gt=0)
+    # The per-worker cache of active users needs a LISTEN connection; behind RDS Proxy or
+    # PgBouncer in transaction mode LISTEN does not work, so it can be turned off there.
+    user_cache: bool = True
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -178,73 +192,15 @@ def load_settings(**overrides: Any) -> Settings:
     # The database rule spans several fields and only runs once they parse; check it too so that
     # the first message is the complete one.
     try:
-        DatabaseSettings(**overrides)
+        DatabaseAccessSettings(**overrides)
     except ValidationError as error:
         problems += [problem for problem in _problems(error) if problem not in problems]
     raise ConfigError("; ".join(problems))
 
 
-def load_database_settings(**overrides: Any) -> DatabaseSettings:
+def load_database_settings(**overrides: Any) -> DatabaseAccessSettings:
+    """What a tool needs to reach the database; on failure, one message naming every problem."""
     try:
-        return DatabaseSettings(**overrides)
+        return DatabaseAccessSettings(**overrides)
     except ValidationError as error:
         raise ConfigError("; ".join(_problems(error))) from None
-
-
-_SECRET_KEYS = ("host", "port", "username", "password", "dbname")
-
-
-def parse_database_secret(secret_id: str, secret_string: str | None) -> DatabaseCredentials:
-    """Read an RDS-style secret. Errors name the secret and the problem, never its value."""
-    try:
-        document = json.loads(secret_string or "")
-    except ValueError:
-        raise ConfigError(f"secret {secret_id!r} is not a JSON object") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"secret {secret_id!r} is not a JSON object")
-    missing = [key for key in _SECRET_KEYS if document.get(key) in (None, "")]
-    if missing:
-        raise ConfigError(f"secret {secret_id!r} lacks required keys: {', '.join(missing)}")
-    try:
-        port = int(document["port"])
-    except (TypeError, ValueError):
-        raise ConfigError(f"secret {secret_id!r} has a port that is not a number") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"secret {secret_id!r} has a port out of range")
-    return DatabaseCredentials(
-        host=str(document["host"]),
-        port=port,
-        name=str(document["dbname"]),
-        user=str(document["username"]),
-        password=SecretStr(str(document["password"])),
-    )
-
-
-def fetch_database_credentials(settings: DatabaseSettings) -> DatabaseCredentials:
-    """The credentials to connect with: from Secrets Manager when DB_SECRET_ID is set.
-
-    Blocking (boto3): call it from a worker thread on the request path.
-    """
-    if settings.db_secret_id is None:
-        return settings.credentials_from_env()
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from app.core.aws import aws_client
-
-    client = aws_client("secretsmanager", settings)
-    try:
-        response = client.get_secret_value(SecretId=settings.db_secret_id)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "unknown")
-        raise ConfigError(f"cannot read secret {settings.db_secret_id!r}: {code}") from None
-    except BotoCoreError as error:
-        raise ConfigError(
-            f"cannot read secret {settings.db_secret_id!r}: {type(error).__name__}"
-        ) from None
-    return parse_database_secret(settings.db_secret_id, response.get("SecretString"))
-
-
-def load_database_url() -> str:
-    """The SQLAlchemy URL Alembic migrates, from the same settings the API uses."""
-    credentials = fetch_database_credentials(load_database_settings())
-    return credentials.url().render_as_string(hide_password=False)

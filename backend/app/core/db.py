@@ -6,32 +6,26 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 import anyio.to_thread
 import asyncpg
 import sqlalchemy.exc
-from fastapi import Depends, Request
-from sqlalchemy import Select, event, text
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from fastapi import Depends
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
 
 from app.core.compensation import undo_unless_committed
-from app.core.config import (
-    ConfigError,
-    DatabaseCredentials,
-    DatabaseSettings,
-    fetch_database_credentials,
-)
+from app.core.config import ConfigError, DatabaseCredentials, DatabaseSettings
+from app.core.state import LifespanItem
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +38,23 @@ CREDENTIALS_REFRESH_INTERVAL_SECONDS = 30.0
 class DatabaseConnector:
     """Opens asyncpg connections with the current credentials, following secret rotation.
 
-    When the database refuses the password and the credentials came from Secrets Manager, the
-    secret is read again (once, for all concurrent connection attempts) and the connection is
-    retried with what it holds now. Nothing else retries here: the pool's callers see the error.
+    When the database refuses the password and `reread_credentials` is given (the credentials
+    came from Secrets Manager), it is called again (once, for all concurrent connection attempts;
+    blocking, so in a worker thread) and the connection is retried with what it returns. Nothing
+    else retries here: the pool's callers see the error.
     """
 
     def __init__(
         self,
         settings: DatabaseSettings,
         credentials: DatabaseCredentials,
+        reread_credentials: Callable[[], DatabaseCredentials] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self.credentials = credentials
+        self._reread_credentials = reread_credentials
         self._clock = clock
         self._lock = asyncio.Lock()
         self._refreshed_at: float | None = None
@@ -72,9 +69,9 @@ class DatabaseConnector:
         try:
             return await self._connect_with(credentials)
         except asyncpg.InvalidAuthorizationSpecificationError:
-            if self._settings.db_secret_id is None:
+            if self._reread_credentials is None:
                 raise
-            refreshed = await self._refresh(credentials)
+            refreshed = await self._refresh(credentials, self._reread_credentials)
             if refreshed is None:
                 raise
             return await self._connect_with(refreshed)
@@ -91,7 +88,9 @@ class DatabaseConnector:
             server_settings=self._server_settings,
         )
 
-    async def _refresh(self, refused: DatabaseCredentials) -> DatabaseCredentials | None:
+    async def _refresh(
+        self, refused: DatabaseCredentials, reread: Callable[[], DatabaseCredentials]
+    ) -> DatabaseCredentials | None:
         """New credentials from the secret, or None when there is nothing new to try."""
         async with self._lock:
             if self.credentials != refused:
@@ -104,7 +103,7 @@ class DatabaseConnector:
                 return None
             self._refreshed_at = now
             try:
-                current = await anyio.to_thread.run_sync(fetch_database_credentials, self._settings)
+                current = await anyio.to_thread.run_sync(reread)
             except ConfigError as error:
                 logger.warning("database secret could not be re-read: %s", error)
                 return None
@@ -116,8 +115,7 @@ class DatabaseConnector:
             return current
 
 
-def create_engine(settings: DatabaseSettings, credentials: DatabaseCredentials) -> AsyncEngine:
-    connector = DatabaseConnector(settings, credentials)
+def create_engine(connector: DatabaseConnector, settings: DatabaseSettings) -> AsyncEngine:
     engine = create_async_engine(
         # The URL names the dialect only; connections come from the connector.
         "postgresql+asyncpg://",
@@ -150,11 +148,17 @@ def _ping_on_checkout(
         raise sqlalchemy.exc.DisconnectionError(type(error).__name__) from error
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
+Sessionmaker = async_sessionmaker[AsyncSession]
 ReadSessions = async_sessionmaker[AsyncSession]
+
+
+def create_sessionmaker(
+    engine: AsyncEngine, session_class: type[Session] = Session
+) -> Sessionmaker:
+    """Sessions for the request's transaction; `session_class` carries per-app commit hooks."""
+    return async_sessionmaker(
+        engine, expire_on_commit=False, autoflush=False, sync_session_class=session_class
+    )
 
 
 def create_read_sessionmaker(engine: AsyncEngine) -> ReadSessions:
@@ -169,41 +173,6 @@ def create_read_sessionmaker(engine: AsyncEngine) -> ReadSessions:
         expire_on_commit=False,
         autoflush=False,
     )
-
-
-def read_sessions(request: Request) -> ReadSessions:
-    sessions: ReadSessions = request.state.read_sessionmaker
-    return sessions
-
-
-_ASYNCPG: Final = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True, slots=True)
-class DriverQuery:
-    """A Core SELECT compiled once, run on the asyncpg connection beneath a SQLAlchemy one.
-
-    For the hottest reads only: SQLAlchemy's execution and result layers cost ~0.4 ms per
-    statement on our hardware, more than an indexed query itself (measured on the user list:
-    1.04 → 0.63 ms in process). The statement is still written in SQLAlchemy and runs on the
-    caller's connection (and so in its transaction, if any); what is skipped is SQLAlchemy's type
-    processing: bind values must already be what asyncpg takes (`str` for an enum column), and
-    rows come back as asyncpg records.
-    """
-
-    sql: str
-    parameter_names: tuple[str, ...]
-
-    @classmethod
-    def of(cls, statement: Select[Any]) -> DriverQuery:
-        """Compile `statement`, whose values are all named `bindparam`s."""
-        compiled = statement.compile(dialect=_ASYNCPG)
-        return cls(str(compiled), tuple(compiled.positiontup or ()))
-
-    async def fetch(self, connection: AsyncConnection, **values: object) -> list[asyncpg.Record]:
-        raw = await connection.get_raw_connection()
-        driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-        return await driver.fetch(self.sql, *(values[name] for name in self.parameter_names))
 
 
 _abandoned_checks: set[asyncio.Future[None]] = set()
@@ -239,13 +208,22 @@ async def database_is_reachable(engine: AsyncEngine, within_seconds: float) -> b
     return True
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+ENGINE: Final = LifespanItem[AsyncEngine]("engine")
+SESSIONMAKER: Final = LifespanItem[Sessionmaker]("sessionmaker")
+READ_SESSIONMAKER: Final = LifespanItem[ReadSessions]("read_sessionmaker")
+
+EngineDep = Annotated[AsyncEngine, Depends(ENGINE)]
+ReadSessionsDep = Annotated[ReadSessions, Depends(READ_SESSIONMAKER)]
+
+
+async def get_session(
+    sessionmaker: Annotated[Sessionmaker, Depends(SESSIONMAKER)],
+) -> AsyncIterator[AsyncSession]:
     """One request, one transaction: commit when the endpoint returns, roll back if it raises.
 
     The transaction begins with the first statement (SQLAlchemy's autobegin), so a request that
     needs no SQL, such as a cached read by a cached user, costs no connection and no round trip.
     """
-    sessionmaker: async_sessionmaker[AsyncSession] = request.state.sessionmaker
     session = sessionmaker()
     try:
         # Changes a service made outside the database (Cognito) are undone if the commit fails.
@@ -262,6 +240,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         if session.in_transaction():
             await session.close()
 
+
+# The spec's name for the session dependency.
+get_db = get_session
 
 # scope="function": the commit happens before the response is sent, so a failed commit is
 # reported to the client instead of being lost after a 2xx.

@@ -1,11 +1,96 @@
-"""Role-based access: one `Role` enum and the dependencies routes declare.
+"""Who may call: the bearer access token, verified, mapped to an active user, role-checked.
 
-`require_role(*roles)` builds the authentication dependency restricted to those roles (403 for
-anyone else); `CurrentUser` lets any signed-in role through, `AdminUser` only ADMIN. They live
-in `app.core.auth`, where authentication is, and are re-exported here for the routes.
+`require_role(*roles)` builds the one dependency a protected route declares: it reads the bearer
+token, verifies it (`app.core.security`), asks the lifespan's `UserLookup` for the active user
+whose Cognito sub it carries, and lets the caller through only with one of `roles` (403 for any
+other role). Doing all of it in one callable is both the OpenAPI security scheme (`HTTPBearer`)
+and the check, and FastAPI resolves one dependency per request instead of a chain.
+
+Every authentication failure is the same 401 with a `WWW-Authenticate` challenge; the precise
+reason goes to the log. The role comes from the user's row (through the lookup), never from the
+token. The lookup is given, not imported: the toolkit knows nothing of the users table.
 """
 
-from app.core.auth import AdminUser, CurrentUser, require_role
-from app.core.roles import Role
+from __future__ import annotations
 
-__all__ = ["AdminUser", "CurrentUser", "Role", "require_role"]
+import logging
+from typing import Final, Protocol
+
+from fastapi import Request
+from fastapi.security import HTTPBearer
+
+from app.core.errors import ForbiddenError, NotAuthenticatedError, ServiceUnavailableError
+from app.core.roles import Role
+from app.core.security import AccessTokenVerifier, JWKSUnavailableError, TokenError
+from app.core.state import LifespanItem
+
+logger = logging.getLogger(__name__)
+
+
+class Principal(Protocol):
+    """What authorisation needs of a user; the lookup returns the app's own user type."""
+
+    @property
+    def role(self) -> Role: ...
+
+
+class UserLookup(Protocol):
+    """The active user a Cognito sub belongs to, or None (unknown or deactivated)."""
+
+    async def active_user(self, cognito_sub: str) -> Principal | None: ...
+
+
+TOKEN_VERIFIER: Final = LifespanItem[AccessTokenVerifier]("token_verifier")
+USER_LOOKUP: Final = LifespanItem[UserLookup]("user_lookup")
+
+# The OpenAPI security scheme every protected operation names.
+BEARER_SCHEME_NAME: Final = "HTTPBearer"
+
+
+class RoleRequirement(HTTPBearer):
+    """The authentication dependency, letting through callers with one of `allowed` roles."""
+
+    def __init__(self, allowed: frozenset[Role]) -> None:
+        super().__init__(
+            scheme_name=BEARER_SCHEME_NAME,
+            bearerFormat="JWT",
+            description="A Cognito **access** token (not the ID token).",
+            auto_error=False,
+        )
+        self.allowed = allowed
+        self._refusal = f"This action requires the role {', '.join(sorted(allowed))}"
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        user = await _authenticate(request)
+        if user.role not in self.allowed:
+            raise ForbiddenError(self._refusal)
+        return user
+
+
+async def _authenticate(request: Request) -> Principal:
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        header_sent = "authorization" in request.headers
+        if header_sent:
+            logger.info("rejected credentials: not a bearer token")
+        raise NotAuthenticatedError(token_sent=header_sent)
+    try:
+        claims = await TOKEN_VERIFIER.of(request).verify(token.strip())
+    except JWKSUnavailableError as error:
+        logger.warning("cannot verify token: %s", error)
+        raise ServiceUnavailableError("Sign-in keys are unavailable; try again shortly") from None
+    except TokenError as error:
+        logger.info("rejected token: %s", error)
+        raise NotAuthenticatedError("Invalid or expired token", token_sent=True) from None
+    user = await USER_LOOKUP.of(request).active_user(claims.sub)
+    if user is None:
+        logger.info("rejected token: no active user", extra={"cognito_sub": claims.sub})
+        raise NotAuthenticatedError("Invalid or expired token", token_sent=True)
+    return user
+
+
+def require_role(*allowed: Role) -> RoleRequirement:
+    """A dependency that lets through only callers holding one of `allowed` roles (else 403)."""
+    if not allowed:
+        raise ValueError("require_role needs at least one role")
+    return RoleRequirement(frozenset(allowed))

@@ -16,11 +16,10 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio.to_thread
 from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import Depends, Request
 
 from app.core.aws import aws_client
 from app.core.errors import (
@@ -290,12 +289,3 @@ class CognitoUserPool:
                 DesiredDeliveryMediums=["EMAIL"],
             ),
         )
-
-
-def get_cognito(request: Request) -> CognitoUserPool:
-    """The app's adapter, built in the lifespan (tests override this dependency)."""
-    pool: CognitoUserPool = request.state.cognito
-    return pool
-
-
-CognitoDep = Annotated[CognitoUserPool, Depends(get_cognito)]

@@ -4,8 +4,8 @@ The four pick lists are read on nearly every screen and change rarely, so each i
 app instance as ready-to-send JSON for `REFERENCE_TTL_SECONDS`. A cached answer costs no SQL
 and no serialisation; an admin's edit shows up within that TTL (plus the client's own cache).
 
-The provinces in use are cached too, but exactly, not for a TTL: PostgreSQL notifies every
-write that could change them (`ProvincesCache`).
+The provinces in use are not cached (the spec's "no cache needed"): they change with every case
+in a new province, and a loose index scan answers them in about the time of a cache miss.
 """
 
 from __future__ import annotations
@@ -231,41 +231,7 @@ def _distinct_provinces() -> sa.Select[str]:
 DISTINCT_PROVINCES: Final = _distinct_provinces()
 
 
-PROVINCES_CHANNEL: Final = "case_provinces_changed"
-_PROVINCES = TypeAdapter(list[str])
-
-
-class ProvincesCache:
-    """The rendered provinces answer, kept until a write to `cases` could change it.
-
-    Exact rather than a TTL, so a case in a new province shows on the very next request the
-    notification has reached: migration 0003 sends `NOTIFY case_provinces_changed` for every
-    statement that inserts, deletes, truncates or re-provinces cases, and the worker's listener
-    connection (`UserCache.subscribe`) calls `forget`. The cache is used only while `listening()`
-    says that connection is up; otherwise every request runs the query, as it would uncached.
-    A load that overlapped a notification is returned but not kept. Concurrent misses each run
-    the query (a handful of index probes) rather than queue behind one another.
-    """
-
-    def __init__(self, listening: Callable[[], bool]) -> None:
-        self._listening = listening
-        self._rendered: RenderedJson | None = None
-        self._generation = 0
-
-    def forget(self) -> None:
-        self._generation += 1
-        self._rendered = None
-
-    async def get_or_load(self, load: Callable[[], Awaitable[RenderedJson]]) -> RenderedJson:
-        if not self._listening():
-            return await load()
-        if self._rendered is not None:
-            return self._rendered
-        generation = self._generation
-        rendered = await load()
-        if generation == self._generation and self._listening():
-            self._rendered = rendered
-        return rendered
+_PROVINCES: Final = TypeAdapter(list[str])
 
 
 async def provinces(sessions: ReadSessions) -> list[str]:
@@ -273,11 +239,9 @@ async def provinces(sessions: ReadSessions) -> list[str]:
     return list(await _all(sessions, DISTINCT_PROVINCES))
 
 
-async def provinces_json(sessions: ReadSessions, cache: ProvincesCache) -> RenderedJson:
-    async def load() -> RenderedJson:
-        return RenderedJson.of(_PROVINCES.dump_json(await provinces(sessions)))
-
-    return await cache.get_or_load(load)
+async def provinces_json(sessions: ReadSessions) -> RenderedJson:
+    """The provinces as JSON, with an ETag so an unchanged answer can be a bodiless 304."""
+    return RenderedJson.of(_PROVINCES.dump_json(await provinces(sessions)))
 
 
 _PRIORITY_RANK: Final = sa.case(

@@ -14,28 +14,22 @@ paired with an undo action (`app.core.compensation`):
   dependency (or the CLI) runs it if the commit that follows fails, e.g. when the database goes
   away between the flush and the commit.
 
-Every admin action writes one line to the "app.audit" logger: actor, action, target, outcome.
+Every admin action writes one line to the audit trail (`app.services.audit`). The user list is
+`app.services.user_list`.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, bindparam, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.compensation import UndoLog, undo_on_rollback
-from app.core.db import DriverQuery, ReadSessions
-from app.core.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
+from app.core.compensation import UndoLog
+from app.core.errors import ConflictError, InvalidInputError, NotFoundError
 from app.core.roles import Role
 from app.models.user import User
 from app.schemas.user import (
@@ -43,23 +37,12 @@ from app.schemas.user import (
     PROVINCE_REQUIRED_FOR_OFFICERS,
     PasswordResetOutcome,
     UserCreate,
-    UserList,
-    UserListParams,
-    UserResponse,
-    UserSort,
     UserUpdate,
 )
+from app.services.audit import audited, undo_and_audit_on_rollback
 from app.services.cognito import CognitoUserPool, EmailTakenError
-from app.services.user_cache import UserCountCache
 
-audit_logger = logging.getLogger("app.audit")
-
-EMAIL_INDEX = "uq_users_lower_email"
-
-
-async def find_user_by_cognito_id(session: AsyncSession, cognito_user_id: str) -> User | None:
-    result = await session.execute(select(User).where(User.cognito_user_id == cognito_user_id))
-    return result.scalar_one_or_none()
+EMAIL_INDEX: Final = "uq_users_lower_email"
 
 
 async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -72,59 +55,6 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     if user is None:
         raise NotFoundError("No user with this id")
     return user
-
-
-# ---------------------------------------------------------------------------------------------
-# Audit
-
-
-@dataclass
-class _AuditRecord:
-    action: str
-    actor_id: uuid.UUID | None
-    target_id: uuid.UUID | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def emit(self, outcome: str) -> None:
-        audit_logger.info(
-            "%s %s",
-            self.action,
-            outcome,
-            extra={
-                "actor_id": str(self.actor_id) if self.actor_id else None,
-                "action": self.action,
-                "target_id": str(self.target_id) if self.target_id else None,
-                "outcome": outcome,
-                **self.details,
-            },
-        )
-
-    async def emit_rolled_back(self) -> None:
-        self.emit("rolled_back")
-
-
-@contextmanager
-def _audited(
-    action: str, actor_id: uuid.UUID | None, target_id: uuid.UUID | None = None
-) -> Iterator[_AuditRecord]:
-    record = _AuditRecord(action, actor_id, target_id)
-    try:
-        yield record
-    except DomainError as error:
-        record.emit(f"refused:{error.code}")
-        raise
-    except BaseException:
-        record.emit("failed")
-        raise
-    record.emit("success")
-
-
-def _undo_on_rollback(session: AsyncSession, undo: UndoLog, audit: _AuditRecord) -> None:
-    # Registered first, so it runs last: the audit line follows the undo's own log lines.
-    audit_log = UndoLog()
-    audit_log.add("audit", audit.emit_rolled_back)
-    undo_on_rollback(session, audit_log)
-    undo_on_rollback(session, undo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +76,7 @@ async def create_user(
     actor_id: uuid.UUID | None,
 ) -> User:
     """Create the user in Cognito (which emails the invitation) and in the users table."""
-    with _audited("user.create", actor_id) as audit:
+    with audited("user.create", actor_id) as audit:
         if await find_user_by_email(session, data.email) is not None:
             raise EmailTakenError("A user with this email already exists")
         undo = UndoLog()
@@ -176,130 +106,8 @@ async def create_user(
             await undo.undo()
             raise
         audit.target_id = user.id
-        _undo_on_rollback(session, undo, audit)
+        undo_and_audit_on_rollback(session, undo, audit)
         return user
-
-
-# ---------------------------------------------------------------------------------------------
-# List
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _orders(
-    key: ColumnElement[Any] | InstrumentedAttribute[Any], descending: bool
-) -> tuple[tuple[ColumnElement[Any], ...], tuple[ColumnElement[Any], ...]]:
-    """The ORDER BY of a sort, and its reverse (to read a page from the other end).
-
-    The id breaks ties, so a user never shows on two pages or on none.
-    """
-    ascending_order = (key.asc(), User.id.asc())
-    descending_order = (key.desc(), User.id.desc())
-    if descending:
-        return descending_order, ascending_order
-    return ascending_order, descending_order
-
-
-_SORT_ORDERS: Final = {
-    UserSort.CREATED_AT_DESC: _orders(User.created_at, descending=True),
-    UserSort.CREATED_AT: _orders(User.created_at, descending=False),
-    UserSort.FULL_NAME: _orders(User.full_name, descending=False),
-    UserSort.FULL_NAME_DESC: _orders(User.full_name, descending=True),
-    # lower(email) is what the unique index holds; emails are stored in lower case anyway.
-    UserSort.EMAIL: _orders(func.lower(User.email), descending=False),
-    UserSort.EMAIL_DESC: _orders(func.lower(User.email), descending=True),
-}
-
-# Every filter is a named bind parameter, so the statements depend only on which filters are
-# set: a page's SQL is compiled once per combination and run on the driver (`DriverQuery`).
-_FILTERS: Final[dict[str, ColumnElement[bool]]] = {
-    "role": User.role == bindparam("role"),
-    "is_active": User.is_active == bindparam("is_active"),
-    "province": User.responsible_province == bindparam("province"),
-    "q": or_(
-        User.full_name.ilike(bindparam("q"), escape="\\"),
-        User.email.ilike(bindparam("q"), escape="\\"),
-    ),
-}
-# Read as plain rows of just the columns a page returns, validated in one call: loading ORM
-# objects cost more than the query itself.
-_LISTED_COLUMNS: Final = tuple(User.__table__.c[name] for name in UserResponse.model_fields)
-_LISTED_USERS: Final = TypeAdapter(list[UserResponse])
-_COUNT_USERS: Final = select(func.count()).select_from(User)
-
-
-def _filter_values(params: UserListParams) -> dict[str, object]:
-    """The value of each filter that is set, as the driver takes it, keyed like `_FILTERS`."""
-    values: dict[str, object] = {}
-    if params.role is not None:
-        values["role"] = params.role.value
-    if params.is_active is not None:
-        values["is_active"] = params.is_active
-    if params.province is not None:
-        values["province"] = params.province
-    if params.q is not None:
-        values["q"] = f"%{_escape_like(params.q)}%"
-    return values
-
-
-@functools.cache
-def _page_query(filters: tuple[str, ...], sort: UserSort, from_the_end: bool) -> DriverQuery:
-    forward, reverse = _SORT_ORDERS[sort]
-    return DriverQuery.of(
-        select(*_LISTED_COLUMNS)
-        .where(*(_FILTERS[name] for name in filters))
-        .order_by(*(reverse if from_the_end else forward))
-        .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
-    )
-
-
-async def list_users(
-    sessions: ReadSessions, params: UserListParams, counts: UserCountCache | None = None
-) -> UserList:
-    """One page of users matching the filters, in a stable order, and how many match in all.
-
-    Read-only, so it reads through an autocommit session of its own rather than the request's
-    transaction: no BEGIN and COMMIT round trips.
-
-    The total is counted first (from `counts` while it can vouch for it), so a page in the back
-    half is read from the other end of the same index: the last page costs what the first does
-    instead of walking past every row before it.
-    """
-    async with sessions() as session:
-        return await _list_users(await session.connection(), params, counts)
-
-
-async def _list_users(
-    connection: AsyncConnection, params: UserListParams, counts: UserCountCache | None
-) -> UserList:
-    values = _filter_values(params)
-    filters = tuple(values)
-
-    async def count() -> int:
-        statement = _COUNT_USERS.where(*(_FILTERS[name] for name in filters))
-        return (await connection.execute(statement, values)).scalar_one()
-
-    key = (params.role, params.is_active, params.province, params.q)
-    total = await count() if counts is None else await counts.get_or_count(key, count)
-    start = (params.page - 1) * params.page_size
-    end = min(start + params.page_size, total)
-    items: list[UserResponse] = []
-    if start < end:
-        from_the_end = start > total - end
-        page = _page_query(filters, params.sort, from_the_end)
-        rows = await page.fetch(
-            connection,
-            **values,
-            limit=end - start,
-            offset=total - end if from_the_end else start,
-        )
-        if from_the_end:
-            rows.reverse()
-        items = _LISTED_USERS.validate_python([dict(row) for row in rows])
-    return UserList(items=items, total=total, page=params.page, page_size=params.page_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +172,7 @@ async def update_user(
 ) -> User:
     """Change name, role, province or active state, in the table and in Cognito."""
     changes = update.model_dump(exclude_unset=True)
-    with _audited("user.update", actor_id, user_id) as audit:
+    with audited("user.update", actor_id, user_id) as audit:
         audit.details["fields"] = sorted(changes)
         if "role" in changes or changes.get("is_active") is False:
             await _lock_active_admins(session, user_id)
@@ -400,7 +208,7 @@ async def update_user(
         except BaseException:
             await undo.undo()
             raise
-        _undo_on_rollback(session, undo, audit)
+        undo_and_audit_on_rollback(session, undo, audit)
         return user
 
 
@@ -447,7 +255,7 @@ async def reset_password(
     actor_id: uuid.UUID | None,
 ) -> PasswordResetOutcome:
     """Have Cognito email a reset code, or a new invitation to a user who never signed in."""
-    with _audited("user.reset_password", actor_id, user_id) as audit:
+    with audited("user.reset_password", actor_id, user_id) as audit:
         user = await get_user(session, user_id)
         if not user.is_active:
             raise ConflictError("The user is deactivated; reactivate them before a reset")

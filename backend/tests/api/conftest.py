@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import delete, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.deps import COGNITO
 from app.core.config import Settings
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from app.services.cognito import CognitoUserPool, get_cognito
-from app.services.reference import ProvincesCache
+from app.services.cognito import CognitoUserPool
+from devtools.postgres import PsqlAdmin
+from tests.conftest import unique_database_name
 from tests.support.jwt_tokens import (
     TEST_CLIENT_ID,
     TEST_REGION,
@@ -63,7 +67,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 class _WithLifespanState:
     """Hands the lifespan state to each request, as an ASGI server does; `overrides` replace
-    entries of it (a test's sessionmaker, a cache on a fake clock)."""
+    entries of it (a cache on a fake clock), each test saying why."""
 
     def __init__(self, app: ASGIApp, state: Mapping[str, Any]) -> None:
         self.app = app
@@ -72,30 +76,6 @@ class _WithLifespanState:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app({**scope, "state": {**self.state, **self.overrides}}, receive, send)
-
-
-def in_transaction_of(db_session: AsyncSession) -> dict[str, Any]:
-    """State overrides that run a request's database work inside the test's transaction.
-
-    Every session the app opens joins the test's connection through savepoints, so it sees what
-    the test wrote and its commits stay inside the transaction the test rolls back. That
-    transaction never commits, so PostgreSQL never notifies its changes: the user cache, the
-    user counts and the provinces cache, which rely on those notifications, are switched off.
-    """
-    assert isinstance(db_session.bind, AsyncConnection)
-    sessions = async_sessionmaker(
-        bind=db_session.bind,
-        join_transaction_mode="create_savepoint",
-        expire_on_commit=False,
-        autoflush=False,
-    )
-    return {
-        "sessionmaker": sessions,
-        "read_sessionmaker": sessions,
-        "user_cache": None,
-        "user_counts": None,
-        "provinces_cache": ProvincesCache(listening=lambda: False),
-    }
 
 
 @asynccontextmanager
@@ -107,8 +87,15 @@ async def served(app: FastAPI, **overrides: Any) -> AsyncIterator[_WithLifespanS
         yield asgi
 
 
-def client_of(asgi: _WithLifespanState) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://testserver")
+def client_of(
+    asgi: _WithLifespanState, before_each_request: Callable[[], Awaitable[None]] | None = None
+) -> httpx.AsyncClient:
+    hooks: dict[str, list[Callable[..., Any]]] = {}
+    if before_each_request is not None:
+        hooks["request"] = [lambda _: before_each_request()]
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=asgi), base_url="http://testserver", event_hooks=hooks
+    )
 
 
 @asynccontextmanager
@@ -126,8 +113,19 @@ def jwks_server() -> Iterator[JWKSServer]:
 
 
 @pytest.fixture(scope="session")
-def app_settings(database_url: str, jwks_server: JWKSServer) -> Settings:
-    return make_settings(database_url, cognito_jwks_url=jwks_server.url)
+async def api_database_url(pg: PsqlAdmin, migrated_template: str) -> AsyncIterator[str]:
+    """The database of the session-wide app: its own, since its tests commit for real."""
+    name = unique_database_name("api")
+    await asyncio.to_thread(pg.create_database, name, migrated_template)
+    try:
+        yield pg.url(name)
+    finally:
+        await asyncio.to_thread(pg.drop_database, name)
+
+
+@pytest.fixture(scope="session")
+def app_settings(api_database_url: str, jwks_server: JWKSServer) -> Settings:
+    return make_settings(api_database_url, cognito_jwks_url=jwks_server.url)
 
 
 def token_for(user: User, **claims: object) -> str:
@@ -156,7 +154,7 @@ class UserFactory(Protocol):
 
 @pytest.fixture
 def make_user(db_session: AsyncSession) -> UserFactory:
-    """Insert a user row (no Cognito side) in the test's transaction."""
+    """Insert and commit a user row (no Cognito side)."""
 
     async def create(
         role: Role = Role.ADMIN,
@@ -178,8 +176,6 @@ def make_user(db_session: AsyncSession) -> UserFactory:
             is_active=is_active,
         )
         db_session.add(user)
-        # A savepoint commit: the row survives a rollback by the request under test, and the
-        # test's outer transaction still discards it afterwards.
         await db_session.commit()
         return user
 
@@ -197,17 +193,76 @@ async def served_app(app: FastAPI) -> AsyncIterator[_WithLifespanState]:
         yield asgi
 
 
+# Everything a test may write, emptied after each test: cases first (they reference users and
+# the reference tables).
+_WRITABLE_TABLES = (
+    "case_history, case_attachments, notifications, cases, case_sequences, summary_cases_daily"
+)
+# Reference data is seeded by the migrations; tests that edit it get the seed back afterwards.
+_SEEDED_TABLES = (
+    "ref_service_types",
+    "ref_complaint_types",
+    "ref_handlers",
+    "ref_closure_reasons",
+    "sla_config",
+)
+_SEED_SCHEMA = "test_seed"
+
+
+@pytest.fixture(scope="session")
+async def _seed_copy(served_app: _WithLifespanState) -> None:
+    """A copy of the seeded reference rows, to put back after each test."""
+    async with served_app.state["sessionmaker"]() as session, session.begin():
+        await session.execute(text(f"CREATE SCHEMA {_SEED_SCHEMA}"))
+        for table in _SEEDED_TABLES:
+            await session.execute(
+                text(f"CREATE TABLE {_SEED_SCHEMA}.{table} AS TABLE public.{table}")
+            )
+
+
+async def _restore(served_app: _WithLifespanState) -> None:
+    """Back to the migrated state: no users or cases, the seeded reference data, cold caches."""
+    async with served_app.state["sessionmaker"]() as session, session.begin():
+        await session.execute(text(f"TRUNCATE {_WRITABLE_TABLES}, {', '.join(_SEEDED_TABLES)}"))
+        # Through the ORM, so the app's sessions evict every cached user at this commit.
+        await session.execute(delete(User))
+        for table in _SEEDED_TABLES:
+            await session.execute(
+                text(
+                    f"INSERT INTO public.{table} OVERRIDING SYSTEM VALUE "
+                    f"SELECT * FROM {_SEED_SCHEMA}.{table}"
+                )
+            )
+    served_app.state["reference_cache"].clear()
+
+
+@pytest.fixture
+async def db_session(
+    served_app: _WithLifespanState, _seed_copy: None
+) -> AsyncIterator[AsyncSession]:
+    """A session of the app's own kind on its database, for what a test sets up and checks.
+
+    The API tests run the app as production does (its pool, its autocommit reads, its caches),
+    so what a test writes must really be committed: `client` commits this session before each
+    request. Its sessions are the app's own, so a commit evicts the users it wrote from the
+    app's cache at once, as a write through the same worker would. After the test, the database
+    goes back to its migrated state and the caches are emptied.
+    """
+    session: AsyncSession = served_app.state["sessionmaker"]()
+    try:
+        yield session
+    finally:
+        await session.close()
+        await _restore(served_app)
+
+
 @pytest.fixture
 async def client(
     served_app: _WithLifespanState, db_session: AsyncSession
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose requests run inside the test's transaction, rolled back afterwards."""
-    served_app.overrides = in_transaction_of(db_session)
-    try:
-        async with client_of(served_app) as client:
-            yield client
-    finally:
-        served_app.overrides = {}
+    """A client of the session-wide app; what the test wrote is committed before each request."""
+    async with client_of(served_app, before_each_request=db_session.commit) as client:
+        yield client
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,8 +282,8 @@ def moto_cognito() -> Iterator[MotoCognito]:
 @pytest.fixture
 def cognito(app: FastAPI, moto_cognito: MotoCognito) -> Iterator[CognitoUserPool]:
     adapter = moto_cognito.adapter()
-    app.dependency_overrides[get_cognito] = lambda: adapter
+    app.dependency_overrides[COGNITO] = lambda: adapter
     try:
         yield adapter
     finally:
-        app.dependency_overrides.pop(get_cognito, None)
+        app.dependency_overrides.pop(COGNITO, None)

@@ -180,6 +180,6 @@ async def test_rejection_reason_is_logged_but_not_returned(
     token = BAD_TOKENS["wrong client"](user)
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
     assert "client" not in response.json()["detail"].lower()
-    reasons = [r.getMessage() for r in caplog.records if r.name == "app.core.auth"]
+    reasons = [r.getMessage() for r in caplog.records if r.name == "app.core.rbac"]
     assert any("client_id" in reason for reason in reasons)
     assert all(token not in r.getMessage() for r in caplog.records)

@@ -1,7 +1,7 @@
 """Reference endpoints over HTTP: contents, access per role, the response cache, provinces.
 
-Tests that change reference rows or watch the cache build an app of their own (`fresh_client`):
-the session-wide app's cache outlives a test, so it would serve what another test cached.
+Tests that watch the cache build an app of their own (`fresh_client`), whose cache runs on a
+clock the test moves instead of sleeping through the TTL.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from app.models import (
 from app.services.reference import DISTINCT_PROVINCES, ReferenceCache, provinces
 from tests.api.conftest import (
     UserFactory,
+    _WithLifespanState,
     auth_headers,
-    in_transaction_of,
+    client_of,
     make_settings,
-    serve,
+    served,
 )
 from tests.support.jwt_tokens import JWKSServer
 
@@ -111,25 +112,26 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def fresh_client(
+async def fresh_app(
     app_settings: Settings, db_session: AsyncSession, clock: FakeClock
+) -> AsyncIterator[_WithLifespanState]:
+    """A new app on the same database, its reference cache empty and on `clock`."""
+    async with served(create_app(app_settings), reference_cache=ReferenceCache(timer=clock)) as app:
+        yield app
+
+
+@pytest.fixture
+async def fresh_client(
+    fresh_app: _WithLifespanState, db_session: AsyncSession
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a new app (so an empty cache on `clock`) whose requests use `db_session`."""
-    app = create_app(app_settings)
-    overrides = {**in_transaction_of(db_session), "reference_cache": ReferenceCache(timer=clock)}
-    async with serve(app, **overrides) as client:
+    """A client of `fresh_app`; what the test wrote is committed before each request."""
+    async with client_of(fresh_app, before_each_request=db_session.commit) as client:
         yield client
 
 
 @pytest.fixture
 async def dispatcher_headers(make_user: UserFactory) -> dict[str, str]:
     return auth_headers(await make_user(Role.DISPATCHER))
-
-
-async def sync_connection(session: AsyncSession) -> Connection:
-    connection = (await session.connection()).sync_connection
-    assert connection is not None
-    return connection
 
 
 async def add_cases(session: AsyncSession, provinces_of_cases: list[str]) -> None:
@@ -307,8 +309,8 @@ async def test_inactive_rows_are_left_out(
 async def test_an_active_service_type_without_complaint_types_gives_an_empty_list(
     fresh_client: httpx.AsyncClient, db_session: AsyncSession, dispatcher_headers: dict[str, str]
 ) -> None:
-    # Emptied by deactivation, not by inserting a new type: identity values taken in the shared
-    # database survive the rollback and would shift the ids other tests expect.
+    # Emptied by deactivation, not by inserting a new type: the seed is restored after each
+    # test, but identity values taken are not given back and would shift the ids of new rows.
     water_id = await db_session.scalar(
         sa.select(RefServiceType.id).where(RefServiceType.code == "WATER")
     )
@@ -330,12 +332,12 @@ async def test_an_active_service_type_without_complaint_types_gives_an_empty_lis
 
 
 async def test_a_cache_hit_runs_no_reference_query_until_the_entry_expires(
+    fresh_app: _WithLifespanState,
     fresh_client: httpx.AsyncClient,
-    db_session: AsyncSession,
     clock: FakeClock,
     dispatcher_headers: dict[str, str],
 ) -> None:
-    with reference_queries(await sync_connection(db_session)) as statements:
+    with reference_queries(fresh_app.state["engine"].sync_engine) as statements:
         miss = await fresh_client.get(SERVICE_TYPES, headers=dispatcher_headers)
         assert len(statements) == 1
 
@@ -353,11 +355,11 @@ async def test_a_cache_hit_runs_no_reference_query_until_the_entry_expires(
 
 
 async def test_cache_is_keyed_by_parameters_not_by_caller(
-    fresh_client: httpx.AsyncClient, db_session: AsyncSession, make_user: UserFactory
+    fresh_app: _WithLifespanState, fresh_client: httpx.AsyncClient, make_user: UserFactory
 ) -> None:
     first = auth_headers(await make_user(Role.DISPATCHER))
     second = auth_headers(await make_user(Role.OFFICER))
-    with reference_queries(await sync_connection(db_session)) as statements:
+    with reference_queries(fresh_app.state["engine"].sync_engine) as statements:
         all_types = await fresh_client.get(COMPLAINT_TYPES, headers=first)
         await fresh_client.get(COMPLAINT_TYPES, headers=second)
         assert len(statements) == 1
@@ -504,7 +506,7 @@ async def test_no_cases_means_no_provinces(
 
 
 async def test_provinces_walk_the_province_index_instead_of_reading_every_case(
-    db_session: AsyncSession,
+    served_app: _WithLifespanState, db_session: AsyncSession
 ) -> None:
     complaint_type = await db_session.scalar(sa.select(RefComplaintType).limit(1))
     assert complaint_type is not None
@@ -521,6 +523,7 @@ async def test_provinces_walk_the_province_index_instead_of_reading_every_case(
             "complaint_type_id": complaint_type.id,
         },
     )
+    await db_session.commit()
     await db_session.execute(sa.text("ANALYZE cases"))
     sql = str(DISTINCT_PROVINCES.compile(dialect=(await db_session.connection()).dialect))
 
@@ -533,7 +536,7 @@ async def test_provinces_walk_the_province_index_instead_of_reading_every_case(
     assert len(index_scans) == 2, plan
     assert re.search(r"Index Cond: .*\bcases\.province > provinces\w*\.province", plan), plan
     assert "Seq Scan" not in plan, plan
-    assert await provinces(in_transaction_of(db_session)["read_sessionmaker"]) == [
+    assert await provinces(served_app.state["read_sessionmaker"]) == [
         f"Province {n:02d}" for n in range(50)
     ]
 

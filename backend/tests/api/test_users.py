@@ -17,10 +17,11 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from app.api.deps import COGNITO
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from app.services.cognito import CognitoUserPool, get_cognito
+from app.services.cognito import CognitoUserPool
 from tests.api.conftest import UserFactory, auth_headers, make_settings, serve
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import (
@@ -286,7 +287,7 @@ async def test_cognito_unreachable_is_503_quickly_and_nothing_is_written(
     unreachable = CognitoUserPool(
         cognito_client(unreachable_endpoint(), max_attempts=2), "ap-southeast-1_unreachable"
     )
-    app.dependency_overrides[get_cognito] = lambda: unreachable
+    app.dependency_overrides[COGNITO] = lambda: unreachable
     email = new_email("unreachable")
     started = time.monotonic()
     response = await client.post(USERS, json=body(email), headers=admin_headers)
@@ -747,7 +748,7 @@ async def committed(
     settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url, db_pool_size=25)
     app = create_app(settings)
     adapter = moto_cognito.adapter()
-    app.dependency_overrides[get_cognito] = lambda: adapter
+    app.dependency_overrides[COGNITO] = lambda: adapter
     engine = create_async_engine(fresh_database_url)
     try:
         async with serve(app) as client:

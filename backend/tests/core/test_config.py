@@ -9,13 +9,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from app.core.config import (
-    ConfigError,
-    fetch_database_credentials,
-    load_database_settings,
-    load_database_url,
-    load_settings,
-)
+from app.core.config import ConfigError, load_database_settings, load_settings
+from app.core.secrets import fetch_database_credentials, load_database_url
 
 REQUIRED = {
     "DB_HOST": "db.internal",

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from tests.api.conftest import in_transaction_of, make_settings, serve
+from tests.api.conftest import make_settings, serve
 from tests.support.net import free_port
 
 REGION = "us-east-1"
@@ -79,7 +79,7 @@ def sign_in_with_cli(
 
 
 async def test_sign_in_then_call_a_protected_route(
-    emulator_env: dict[str, str], cognito_endpoint: str, database_url: str, db_session: AsyncSession
+    emulator_env: dict[str, str], cognito_endpoint: str, fresh_database_url: str
 ) -> None:
     cognito = boto3.client("cognito-idp", region_name=REGION)
     pool_id = cognito.create_user_pool(PoolName="e2e", UsernameAttributes=["email"])["UserPool"][
@@ -96,10 +96,12 @@ async def test_sign_in_then_call_a_protected_route(
         UserAttributes=[{"Name": "email", "Value": EMAIL}],
     )["User"]
     sub = next(a["Value"] for a in created["Attributes"] if a["Name"] == "sub")
-    db_session.add(
-        User(cognito_user_id=sub, email=EMAIL, full_name="Dee Spatcher", role=Role.DISPATCHER)
-    )
-    await db_session.commit()
+    engine = create_async_engine(fresh_database_url)
+    async with AsyncSession(engine) as session, session.begin():
+        session.add(
+            User(cognito_user_id=sub, email=EMAIL, full_name="Dee Spatcher", role=Role.DISPATCHER)
+        )
+    await engine.dispose()
 
     refused = sign_in_with_cli(emulator_env, client_id)
     assert refused.returncode == 1
@@ -110,14 +112,14 @@ async def test_sign_in_then_call_a_protected_route(
 
     app = create_app(
         make_settings(
-            database_url,
+            fresh_database_url,
             aws_region=REGION,
             cognito_user_pool_id=pool_id,
             cognito_app_client_id=client_id,
             cognito_jwks_url=f"{cognito_endpoint}/{pool_id}/.well-known/jwks.json",
         )
     )
-    async with serve(app, **in_transaction_of(db_session)) as client:
+    async with serve(app) as client:
         me = await client.get(
             "/api/v1/users/me", headers={"Authorization": f"Bearer {access_token}"}
         )

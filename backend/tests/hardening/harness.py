@@ -25,11 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.deps import COGNITO
 from app.core.config import Settings
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from app.services.cognito import CognitoUserPool, get_cognito
+from app.services.cognito import CognitoUserPool
 from tests.support.jwt_tokens import access_token_claims, mint_token, shared_rsa_key
 
 SIGNING_KEY_ID = "test-signing-key-1"  # the key the shared JWKS server of tests.api serves
@@ -76,7 +77,7 @@ async def live_app(
     """`create_app(settings)`, its lifespan run here as a server would, and a client."""
     app = create_app(settings)
     if cognito is not None:
-        app.dependency_overrides[get_cognito] = lambda: cognito
+        app.dependency_overrides[COGNITO] = lambda: cognito
     if customize is not None:
         customize(app)
     async with app.router.lifespan_context(app) as state:

@@ -68,11 +68,11 @@ def api_schema(
     jwks_server: JWKSServer,
     moto_cognito: MotoCognito,
 ) -> Iterator[schemathesis.BaseSchema]:
-    from app.services.cognito import get_cognito
+    from app.api.deps import COGNITO
 
     app = create_app(make_settings(fuzz_database, cognito_jwks_url=jwks_server.url))
     adapter = moto_cognito.adapter()
-    app.dependency_overrides[get_cognito] = lambda: adapter
+    app.dependency_overrides[COGNITO] = lambda: adapter
     # Loading the schema starts the app's lifespan in schemathesis' event loop thread; every
     # case then runs in that loop, where the engine and the key cache live.
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -49,3 +49,40 @@ async def test_check_detects_drift(empty_database_url: str) -> None:
         await engine.dispose()
     with pytest.raises(Exception, match="ix_cases_status"):
         await run_alembic(empty_database_url, "check")
+
+
+async def case_notify_triggers(url: str) -> set[str]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            names = await connection.scalars(
+                sa.text(
+                    "SELECT tgname FROM pg_trigger "
+                    "WHERE tgrelid = 'cases'::regclass AND NOT tgisinternal"
+                )
+            )
+            return set(names)
+    finally:
+        await engine.dispose()
+
+
+async def test_case_province_notifications_are_dropped_and_restored_by_a_downgrade(
+    empty_database_url: str,
+) -> None:
+    notify_triggers = {
+        "cases_notify_provinces_insert",
+        "cases_notify_provinces_update",
+        "cases_notify_provinces_delete",
+        "cases_notify_provinces_truncate",
+    }
+    await run_alembic(empty_database_url, "upgrade", "0003")
+    assert notify_triggers <= await case_notify_triggers(empty_database_url)
+
+    await run_alembic(empty_database_url, "upgrade", "head")
+    assert not notify_triggers & await case_notify_triggers(empty_database_url)
+
+    await run_alembic(empty_database_url, "downgrade", "0003")
+    assert notify_triggers <= await case_notify_triggers(empty_database_url)
+
+    await run_alembic(empty_database_url, "upgrade", "head")
+    assert not notify_triggers & await case_notify_triggers(empty_database_url)

@@ -69,7 +69,7 @@ async def test_sla_for_every_service_type_and_priority(db_session: AsyncSession)
 
 async def test_handlers_and_closure_reasons_are_seeded(db_session: AsyncSession) -> None:
     for table in ("ref_handlers", "ref_closure_reasons"):
-        count = await db_session.scalar(sa.text(f"SELECT count(*) FROM {table}"))  # noqa: S608
+        count = await db_session.scalar(sa.text(f"SELECT count(*) FROM {table}"))
         assert count is not None
         assert 4 <= count <= 8
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -18,11 +21,19 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.core.listener import NotificationListener
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.user_cache import EVERYONE, AuthenticatedUser, UserCache
-from tests.api.conftest import SIGNING_KEY_ID, _WithLifespanState, make_settings, token_for
+from tests.api.conftest import (
+    SIGNING_KEY_ID,
+    _WithLifespanState,
+    client_of,
+    make_settings,
+    served,
+    token_for,
+)
 from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
 
 ME = "/api/v1/users/me"
@@ -74,6 +85,14 @@ async def commit_elsewhere(dsn: str, sql: str, *args: Any) -> None:
         await connection.close()
 
 
+async def fetch_one(dsn: str, sql: str) -> Any:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await connection.fetchval(sql)
+    finally:
+        await connection.close()
+
+
 async def eventually(condition: Any, within: float = 10.0) -> None:
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - the conditions are plain attributes
@@ -89,7 +108,7 @@ async def running_app(
         transport = httpx.ASGITransport(app=_WithLifespanState(app, state or {}))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             cache: UserCache = state["user_cache"]
-            await eventually(lambda: cache.listening)
+            await eventually(lambda: cache.trusted)
             yield client, dict(state or {})
 
 
@@ -154,7 +173,7 @@ async def test_a_commit_through_this_instance_evicts_before_the_commit_returns(
 
 
 async def test_a_lost_listener_clears_and_bypasses_the_cache_until_it_reconnects(
-    fresh_database_url: str, jwks_server: JWKSServer
+    fresh_database_url: str, jwks_server: JWKSServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dsn = asyncpg_dsn(fresh_database_url)
     user = await insert_user(dsn)
@@ -162,6 +181,16 @@ async def test_a_lost_listener_clears_and_bypasses_the_cache_until_it_reconnects
         cache: UserCache = state["user_cache"]
         assert (await client.get(ME, headers=headers_of(user))).status_code == 200
         assert len(cache) == 1
+        # The listener may reconnect only when the test says so.
+        listener: NotificationListener = cache._listener  # type: ignore[assignment]
+        reconnect = asyncio.Event()
+        connect = listener._connect
+
+        async def connect_when_allowed() -> asyncpg.Connection:
+            await reconnect.wait()
+            return await connect()
+
+        monkeypatch.setattr(listener, "_connect", connect_when_allowed)
 
         # Every other connection of the database goes, the listener's among them.
         await commit_elsewhere(
@@ -169,18 +198,63 @@ async def test_a_lost_listener_clears_and_bypasses_the_cache_until_it_reconnects
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
-        await eventually(lambda: not cache.listening)
+        await eventually(lambda: not cache.trusted)
         assert len(cache) == 0
         # While nothing listens, each request reads the row: a deactivation applies at once.
         await commit_elsewhere(dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id)
-        if not cache.listening:
-            assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+        assert not cache.trusted
 
-        await eventually(lambda: cache.listening)
+        reconnect.set()
+        await eventually(lambda: cache.trusted)
         await commit_elsewhere(dsn, "UPDATE users SET is_active = true WHERE id = $1", user.id)
         await eventually(lambda: cache.get(user.cognito_user_id) is None)
         assert (await client.get(ME, headers=headers_of(user))).status_code == 200
         assert cache.get(user.cognito_user_id) is not None
+
+
+async def test_a_listener_that_stops_answering_is_noticed_within_five_seconds(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    async with running_app(fresh_database_url, jwks_server.url) as (_, state):
+        cache: UserCache = state["user_cache"]
+        # Its server process frozen: the socket stays open, nothing closes, nothing answers.
+        backend_pid = await fetch_one(
+            dsn,
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%'",
+        )
+        os.kill(backend_pid, signal.SIGSTOP)
+        try:
+            # A bound for correctness, not a speed measurement: the ping interval (2 s) plus
+            # its timeout (2 s), with a second to spare on a loaded machine.
+            await eventually(lambda: not cache.trusted, within=5)
+        finally:
+            os.kill(backend_pid, signal.SIGCONT)
+        assert cache.get("anyone") is None
+        await eventually(lambda: cache.trusted)
+
+
+async def test_with_the_user_cache_turned_off_nothing_listens_and_every_request_reads(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url, user_cache=False)
+    app = create_app(settings)
+    async with served(app) as asgi, client_of(asgi) as client:
+        cache: UserCache = asgi.state["user_cache"]
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+        assert len(cache) == 0
+        listening = await fetch_one(
+            dsn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%'",
+        )
+        assert listening == 0
+        await commit_elsewhere(dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id)
+        assert (await client.get(ME, headers=headers_of(user))).status_code == 401
 
 
 async def test_mass_updates_tell_listeners_to_forget_everyone(fresh_database_url: str) -> None:
@@ -213,10 +287,8 @@ async def test_mass_updates_tell_listeners_to_forget_everyone(fresh_database_url
 
 
 def cached_user() -> AuthenticatedUser:
-    from datetime import UTC, datetime
-
     now = datetime.now(UTC)
-    row = User(
+    return AuthenticatedUser(
         id=uuid.uuid4(),
         cognito_user_id="sub-1",
         email="a@example.gov",
@@ -227,30 +299,36 @@ def cached_user() -> AuthenticatedUser:
         created_at=now,
         updated_at=now,
     )
-    return AuthenticatedUser.of(row)
 
 
 async def never_connects() -> asyncpg.Connection:
     raise OSError("database unreachable")
 
 
+def listening_cache() -> UserCache:
+    """A cache whose listener says it listens (no connection: for the cache's own rules)."""
+    listener = NotificationListener(never_connects)
+    listener._listening = True
+    return UserCache(listener)
+
+
 async def test_without_a_listener_nothing_is_cached_or_served() -> None:
-    cache = UserCache(never_connects, min_backoff=0.01, max_backoff=0.02)
-    cache.start()
+    listener = NotificationListener(never_connects, min_backoff=0.01, max_backoff=0.02)
+    cache = UserCache(listener)
+    listener.start()
     try:
         await asyncio.sleep(0.05)
-        assert not cache.listening
+        assert not cache.trusted
         assert cache.ticket() is None
         cache.put(cache.ticket(), cached_user())
         assert cache.get("sub-1") is None
         assert len(cache) == 0
     finally:
-        await cache.aclose()
+        await listener.aclose()
 
 
 async def test_a_lookup_that_raced_with_a_change_is_not_stored() -> None:
-    cache = UserCache(never_connects)
-    cache._listening = True  # as if LISTEN had succeeded
+    cache = listening_cache()
     ticket = cache.ticket()
     cache.invalidate(["someone-else"])  # a change arrives while the row is being read
     cache.put(ticket, cached_user())
@@ -266,32 +344,38 @@ async def test_a_lookup_that_raced_with_a_change_is_not_stored() -> None:
 
 
 async def test_inactive_users_are_never_stored() -> None:
-    cache = UserCache(never_connects)
-    cache._listening = True
+    cache = listening_cache()
     cache.put(cache.ticket(), dataclasses.replace(cached_user(), is_active=False))
     assert len(cache) == 0
 
 
-async def test_a_subscribed_channel_forgets_on_its_notifications_and_on_a_lost_listener(
+async def test_the_listener_delivers_each_channel_and_reports_its_loss_to_every_subscriber(
     fresh_database_url: str,
 ) -> None:
     dsn = asyncpg_dsn(fresh_database_url)
-    cache = UserCache(lambda: asyncpg.connect(dsn), min_backoff=0.05)
-    forgotten: list[str] = []
-    cache.subscribe("other_cache_changed", lambda: forgotten.append("forgotten"))
-    cache.start()
+    listener = NotificationListener(lambda: asyncpg.connect(dsn), min_backoff=0.05)
+    events: list[str] = []
+    listener.subscribe(
+        "one", lambda payload: events.append(f"one:{payload}"), lambda: events.append("one lost")
+    )
+    listener.subscribe(
+        "two", lambda payload: events.append(f"two:{payload}"), lambda: events.append("two lost")
+    )
+    listener.start()
     try:
-        await eventually(lambda: cache.listening)
-        forgotten.clear()
+        await eventually(lambda: listener.listening)
 
-        await commit_elsewhere(dsn, "NOTIFY other_cache_changed")
-        await eventually(lambda: forgotten == ["forgotten"])
+        await commit_elsewhere(dsn, "NOTIFY two, 'b'")
+        await commit_elsewhere(dsn, "NOTIFY one, 'a'")
+        await eventually(lambda: events == ["two:b", "one:a"])
 
         await commit_elsewhere(
             dsn,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
-        await eventually(lambda: len(forgotten) == 2)
+        await eventually(lambda: len(events) == 4)
+        assert sorted(events[2:]) == ["one lost", "two lost"]
+        await eventually(lambda: listener.listening)
     finally:
-        await cache.aclose()
+        await listener.aclose()

@@ -8,21 +8,28 @@ import uuid
 import asyncpg
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.core.db import ReadSessions
+from app.core.listener import NotificationListener
 from app.core.roles import Role
 from app.models.user import User
-from app.schemas.user import UserListParams, UserSort
+from app.schemas.user import UserList, UserListParams, UserSort
 from app.services.user_cache import UserCache, UserCountCache
-from app.services.users import list_users
-from tests.api.conftest import in_transaction_of
+from app.services.user_list import list_users as list_users_of
 
 PAGE_SIZE = 4
 
 
 def read(db_session: AsyncSession) -> ReadSessions:
-    return in_transaction_of(db_session)["read_sessionmaker"]  # type: ignore[no-any-return]
+    """Sessions that see the test's uncommitted rows: savepoints on its connection."""
+    assert isinstance(db_session.bind, AsyncConnection)
+    return async_sessionmaker(bind=db_session.bind, join_transaction_mode="create_savepoint")
+
+
+async def list_users(sessions: ReadSessions, params: UserListParams) -> UserList:
+    # Counted every time: a cache without a listener vouches for nothing.
+    return await list_users_of(sessions, UserCountCache(UserCache(None)), params)
 
 
 @pytest.fixture
@@ -75,8 +82,9 @@ async def never_connects() -> asyncpg.Connection:
 
 
 async def test_counts_are_cached_per_filter_until_any_user_changes() -> None:
-    users = UserCache(never_connects)
-    users._listening = True  # as if LISTEN had succeeded
+    listener = NotificationListener(never_connects)
+    listener._listening = True  # as if LISTEN had succeeded
+    users = UserCache(listener)
     counts = UserCountCache(users)
     calls: list[str] = []
 
@@ -95,7 +103,7 @@ async def test_counts_are_cached_per_filter_until_any_user_changes() -> None:
 
 
 async def test_counts_are_not_cached_without_a_listener() -> None:
-    counts = UserCountCache(UserCache(never_connects))
+    counts = UserCountCache(UserCache(NotificationListener(never_connects)))
     calls: list[int] = []
 
     async def count() -> int:

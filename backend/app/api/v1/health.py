@@ -1,9 +1,10 @@
 """Probes: `/health` for the ALB (checks the database), `/health/live` for the container runtime."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.core.db import database_is_reachable
+from app.api.deps import SettingsDep
+from app.core.db import EngineDep, database_is_reachable
 from app.schemas.health import HealthResponse, LivenessResponse
 
 router = APIRouter(tags=["health"])
@@ -14,11 +15,9 @@ router = APIRouter(tags=["health"])
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "The database is unreachable"}},
 )
-async def health(request: Request) -> JSONResponse:
+async def health(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
     """Readiness: 200 when this instance can reach the database, 503 (drain me) when not."""
-    reachable = await database_is_reachable(
-        request.state.engine, request.state.settings.health_timeout_seconds
-    )
+    reachable = await database_is_reachable(engine, settings.health_timeout_seconds)
     if reachable:
         return JSONResponse({"status": "ok", "db": "ok"})
     return JSONResponse({"status": "error", "db": "error"}, status_code=503)

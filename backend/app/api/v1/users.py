@@ -5,12 +5,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from app.api.deps import CognitoDep, UserCountsDep
+from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
-from app.core.auth import CurrentUser
-from app.core.db import SessionDep, read_sessions
+from app.core.db import ReadSessionsDep, SessionDep
 from app.core.errors import ErrorResponse
-from app.core.rbac import AdminUser
 from app.schemas.user import (
     PasswordResetResponse,
     UserCreate,
@@ -19,8 +19,7 @@ from app.schemas.user import (
     UserResponse,
     UserUpdate,
 )
-from app.services import users
-from app.services.cognito import CognitoDep
+from app.services import user_list, users
 
 Responses = dict[int | str, dict[str, object]]
 
@@ -90,11 +89,15 @@ async def create_user(
 
 @router.get("", response_model=UserList, responses=READ_RESPONSES)
 async def list_users(
-    params: Annotated[UserListParams, Query()], _: AdminUser, request: Request
+    params: Annotated[UserListParams, Query()],
+    _: AdminUser,
+    request: Request,
+    sessions: ReadSessionsDep,
+    counts: UserCountsDep,
 ) -> UserList:
     """Users, filtered, sorted and paginated."""
     refuse_unexpected_query(request, UserListParams.model_fields)
-    return await users.list_users(read_sessions(request), params, request.state.user_counts)
+    return await user_list.list_users(sessions, counts, params)
 
 
 @router.get("/{user_id}", response_model=UserResponse, responses=READ_RESPONSES)
