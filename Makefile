@@ -31,9 +31,10 @@ stop-db: $(STAMP) ## Stop the embedded PostgreSQL that make run started
 tools: ## Install the system tools the tests need (nginx, systemd-analyze, Chromium) with apt
 	@bash scripts/install_test_tools.sh
 
-lint: $(STAMP) ## ruff check + ruff format --check
+lint: $(STAMP) ## ruff check + ruff format --check + import contracts (layers, no cycles)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP) ## mypy, strict on backend/app
 	$(VENV)/bin/mypy

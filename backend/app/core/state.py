@@ -5,7 +5,8 @@ every request. Each item that code below the routers needs is named once, as a `
 with its type, and reaches routes through an `Annotated` alias built on it, e.g.
 `SessionmakerDep = Annotated[Sessionmaker, Depends(SESSIONMAKER)]`. Dependencies that need an
 item inside their own body (authentication, which must stay one dependency per request) call
-`ITEM.of(request)`. A test checks that every item names a key the lifespan yields.
+`ITEM.of(request)`. A test checks that every item names a key the lifespan yields, with the
+type the lifespan declares for it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ T = TypeVar("T")
 
 class LifespanItem(Generic[T]):
     """One entry of the lifespan state, and the FastAPI dependency that reads it."""
-
-    __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name

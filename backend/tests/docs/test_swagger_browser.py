@@ -47,6 +47,7 @@ from app.models.user import User
 from tests.api.conftest import SIGNING_KEY_ID, make_settings, token_for
 from tests.support.jwt_tokens import TEST_CLIENT_ID, JWKSServer, shared_rsa_key
 from tests.support.net import free_port
+from tests.support.servers import BackgroundServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -255,20 +256,19 @@ class FakeHostedUI:
         self.token_requests: list[dict[str, str]] = []
         self.authorize_queries: list[dict[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._running: BackgroundServer | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> FakeHostedUI:
-        self._thread.start()
+        self._running = BackgroundServer(self._server)
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        assert self._running is not None
+        self._running.stop()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         hosted_ui = self

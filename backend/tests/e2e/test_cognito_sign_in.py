@@ -14,14 +14,13 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from tests.api.conftest import make_settings, serve
-from tests.support.net import free_port
+from tests.support.servers import moto_server
 
 REGION = "us-east-1"
 EMAIL = "dispatcher@example.gov"
@@ -31,13 +30,8 @@ NEW_PASSWORD = "Chosen-Passw0rd!"
 
 @pytest.fixture(scope="module")
 def cognito_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool
 from tests.support.jwt_tokens import access_token_claims, mint_token, shared_rsa_key
+from tests.support.servers import BackgroundServer
 
 SIGNING_KEY_ID = "test-signing-key-1"  # the key the shared JWKS server of tests.api serves
 
@@ -309,32 +310,25 @@ class FaultProxy:
         host, port = httpx.URL(upstream_url).host, httpx.URL(upstream_url).port
         assert port is not None
         self._state = _ProxyState(upstream=(host, port))
-        self._server: _ProxyServer | None = None
-        self._thread: threading.Thread | None = None
+        self._running: BackgroundServer | None = None
         self._port: int | None = None
         self._refusing = False
 
     def start(self) -> FaultProxy:
         self._state.release.clear()
         # After `refuse()`, back on the port the clients already know.
-        self._server = _ProxyServer(self._state, self._port or 0)
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        server = _ProxyServer(self._state, self._port or 0)
+        self._port = server.server_address[1]
+        self._running = BackgroundServer(server)
         return self
 
     def stop(self) -> None:
         self._state.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server.sever()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._running is not None:
+            self._running.stop()
+            assert isinstance(self._running.server, _ProxyServer)
+            self._running.server.sever()
+            self._running = None
 
     def refuse(self) -> None:
         """Close the port: new connections are refused (kept-alive ones are closed too)."""

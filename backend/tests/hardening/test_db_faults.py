@@ -169,3 +169,47 @@ async def test_a_lock_that_blocks_every_query_is_503_not_a_hang(
     finally:
         await holder.close()
     await assert_serving(live, headers)
+
+
+# What each read path reads, and which table a lock must hold to make it wait. The caller is
+# an admin whose own row is cached (the warm-up request), so only the path itself waits.
+READ_PATHS = {
+    "user lookup on a cache miss": ("users", ME),
+    "user list, count not yet cached": ("users", f"{USERS}?role=OFFICER"),
+    "user list with a cached count": ("users", USERS),
+    "reference list on a cache miss": ("ref_service_types", "/api/v1/reference/service-types"),
+    "provinces": ("cases", "/api/v1/reference/provinces"),
+}
+
+
+@pytest.mark.parametrize("path_name", list(READ_PATHS))
+async def test_every_read_path_answers_503_when_its_query_times_out(
+    own_database: str, jwks_server: JWKSServer, path_name: str
+) -> None:
+    table, path = READ_PATHS[path_name]
+    admin = await add_user(own_database, Role.ADMIN)
+    stranger = await add_user(own_database, Role.DISPATCHER)
+    settings = make_settings(
+        own_database, cognito_jwks_url=jwks_server.url, db_statement_timeout_seconds=1.0
+    )
+    async with live_app(settings) as live:
+        admin_headers = bearer(admin.cognito_user_id)
+        await wait_until(lambda: live.state["user_cache"].trusted, within=10)
+        # Warm: the admin's row cached, and the unfiltered list's count with it.
+        assert (await live.client.get(USERS, headers=admin_headers)).status_code == 200
+        headers = bearer(stranger.cognito_user_id) if path == ME else admin_headers
+        url = make_url(own_database)
+        holder = await asyncpg.connect(
+            host=url.host, port=url.port, user=url.username, database=url.database
+        )
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            response = await live.client.get(path, headers=headers)
+            await transaction.rollback()
+        finally:
+            await holder.close()
+        assert_unavailable(response)
+        assert (await live.client.get(path, headers=headers)).status_code == 200
+        assert live.checked_out() == 0

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from tests.support.servers import BackgroundServer
+
 TEST_REGION: Final = "ap-southeast-1"
 TEST_USER_POOL_ID: Final = "ap-southeast-1_TestPool1"
 TEST_ISSUER: Final = f"https://cognito-idp.{TEST_REGION}.amazonaws.com/{TEST_USER_POOL_ID}"
@@ -288,32 +290,23 @@ class JWKSServer:
     def __init__(self, *keys: RSAKeyPair, path: str = "/.well-known/jwks.json") -> None:
         self._state = _ServerState()
         self._path = path
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: BackgroundServer | None = None
         self._port: int | None = None
         self.serve_keys(*keys)
 
     def start(self) -> Self:
         self._state.stopping.clear()
-        self._server = _Server(self._state)
-        self._port = self._server.server_address[1]
-        # A short poll keeps stop() quick; the default half second adds up over a test suite.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
+        server = _Server(self._state)
+        self._port = server.server_address[1]
+        self._running = BackgroundServer(server)
         return self
 
     def stop(self) -> None:
         """Go down: the port stops accepting, hanging responses are released."""
         self._state.stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._running is not None:
+            self._running.stop()
+            self._running = None
 
     def __enter__(self) -> Self:
         return self.start()

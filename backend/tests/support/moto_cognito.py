@@ -24,11 +24,12 @@ import boto3
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.config import Config
 from moto.cognitoidp.models import CognitoIdpBackend
-from moto.server import ThreadedMotoServer
 
 from app.core.roles import Role
 from app.services.cognito import CognitoUserPool
 from tests.support.jwt_tokens import TEST_REGION
+from tests.support.net import free_port
+from tests.support.servers import moto_server
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
@@ -55,13 +56,6 @@ def cognito_client(endpoint_url: str, *, max_attempts: int = 1) -> CognitoIdenti
             retries={"total_max_attempts": max_attempts, "mode": "standard"},
         ),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 _patch_lock = threading.Lock()
@@ -180,20 +174,13 @@ class MotoCognito:
 @contextmanager
 def running_moto_cognito() -> Iterator[MotoCognito]:
     """A moto server on loopback with a fresh user pool and one group per role."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    try:
-        with _cognito_fidelity_patches():
-            host, port = server.get_host_and_port()
-            endpoint_url = f"http://{host}:{port}"
-            client = cognito_client(endpoint_url)
-            pool = client.create_user_pool(PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}")
-            pool_id = pool["UserPool"]["Id"]
-            for role in Role:
-                client.create_group(UserPoolId=pool_id, GroupName=role.value)
-            yield MotoCognito(endpoint_url, pool_id, client)
-    finally:
-        server.stop()
+    with moto_server() as endpoint_url, _cognito_fidelity_patches():
+        client = cognito_client(endpoint_url)
+        pool = client.create_user_pool(PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}")
+        pool_id = pool["UserPool"]["Id"]
+        for role in Role:
+            client.create_group(UserPoolId=pool_id, GroupName=role.value)
+        yield MotoCognito(endpoint_url, pool_id, client)
 
 
 def fail_operation(
