@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYTHONPATH := backend
 
-.PHONY: help run stop-db test lint typecheck migrations-check pytest tools bench fuzz soak clean
+.PHONY: help run stop token test lint typecheck migrations-check pytest tools bench fuzz soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,10 +23,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP) ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + local Cognito unless configured)
-	$(PY) -m devtools.run
+	@$(PY) -m devtools.run
 
-stop-db: $(STAMP) ## Stop the embedded PostgreSQL that make run started
-	$(PY) -m devtools.postgres stop --data-dir .local/postgres
+stop: $(STAMP) ## Stop everything make run started: API, Cognito emulator, embedded PostgreSQL
+	@$(PY) -m devtools.stop
+
+token: $(STAMP) ## Sign in as any user of the running make run and print a token (EMAIL=...)
+	@$(PY) -m devtools.token $(if $(EMAIL),--email '$(EMAIL)')
 
 tools: ## Install the system tools the tests need (nginx, systemd-analyze, Chromium) with apt
 	@bash scripts/install_test_tools.sh
@@ -62,5 +65,6 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) ## Throughput/latency vs a bare baseline at 100k users, 1M cases (BENCH_ARGS=...)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-clean: ## Remove the venv, caches and local data
+clean: ## Remove the venv, caches and local data (stopping make run first)
+	@if test -x $(PY); then $(PY) -m devtools.stop; fi
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

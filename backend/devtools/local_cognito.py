@@ -3,7 +3,9 @@
 Bootstraps a user pool (email as username), an app client that allows USER_PASSWORD_AUTH, a
 group per role, and a seeded admin. The emulator keeps nothing across restarts while the
 database does, so every start re-provisions each user row in the emulator (same email, same
-role, a known local password) and re-links the row to its new `sub` by email.
+role, a known local password) and re-links the row to its new `sub` by email. A user the API
+creates during a run gets a random temporary password; `token_for` (behind `make token`) gives
+it the local password.
 
 The app reaches the emulator only the way it reaches real Cognito: boto3's
 AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER and the JWKS URL (COGNITO_JWKS_URL).
@@ -13,52 +15,63 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.cli.token import sign_in
+from app.cli.token import SignInError, sign_in
 from app.core.config import load_database_settings
 from app.core.roles import Role
 from app.core.secrets import fetch_database_credentials
 from app.models.user import User
+from devtools.processes import OWNER_VARIABLE, LocalPool, shown, stop_child, wait_for_port
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
 
-LOCAL_ADMIN_EMAIL = "admin@one-system.local"
+# A reserved documentation domain (RFC 2606) that the API's email validation accepts, so the
+# local admin looks like any user the API creates (`.local` and `.test` are refused).
+LOCAL_ADMIN_EMAIL = "admin@one-system.example"
 LOCAL_PASSWORD = "Local-Passw0rd!"  # the emulator only; printed on every start
+START_TIMEOUT_SECONDS = 30
 
 
-def _wait_for_port(port: int, deadline_seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"the local Cognito emulator did not start on port {port}")
+class EmulatorError(RuntimeError):
+    """The emulator could not be started or used; the message is one line for the user."""
 
 
-def _start_emulator(port: int, log_dir: Path) -> None:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise RuntimeError(f"port {port} is taken; set LOCAL_COGNITO_PORT to a free port")
-    log = (log_dir / "cognito-emulator.log").open("ab")
-    subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    _wait_for_port(port)
+def start_emulator(port: int, local_dir: Path) -> subprocess.Popen[bytes]:
+    """Start moto's server on `port` (see `wait_for_emulator`), out of reach of Ctrl-C.
+
+    Its own session: `make run` stops its children itself, in order (API first), and a Ctrl-C
+    must not kill the emulator under a still-running API.
+    """
+    log_path = local_dir / "cognito-emulator.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=local_dir,
+            env={**os.environ, OWNER_VARIABLE: str(local_dir)},
+            start_new_session=True,
+        )
+    return process
+
+
+def wait_for_emulator(process: subprocess.Popen[bytes], port: int, local_dir: Path) -> None:
+    """Return once it accepts connections; stop it and raise if it exits or takes too long."""
+    if not wait_for_port(port, START_TIMEOUT_SECONDS, process):
+        stop_child(process, 5)
+        log = shown(local_dir / "cognito-emulator.log")
+        raise EmulatorError(f"the local Cognito emulator did not start on port {port}; see {log}")
 
 
 def _create_pool(cognito: CognitoIdentityProviderClient) -> tuple[str, str]:
@@ -129,38 +142,57 @@ async def _relink_users(cognito: CognitoIdentityProviderClient, pool_id: str) ->
         await engine.dispose()
 
 
-def start_local_cognito(local_dir: Path) -> None:
-    """Start and bootstrap the emulator; export what the app needs to reach it."""
-    port = int(os.environ.get("LOCAL_COGNITO_PORT", "9229"))
-    _start_emulator(port, local_dir)
-    endpoint = f"http://127.0.0.1:{port}"
-    region = os.environ["AWS_REGION"]
+def bootstrap(endpoint: str, region: str) -> tuple[LocalPool, int]:
+    """Create the pool, provision every database user in it; return it and the user count.
+
+    Points this process's boto3 at the emulator and exports what the API needs to reach it.
+    """
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     os.environ["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] = endpoint
     cognito = boto3.client("cognito-idp", region_name=region)
-    pool_id, client_id = _create_pool(cognito)
-    users = asyncio.run(_relink_users(cognito, pool_id))
+    try:
+        pool_id, client_id = _create_pool(cognito)
+        users = asyncio.run(_relink_users(cognito, pool_id))
+    except (BotoCoreError, ClientError) as error:
+        raise EmulatorError(
+            f"provisioning the local Cognito emulator at {endpoint} failed: {error}"
+        ) from None
     os.environ.update(
         COGNITO_USER_POOL_ID=pool_id,
         COGNITO_APP_CLIENT_ID=client_id,
         COGNITO_JWKS_URL=f"{endpoint}/{pool_id}/.well-known/jwks.json",
     )
-    token = sign_in(
-        email=LOCAL_ADMIN_EMAIL, password=LOCAL_PASSWORD, client_id=client_id, region=region
+    return LocalPool(endpoint=endpoint, region=region, pool_id=pool_id, client_id=client_id), users
+
+
+def token_for(pool: LocalPool, email: str) -> str:
+    """Give `email` the local password in the emulator, sign in, and return an access token.
+
+    Users the API creates during a run get a random temporary password that nobody sees; this
+    sets the known one (permanent, so no new-password challenge) the way an admin would.
+    """
+    # sign_in builds its own client, which finds the emulator through boto3's variable.
+    os.environ["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] = pool.endpoint
+    cognito = boto3.client(
+        "cognito-idp",
+        region_name=pool.region,
+        endpoint_url=pool.endpoint,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
     )
-    docs = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/docs"
-    print(
-        f"""
-local Cognito emulator on {endpoint} (pool {pool_id}, app client {client_id})
-  {users} user(s) provisioned, each with the local password below
-  admin email:     {LOCAL_ADMIN_EMAIL}
-  password:        {LOCAL_PASSWORD}
-  access token:    {token}
-  a new token:     COGNITO_APP_CLIENT_ID={client_id} AWS_REGION={region} \\
-                   AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER={endpoint} \\
-                   .venv/bin/python -m app.cli.token --email {LOCAL_ADMIN_EMAIL}
-  Swagger UI:      {docs}  (Authorize, paste the token)
-""",
-        flush=True,
-    )
+    try:
+        cognito.admin_set_user_password(
+            UserPoolId=pool.pool_id, Username=email, Password=LOCAL_PASSWORD, Permanent=True
+        )
+        return sign_in(
+            email=email, password=LOCAL_PASSWORD, client_id=pool.client_id, region=pool.region
+        )
+    except cognito.exceptions.UserNotFoundException:
+        raise EmulatorError(f"no user {email} in the local Cognito emulator") from None
+    except SignInError as error:
+        raise EmulatorError(f"{email}: {error}") from None
+    except (BotoCoreError, ClientError) as error:
+        raise EmulatorError(
+            f"the local Cognito emulator at {pool.endpoint} failed: {type(error).__name__}"
+        ) from None
