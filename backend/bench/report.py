@@ -185,11 +185,14 @@ def _p50_target(
     )
 
 
+PROVINCES_SQL_LIMIT_MS = 1.0
+
+
 def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
     saturated = [level for level in report.levels() if level >= SATURATED_CONNECTIONS]
     outcomes = [
         _ratio_target(report, "users/me", 0.5, saturated),
-        _ratio_target(report, "service-types", 0.8, saturated),
+        _ratio_target(report, "service-types", 0.7, saturated),
     ]
     first_page = report.find("users first page", 1).p50_ms
     outcomes.append(
@@ -200,17 +203,17 @@ def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
             report,
             "users first page",
             "users/me",
-            5,
+            6,
             reference_p50=report.find("users/me", 1).p50_ms,
         )
     )
+    # Uncached, as the spec says: the loose index scan itself must stay cheap at scale.
+    scan = report.sql_p50("loose index scan")
     outcomes.append(
-        _p50_target(
-            report,
-            "provinces",
-            "service-types",
-            2,
-            reference_p50=report.find("service-types", 1).p50_ms,
+        TargetOutcome(
+            f"provinces SQL (loose index scan) <= {PROVINCES_SQL_LIMIT_MS:g} ms",
+            scan <= PROVINCES_SQL_LIMIT_MS,
+            f"p50 {scan:.2f} ms",
         )
     )
     # "Far below the naive DISTINCT": the whole request, auth included, in a fifth of the time

@@ -116,6 +116,12 @@ def test_deep_pages_are_compared_with_the_first_page_at_one_connection() -> None
     assert failed(report_of(figures)) == ["users last page p50 <= 1.5 x users first page p50"]
 
 
+def test_the_provinces_query_must_stay_under_a_millisecond() -> None:
+    report = report_of(PASSING)
+    report.sql[1] = SqlTiming("loose index scan", 1.2, 200)
+    assert failed(report) == ["provinces SQL (loose index scan) <= 1 ms"]
+
+
 def test_any_error_fails_and_rss_growth_beyond_the_tolerance_fails() -> None:
     assert failed(report_of(PASSING, errors=1)) == ["no non-2xx responses or socket errors"]
     grown = RssSummary(peak_mib=120, first_half_peak_mib=110, second_half_peak_mib=114.5)
