@@ -37,6 +37,7 @@ from app.core.rbac import UserLookup
 from app.core.secrets import fetch_database_credentials
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
+from app.services.directory_sync import DirectorySync
 from app.services.reference import ReferenceCache
 from app.services.user_cache import (
     ActiveUsers,
@@ -60,7 +61,10 @@ class State(TypedDict):
     user_lookup: UserLookup
     user_counts: UserCountCache
     cognito: CognitoUserPool
+    directory_sync: DirectorySync
     reference_cache: ReferenceCache
+    # A pool of one connection of its own, so the ALB's probe never waits behind requests.
+    health_engine: AsyncEngine
 
 
 def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
@@ -91,12 +95,17 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         if listener is not None:
             listener.start()
         read_sessions = create_read_sessionmaker(engine)
+        # Its sessions evict the users they commit from this worker's cache at once.
+        sessionmaker = create_sessionmaker(engine, session_class_evicting_from(user_cache))
+        cognito = CognitoUserPool.from_settings(settings)
+        directory_sync = DirectorySync(sessionmaker, read_sessions, cognito)
+        directory_sync.start()
+        health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
         try:
             yield State(
                 settings=settings,
                 engine=engine,
-                # Its sessions evict the users they commit from this worker's cache at once.
-                sessionmaker=create_sessionmaker(engine, session_class_evicting_from(user_cache)),
+                sessionmaker=sessionmaker,
                 read_sessionmaker=read_sessions,
                 token_verifier=AccessTokenVerifier(
                     jwks, issuer=settings.cognito_issuer, client_id=settings.cognito_app_client_id
@@ -104,15 +113,19 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 user_cache=user_cache,
                 user_lookup=ActiveUsers(user_cache, read_sessions),
                 user_counts=UserCountCache(user_cache),
-                cognito=CognitoUserPool.from_settings(settings),
+                cognito=cognito,
+                directory_sync=directory_sync,
                 reference_cache=ReferenceCache(),
+                health_engine=health_engine,
             )
         finally:
+            await directory_sync.aclose()
             if listener is not None:
                 await listener.aclose()
             preload.cancel()
             await jwks.aclose()
             await engine.dispose()
+            await health_engine.dispose()
 
     return lifespan
 

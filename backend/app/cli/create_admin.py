@@ -20,7 +20,12 @@ from pydantic import ValidationError
 
 from app.core.compensation import undo_unless_committed
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.db import DatabaseConnector, create_engine, create_sessionmaker
+from app.core.db import (
+    DatabaseConnector,
+    create_engine,
+    create_read_sessionmaker,
+    create_sessionmaker,
+)
 from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
 from app.core.roles import Role
@@ -64,7 +69,8 @@ async def create_admin(
                     f"{'active' if existing.is_active else 'deactivated'}); nothing to do"
                 )
                 return EXIT_OK
-            user = await create_user(session, cognito, data, actor_id=None)
+            read_sessions = create_read_sessionmaker(engine)
+            user = await create_user(session, read_sessions, cognito, data, actor_id=None)
     except EmailTakenError:
         print(
             f"{data.email} exists in Cognito but not in the database: the two sides disagree. "

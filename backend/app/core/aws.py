@@ -26,14 +26,15 @@ def client_config(settings: AwsSettings) -> Config:
 
 @overload
 def aws_client(
-    service: Literal["cognito-idp"], settings: AwsSettings
+    service: Literal["cognito-idp"], settings: AwsSettings, *, config: Config | None = None
 ) -> CognitoIdentityProviderClient: ...
 @overload
 def aws_client(
-    service: Literal["secretsmanager"], settings: AwsSettings
+    service: Literal["secretsmanager"], settings: AwsSettings, *, config: Config | None = None
 ) -> SecretsManagerClient: ...
-def aws_client(service: str, settings: AwsSettings) -> Any:
+def aws_client(service: str, settings: AwsSettings, *, config: Config | None = None) -> Any:
+    """A client with `client_config(settings)`, or `config` where a call needs other bounds."""
     # Endpoints for local emulators come from boto3's own AWS_ENDPOINT_URL* variables.
     return boto3.client(  # type: ignore[call-overload]
-        service, region_name=settings.aws_region, config=client_config(settings)
+        service, region_name=settings.aws_region, config=config or client_config(settings)
     )

@@ -15,6 +15,9 @@ PostgreSQL transaction. It keeps the two in step like this:
 Undo actions run newest first, shielded from cancellation (a client that disconnects must not
 leave a half-undone change behind), and each failure is logged rather than raised, so one
 failing action neither hides the original error nor stops the others.
+
+The other way round, `after_commit` runs a callback once the transaction has committed (e.g. to
+wake the worker that carries out what the transaction promised).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 UndoAction = Callable[[], Awaitable[object]]
 
 _SESSION_KEY = "undo_on_rollback"
+_AFTER_COMMIT_KEY = "after_commit"
 
 
 class UndoLog:
@@ -60,6 +64,17 @@ def undo_on_rollback(session: AsyncSession, log: UndoLog) -> None:
     session.info.setdefault(_SESSION_KEY, []).append(log)
 
 
+def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Call `callback` once the session's current transaction has committed (never otherwise)."""
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+
+
+def run_after_commit(session: AsyncSession) -> None:
+    """For whoever commits: run the callbacks registered since the last commit."""
+    for callback in session.info.pop(_AFTER_COMMIT_KEY, []):
+        callback()
+
+
 async def undo_registered(session: AsyncSession) -> None:
     logs: list[UndoLog] = session.info.pop(_SESSION_KEY, [])
     for log in reversed(logs):
@@ -79,3 +94,4 @@ async def undo_unless_committed(session: AsyncSession) -> AsyncIterator[None]:
         raise
     finally:
         session.info.pop(_SESSION_KEY, None)
+        session.info.pop(_AFTER_COMMIT_KEY, None)

@@ -130,6 +130,9 @@ class Settings(DatabaseAccessSettings):
     # id, production turns it off (docker-compose.prod.yml) and saves its cost on every request.
     access_log: bool = True
     health_timeout_seconds: float = Field(default=2.0, gt=0)
+    # All the Cognito work of one request, retries included: below Nginx's 30 s proxy timeout
+    # with room for the database work around it.
+    cognito_deadline_seconds: float = Field(default=8.0, gt=0, le=20)
     # The per-worker cache of active users needs a LISTEN connection; behind RDS Proxy or
     # PgBouncer in transaction mode LISTEN does not work, so it can be turned off there.
     user_cache: bool = True

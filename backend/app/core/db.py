@@ -10,6 +10,7 @@ from typing import Annotated, Final
 
 import anyio.to_thread
 import asyncpg
+import sqlalchemy.engine
 import sqlalchemy.exc
 from fastapi import Depends
 from sqlalchemy import event, text
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
 
-from app.core.compensation import undo_unless_committed
+from app.core.compensation import run_after_commit, undo_unless_committed
 from app.core.config import ConfigError, DatabaseCredentials, DatabaseSettings
 from app.core.state import LifespanItem
 
@@ -115,13 +116,20 @@ class DatabaseConnector:
             return current
 
 
-def create_engine(connector: DatabaseConnector, settings: DatabaseSettings) -> AsyncEngine:
+def create_engine(
+    connector: DatabaseConnector,
+    settings: DatabaseSettings,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+) -> AsyncEngine:
+    """An engine on the connector's connections; the pool as configured unless given."""
     engine = create_async_engine(
         # The URL names the dialect only; connections come from the connector.
         "postgresql+asyncpg://",
         async_creator=connector.connect,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_size=settings.db_pool_size if pool_size is None else pool_size,
+        max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         # Pinged on checkout by `_ping_on_checkout` instead of `pool_pre_ping`.
         pool_pre_ping=False,
@@ -129,7 +137,23 @@ def create_engine(connector: DatabaseConnector, settings: DatabaseSettings) -> A
         pool_recycle=1800,
     )
     event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
+    event.listen(engine.sync_engine, "handle_error", _discard_connections_to_a_reader)
     return engine
+
+
+# read_only_sql_transaction: after an Aurora failover, connections opened before it (or through
+# a DNS answer that still named the old writer) reach an instance that is now a reader.
+READ_ONLY_SQLSTATE: Final = "25006"
+
+
+def _discard_connections_to_a_reader(context: sqlalchemy.engine.ExceptionContext) -> None:
+    """Treat a read-only refusal as a lost connection: the pool drops it and all its siblings.
+
+    They were opened against the same (old) writer, so a retry on any of them would fail the
+    same way; fresh connections resolve the cluster endpoint again and reach the new writer.
+    """
+    if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        context.is_disconnect = True
 
 
 def _ping_on_checkout(
@@ -208,11 +232,11 @@ async def database_is_reachable(engine: AsyncEngine, within_seconds: float) -> b
     return True
 
 
-ENGINE: Final = LifespanItem[AsyncEngine]("engine")
+HEALTH_ENGINE: Final = LifespanItem[AsyncEngine]("health_engine")
 SESSIONMAKER: Final = LifespanItem[Sessionmaker]("sessionmaker")
 READ_SESSIONMAKER: Final = LifespanItem[ReadSessions]("read_sessionmaker")
 
-EngineDep = Annotated[AsyncEngine, Depends(ENGINE)]
+HealthEngineDep = Annotated[AsyncEngine, Depends(HEALTH_ENGINE)]
 ReadSessionsDep = Annotated[ReadSessions, Depends(READ_SESSIONMAKER)]
 
 
@@ -232,6 +256,7 @@ async def get_session(
                 yield session
                 if session.in_transaction():
                     await session.commit()
+                    run_after_commit(session)
             except BaseException:
                 if session.in_transaction():
                     await session.rollback()

@@ -118,10 +118,12 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 # SQLSTATE classes that say the database cannot serve right now, not that the query is wrong:
-# 08 connection exception, 28 authorization (a rotated password), 53 insufficient resources (too
-# many connections), 57 operator intervention (statement timeout, shutdown, still starting up).
+# 08 connection exception, 28 authorization (a rotated password), 40 transaction rollback (a
+# deadlock or serialization failure: the same request may succeed when sent again), 53
+# insufficient resources (too many connections), 57 operator intervention (statement timeout,
+# shutdown, still starting up).
 # asyncpg's errors of these classes reach us as plain DBAPIError, so the class is what tells.
-_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "53", "57"})
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "40", "53", "57"})
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -131,13 +133,20 @@ def _sqlstate(error: BaseException) -> str | None:
     return state if isinstance(state, str) else None
 
 
+# And single states of other classes: 25006 read_only_sql_transaction, what a write meets on an
+# instance that a failover turned into a reader.
+_UNAVAILABLE_SQLSTATES = frozenset({"25006"})
+
+
 def _is_database_unavailable(error: BaseException) -> bool:
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
         return True
     if isinstance(error, DATABASE_UNAVAILABLE_ERRORS):
         return True
     state = _sqlstate(error)
-    return state is not None and state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return state is not None and (
+        state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or state in _UNAVAILABLE_SQLSTATES
+    )
 
 
 _HTTP_CODES = {

@@ -35,9 +35,10 @@ class Principal(Protocol):
 
 
 class UserLookup(Protocol):
-    """The active user a Cognito sub belongs to, or None (unknown or deactivated)."""
+    """The active user a token belongs to, or None: unknown, deactivated, or the token was
+    issued (`issued_at`, seconds since the epoch) before the user's sessions were revoked."""
 
-    async def active_user(self, cognito_sub: str) -> Principal | None: ...
+    async def active_user(self, cognito_sub: str, issued_at: int) -> Principal | None: ...
 
 
 TOKEN_VERIFIER: Final = LifespanItem[AccessTokenVerifier]("token_verifier")
@@ -82,7 +83,7 @@ async def _authenticate(request: Request) -> Principal:
     except TokenError as error:
         logger.info("rejected token: %s", error)
         raise NotAuthenticatedError("Invalid or expired token", token_sent=True) from None
-    user = await USER_LOOKUP.of(request).active_user(claims.sub)
+    user = await USER_LOOKUP.of(request).active_user(claims.sub, claims.iat)
     if user is None:
         logger.info("rejected token: no active user", extra={"cognito_sub": claims.sub})
         raise NotAuthenticatedError("Invalid or expired token", token_sent=True)

@@ -2,6 +2,7 @@
 
 from app.models.base import Base
 from app.models.case import Case, CaseAttachment, CaseHistory, CasePriority, CaseStatus
+from app.models.directory_outbox import DirectoryOutboxEntry
 from app.models.notification import Notification
 from app.models.reference import RefClosureReason, RefComplaintType, RefHandler, RefServiceType
 from app.models.sequence import CaseSequence
@@ -17,6 +18,7 @@ __all__ = [
     "CasePriority",
     "CaseSequence",
     "CaseStatus",
+    "DirectoryOutboxEntry",
     "Notification",
     "RefClosureReason",
     "RefComplaintType",

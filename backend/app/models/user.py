@@ -1,6 +1,7 @@
 """Staff accounts; identity lives in Cognito, authorisation data lives here."""
 
 import uuid
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy import func
@@ -36,3 +37,6 @@ class User(TimestampMixin, Base):
     role: Mapped[Role] = mapped_column(str_enum(Role, "role"))
     responsible_province: Mapped[str | None] = mapped_column(sa.String(PROVINCE_LENGTH))
     is_active: Mapped[bool] = mapped_column(server_default=sa.true(), default=True)
+    # Access tokens issued before this instant are refused (deactivation revokes them), so a
+    # token from before a deactivation does not come back to life with a reactivation.
+    sessions_revoked_at: Mapped[datetime | None] = mapped_column()

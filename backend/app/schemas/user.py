@@ -92,6 +92,16 @@ class UserResponse(BaseModel):
     created_at: datetime
 
 
+class ManagedUserResponse(UserResponse):
+    """A user as the admin endpoints return it: with whether Cognito has caught up yet."""
+
+    directory_in_step: bool = Field(
+        description="False while the user directory (Cognito) has yet to follow a change to "
+        "the role or the active state. The API enforces the change at once either way; "
+        "Cognito follows within seconds, or within a minute of coming back after an outage."
+    )
+
+
 class UserList(BaseModel):
     items: list[UserResponse]
     total: int = Field(description="Users matching the filters, over all pages")

@@ -1,8 +1,14 @@
 """The Cognito user pool as the user service needs it: a few admin calls, domain errors out.
 
-Every call runs in a worker thread (boto3 blocks) with the bounded timeouts of `aws_client`.
-Users are addressed by their Cognito username, which is their lower-case email: it is immutable
-in this system, and every admin API accepts it (also when the pool uses email as an alias).
+Every call runs in a worker thread (boto3 blocks) with the bounded timeouts of `aws_client`,
+and within the deadline of the request's Cognito work (`within_deadline`), after which the call
+is abandoned (its thread ends on its own timeouts) and the request answers 503. Users are
+addressed by their Cognito username, which is their lower-case email: it is immutable in this
+system, and every admin API accepts it (also when the pool uses email as an alias).
+
+AdminCreateUser is the one call that is not idempotent, so it is sent once, never retried by
+the SDK: a retry after a lost answer would meet the user the first attempt created. Its caller
+resolves a lost answer by looking the user up (`CreateOutcome.UNKNOWN`).
 
 Errors map to what a client of the API can act on:
 - UsernameExists → 409; InvalidParameter / InvalidPassword → 422 with Cognito's message;
@@ -12,16 +18,27 @@ Errors map to what a client of the API can act on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import anyio
 import anyio.to_thread
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
 
-from app.core.aws import aws_client
+from app.core.aws import aws_client, client_config
 from app.core.errors import (
     ConflictError,
     DomainError,
@@ -42,6 +59,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 THROTTLED_RETRY_AFTER_SECONDS: Final = 2
+UNDO_DEADLINE_SECONDS: Final = 5.0
 UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
 
 _THROTTLING_CODES = frozenset(
@@ -65,6 +83,26 @@ class DirectoryMismatchError(ConflictError):
 # The UserStatus of someone invited who has not signed in yet.
 NEVER_SIGNED_IN_STATUS: Final = "FORCE_CHANGE_PASSWORD"
 
+# When the current request's Cognito work must be over (time.monotonic()), if it has a deadline.
+_deadline: ContextVar[float | None] = ContextVar("cognito_deadline", default=None)
+
+
+class DirectoryTimeoutError(ServiceUnavailableError):
+    code = "directory_timeout"
+
+
+class AnswerLostError(Exception):
+    """A call that may have been carried out although its answer never arrived."""
+
+
+def _may_have_been_carried_out(error: BaseException) -> bool:
+    """Whether a failed call may still have changed Cognito (sent, answer lost or a 5xx)."""
+    if isinstance(error, ClientError):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status >= 500
+    # Not connected at all: nothing was sent.
+    return not isinstance(error, EndpointConnectionError | ConnectTimeoutError)
+
 
 @dataclass(frozen=True, slots=True)
 class CognitoUser:
@@ -73,6 +111,7 @@ class CognitoUser:
     status: str
     enabled: bool
     email: str | None
+    created_at: datetime | None
 
 
 def _attribute(attributes: list[Any], name: str) -> str | None:
@@ -81,6 +120,12 @@ def _attribute(attributes: list[Any], name: str) -> str | None:
             value = attribute.get("Value")
             return str(value) if value is not None else None
     return None
+
+
+def _aware(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _cognito_code(error: DomainError) -> str | None:
@@ -130,37 +175,107 @@ def _domain_error(operation: str, error: Exception) -> DomainError:
 class CognitoUserPool:
     """Admin operations on one Cognito user pool."""
 
-    def __init__(self, client: CognitoIdentityProviderClient, user_pool_id: str) -> None:
+    def __init__(
+        self,
+        client: CognitoIdentityProviderClient,
+        user_pool_id: str,
+        *,
+        create_client: CognitoIdentityProviderClient | None = None,
+        deadline_seconds: float = 8.0,
+    ) -> None:
         self._client = client
+        # The same endpoint and timeouts, one attempt only: for AdminCreateUser.
+        self._create_client = create_client or client
         self.user_pool_id = user_pool_id
+        self.deadline_seconds = deadline_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CognitoUserPool:
-        return cls(aws_client("cognito-idp", settings), settings.cognito_user_pool_id)
+        once = client_config(settings).merge(
+            Config(retries={"total_max_attempts": 1, "mode": "standard"})
+        )
+        return cls(
+            aws_client("cognito-idp", settings),
+            settings.cognito_user_pool_id,
+            create_client=aws_client("cognito-idp", settings, config=once),
+            deadline_seconds=settings.cognito_deadline_seconds,
+        )
+
+    def deadline(self) -> contextlib.AbstractContextManager[None]:
+        """The deadline of one request's (or one outbox row's) Cognito work."""
+        return self.within_deadline(self.deadline_seconds)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def within_deadline(seconds: float, *, replacing: bool = False) -> Iterator[None]:
+        """Bound every call made inside to `seconds` in all.
+
+        An enclosing deadline still holds, unless `replacing`: for an undo, which must run
+        even when the work it undoes ran out of time.
+        """
+        outer = None if replacing else _deadline.get()
+        deadline = time.monotonic() + seconds
+        token = _deadline.set(deadline if outer is None else min(outer, deadline))
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
 
     async def _call(self, operation: str, call: Callable[[], T]) -> T:
+        deadline = _deadline.get()
         try:
-            return await anyio.to_thread.run_sync(call)
+            if deadline is None:
+                return await anyio.to_thread.run_sync(call)
+            # Abandoned, not interrupted, when time runs out: boto3 cannot be cancelled, and
+            # its thread ends on its own timeouts.
+            with anyio.fail_after(max(deadline - time.monotonic(), 0)):
+                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
         except (ClientError, BotoCoreError) as error:
             raise _domain_error(operation, error) from error
+        except TimeoutError:
+            logger.warning("cognito %s abandoned: the request's deadline passed", operation)
+            raise DirectoryTimeoutError(
+                "The user directory (Cognito) did not answer in time; try again shortly",
+                retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
+            ) from None
 
     async def create_user(self, email: str) -> CognitoUser:
-        """Create the user and have Cognito email the invitation (a temporary password)."""
-        response = await self._call(
-            "AdminCreateUser",
-            functools.partial(
-                self._client.admin_create_user,
-                UserPoolId=self.user_pool_id,
-                Username=email,
-                UserAttributes=[
-                    {"Name": "email", "Value": email},
-                    # The admin vouches for the address; a reset code can then be sent to it.
-                    {"Name": "email_verified", "Value": "true"},
-                ],
-                DesiredDeliveryMediums=["EMAIL"],
-            ),
-        )
+        """Create the user and have Cognito email the invitation (a temporary password).
+
+        Sent once. Raises `AnswerLostError` when Cognito may have created the user although no
+        answer arrived (a read timeout, a dropped connection, a 5xx, the deadline).
+        """
+        try:
+            response = await self._call(
+                "AdminCreateUser",
+                functools.partial(
+                    self._create_client.admin_create_user,
+                    UserPoolId=self.user_pool_id,
+                    Username=email,
+                    UserAttributes=[
+                        {"Name": "email", "Value": email},
+                        # The admin vouches for the address; a reset code can then be sent to it.
+                        {"Name": "email_verified", "Value": "true"},
+                    ],
+                    DesiredDeliveryMediums=["EMAIL"],
+                ),
+            )
+        except DirectoryTimeoutError as error:
+            raise AnswerLostError("AdminCreateUser abandoned at the deadline") from error
+        except ServiceUnavailableError as error:
+            if error.__cause__ is not None and _may_have_been_carried_out(error.__cause__):
+                raise AnswerLostError(type(error.__cause__).__name__) from error
+            raise
         return self._user(response["User"], "Attributes")
+
+    async def find_user(self, username: str) -> CognitoUser | None:
+        """The user, or None when the pool has no such user."""
+        try:
+            return await self.get_user(username)
+        except DirectoryMismatchError as error:
+            if _cognito_code(error) == "UserNotFoundException":
+                return None
+            raise
 
     async def get_user(self, username: str) -> CognitoUser:
         response = await self._call(
@@ -182,6 +297,7 @@ class CognitoUserPool:
             status=str(description.get("UserStatus", "")),
             enabled=bool(description.get("Enabled", True)),
             email=_attribute(attributes, "email"),
+            created_at=_aware(description.get("UserCreateDate")),
         )
 
     async def delete_user(self, username: str) -> None:
@@ -198,11 +314,24 @@ class CognitoUserPool:
         The undo of a create: a concurrent request may have replaced the user under the same
         name (after a delete), and that one must survive.
         """
-        current = await self.get_user(username)
-        if current.sub != sub:
-            logger.warning("not deleting Cognito user %s: the name now belongs to another", sub)
-            return
-        await self.delete_user(username)
+        with self.within_deadline(UNDO_DEADLINE_SECONDS, replacing=True):
+            current = await self.find_user(username)
+            if current is None or current.sub != sub:
+                logger.warning("not deleting Cognito user %s: the name now belongs to another", sub)
+                return
+            await self.delete_user(username)
+
+    async def groups_of(self, username: str) -> set[str]:
+        response = await self._call(
+            "AdminListGroupsForUser",
+            functools.partial(
+                self._client.admin_list_groups_for_user,
+                UserPoolId=self.user_pool_id,
+                Username=username,
+                Limit=60,
+            ),
+        )
+        return {str(group["GroupName"]) for group in response.get("Groups", [])}
 
     async def add_to_group(self, username: str, role: Role) -> None:
         await self._call(
@@ -225,6 +354,12 @@ class CognitoUserPool:
                 GroupName=role.value,
             ),
         )
+
+    async def set_enabled(self, username: str, enabled: bool) -> None:
+        if enabled:
+            await self.enable_user(username)
+        else:
+            await self.disable_user(username)
 
     async def disable_user(self, username: str) -> None:
         await self._call(

@@ -62,6 +62,11 @@ class AuthenticatedUser:
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    sessions_revoked_at: datetime | None
+
+    def accepts_token_issued_at(self, issued_at: int) -> bool:
+        """False for a token issued before the user's sessions were revoked."""
+        return self.sessions_revoked_at is None or issued_at >= self.sessions_revoked_at.timestamp()
 
 
 _SNAPSHOT_COLUMNS: Final = tuple(
@@ -142,6 +147,9 @@ class UserCache:
 class ActiveUsers:
     """Who a token's sub is: the user lookup the authentication dependency is given.
 
+    A token issued before the user's sessions were revoked (a deactivation) is refused even
+    once the user is active again: they sign in anew.
+
     From the cache when it can vouch for the entry, else one indexed SELECT of the snapshot's
     columns through an autocommit read session (no ORM object, no BEGIN/COMMIT).
     """
@@ -150,7 +158,13 @@ class ActiveUsers:
         self._cache = cache
         self._sessions = sessions
 
-    async def active_user(self, cognito_sub: str) -> AuthenticatedUser | None:
+    async def active_user(self, cognito_sub: str, issued_at: int) -> AuthenticatedUser | None:
+        user = await self._active_user(cognito_sub)
+        if user is None or not user.accepts_token_issued_at(issued_at):
+            return None
+        return user
+
+    async def _active_user(self, cognito_sub: str) -> AuthenticatedUser | None:
         cached = self._cache.get(cognito_sub)
         if cached is not None:
             return cached

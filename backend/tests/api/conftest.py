@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 import httpx
@@ -22,6 +22,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool
+from app.services.directory_sync import DirectorySync
 from devtools.postgres import PsqlAdmin
 from tests.conftest import unique_database_name
 from tests.support.jwt_tokens import (
@@ -279,11 +280,34 @@ def moto_cognito() -> Iterator[MotoCognito]:
         yield running
 
 
-@pytest.fixture
-def cognito(app: FastAPI, moto_cognito: MotoCognito) -> Iterator[CognitoUserPool]:
-    adapter = moto_cognito.adapter()
+@contextmanager
+def using_cognito(
+    app: FastAPI, state: Mapping[str, Any], adapter: CognitoUserPool
+) -> Iterator[None]:
+    """Point the app at `adapter`: its requests (the dependency) and its directory worker."""
+    worker: DirectorySync = state["directory_sync"]
+    original = worker.cognito
     app.dependency_overrides[COGNITO] = lambda: adapter
+    worker.cognito = adapter
     try:
-        yield adapter
+        yield
     finally:
         app.dependency_overrides.pop(COGNITO, None)
+        worker.cognito = original
+
+
+async def directory_caught_up(state: Mapping[str, Any], within: float = 10.0) -> None:
+    """Wait until the app's directory worker has carried out every pending row."""
+    worker: DirectorySync = state["directory_sync"]
+    async with asyncio.timeout(within):
+        while await worker.pending():  # noqa: ASYNC110 - the outbox is a table, not an event
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def cognito(
+    app: FastAPI, served_app: _WithLifespanState, moto_cognito: MotoCognito
+) -> Iterator[CognitoUserPool]:
+    adapter = moto_cognito.adapter()
+    with using_cognito(app, served_app.state, adapter):
+        yield adapter

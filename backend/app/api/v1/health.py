@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import SettingsDep
-from app.core.db import EngineDep, database_is_reachable
+from app.core.db import HealthEngineDep, database_is_reachable
 from app.schemas.health import HealthResponse, LivenessResponse
 
 router = APIRouter(tags=["health"])
@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "The database is unreachable"}},
 )
-async def health(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+async def health(engine: HealthEngineDep, settings: SettingsDep) -> JSONResponse:
     """Readiness: 200 when this instance can reach the database, 503 (drain me) when not."""
     reachable = await database_is_reachable(engine, settings.health_timeout_seconds)
     if reachable:

@@ -5,13 +5,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import CognitoDep, UserCountsDep
+from app.api.deps import CognitoDep, DirectorySyncDep, UserCountsDep
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.db import ReadSessionsDep, SessionDep
 from app.core.errors import ErrorResponse
+from app.models.user import User
 from app.schemas.user import (
+    ManagedUserResponse,
     PasswordResetResponse,
     UserCreate,
     UserList,
@@ -20,6 +22,7 @@ from app.schemas.user import (
     UserUpdate,
 )
 from app.services import user_list, users
+from app.services.directory_sync import DirectorySync
 
 Responses = dict[int | str, dict[str, object]]
 
@@ -41,11 +44,9 @@ READ_RESPONSES: Responses = {**ADMIN_RESPONSES, **_INVALID, **_NOT_FOUND}
 UPDATE_RESPONSES: Responses = {
     **READ_RESPONSES,
     **_UNREADABLE,
-    **_THROTTLED,
     409: {
         "model": ErrorResponse,
-        "description": "Refused: self-deactivation or demotion, the last admin, "
-        "or Cognito and the database disagree",
+        "description": "Refused: self-deactivation or demotion, or the last active admin",
     },
 }
 RESET_RESPONSES: Responses = {
@@ -60,6 +61,12 @@ RESET_RESPONSES: Responses = {
 router = APIRouter(prefix="/users", tags=["users"])
 
 
+def _managed(user: User, *, directory_in_step: bool) -> ManagedUserResponse:
+    return ManagedUserResponse.model_validate(
+        {**UserResponse.model_validate(user).model_dump(), "directory_in_step": directory_in_step}
+    )
+
+
 # Declared before /{user_id}, so "me" is never read as an id.
 @router.get("/me", response_model=UserResponse, responses=AUTH_RESPONSES)
 async def read_own_profile(user: CurrentUser) -> UserResponse:
@@ -69,7 +76,7 @@ async def read_own_profile(user: CurrentUser) -> UserResponse:
 
 @router.post(
     "",
-    response_model=UserResponse,
+    response_model=ManagedUserResponse,
     status_code=status.HTTP_201_CREATED,
     responses=CREATE_RESPONSES,
 )
@@ -77,14 +84,15 @@ async def create_user(
     data: UserCreate,
     admin: AdminUser,
     session: SessionDep,
+    sessions: ReadSessionsDep,
     cognito: CognitoDep,
     request: Request,
     response: Response,
-) -> UserResponse:
+) -> ManagedUserResponse:
     """Create a user in Cognito (who is emailed an invitation) and in the database."""
-    user = await users.create_user(session, cognito, data, actor_id=admin.id)
+    user = await users.create_user(session, sessions, cognito, data, actor_id=admin.id)
     response.headers["Location"] = request.app.url_path_for("read_user", user_id=str(user.id))
-    return UserResponse.model_validate(user)
+    return _managed(user, directory_in_step=True)
 
 
 @router.get("", response_model=UserList, responses=READ_RESPONSES)
@@ -100,23 +108,33 @@ async def list_users(
     return await user_list.list_users(sessions, counts, params)
 
 
-@router.get("/{user_id}", response_model=UserResponse, responses=READ_RESPONSES)
-async def read_user(user_id: uuid.UUID, _: AdminUser, session: SessionDep) -> UserResponse:
+@router.get("/{user_id}", response_model=ManagedUserResponse, responses=READ_RESPONSES)
+async def read_user(
+    user_id: uuid.UUID, _: AdminUser, sessions: ReadSessionsDep
+) -> ManagedUserResponse:
     """One user."""
-    return UserResponse.model_validate(await users.get_user(session, user_id))
+    async with sessions() as session:
+        user = await users.get_user(session, user_id)
+        in_step = await DirectorySync.in_step(session, user_id)
+    return _managed(user, directory_in_step=in_step)
 
 
-@router.put("/{user_id}", response_model=UserResponse, responses=UPDATE_RESPONSES)
+@router.put("/{user_id}", response_model=ManagedUserResponse, responses=UPDATE_RESPONSES)
 async def update_user(
     user_id: uuid.UUID,
     update: UserUpdate,
     admin: AdminUser,
     session: SessionDep,
-    cognito: CognitoDep,
-) -> UserResponse:
-    """Change a user's name, role, province or active state (in Cognito too)."""
-    user = await users.update_user(session, cognito, user_id, update, actor_id=admin.id)
-    return UserResponse.model_validate(user)
+    directory: DirectorySyncDep,
+) -> ManagedUserResponse:
+    """Change a user's name, role, province or active state; Cognito follows shortly.
+
+    The change applies to the API at once (a deactivated user's next request is refused, and
+    so is every token issued before the deactivation, for good); `directory_in_step` says
+    whether Cognito has followed yet.
+    """
+    updated = await users.update_user(session, directory, user_id, update, actor_id=admin.id)
+    return _managed(updated.user, directory_in_step=updated.directory_in_step)
 
 
 @router.post(
@@ -126,8 +144,8 @@ async def update_user(
     responses=RESET_RESPONSES,
 )
 async def reset_password(
-    user_id: uuid.UUID, admin: AdminUser, session: SessionDep, cognito: CognitoDep
+    user_id: uuid.UUID, admin: AdminUser, sessions: ReadSessionsDep, cognito: CognitoDep
 ) -> PasswordResetResponse:
     """Email the user a password-reset code, or a new invitation if they never signed in."""
-    outcome = await users.reset_password(session, cognito, user_id, actor_id=admin.id)
+    outcome = await users.reset_password(sessions, cognito, user_id, actor_id=admin.id)
     return PasswordResetResponse(outcome=outcome)
