@@ -15,7 +15,7 @@ from .nginx_harness import MAIN_CONF, REPO_ROOT, SITE_CONF, tool
 
 DEV = REPO_ROOT / "docker-compose.yml"
 PROD = REPO_ROOT / "docker-compose.prod.yml"
-SECRETS_FILE = "/etc/one-system/backend.env"
+APP_ENV_FILE = "/etc/one-system/backend.env"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -73,11 +73,13 @@ def test_dev_app_waits_for_healthy_postgres_moto_and_finished_migrations() -> No
             assert port.startswith("127.0.0.1:"), port
 
 
-def test_prod_app_runs_the_ecr_image_read_only_with_secrets_from_the_env_file() -> None:
+def test_prod_app_runs_the_ecr_image_read_only_with_settings_from_the_env_file() -> None:
     app = load(PROD)["services"]["app"]
     assert app["image"].startswith("${ECR_REGISTRY")
     assert app["image"].endswith("/one-system-backend:${IMAGE_TAG:?IMAGE_TAG is not set}")
-    assert app["env_file"] == [SECRETS_FILE]
+    assert app["env_file"] == [APP_ENV_FILE]
+    # Database settings come from that file and the secret it names, never from compose.
+    assert not [key for key in app["environment"] if key.startswith("DB_")]
     assert app["restart"] == "unless-stopped"
     assert app["read_only"] is True
     assert "/tmp" in app["tmpfs"]
@@ -130,4 +132,5 @@ def test_no_real_secret_is_committed(path: Path) -> None:
     text = path.read_text()
     assert "AKIA" not in text
     if path == PROD:
+        # The app reads its database password from Secrets Manager; compose never carries one.
         assert "PASSWORD" not in text

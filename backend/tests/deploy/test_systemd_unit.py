@@ -10,7 +10,6 @@ from pathlib import Path
 import yaml
 
 from .nginx_harness import REPO_ROOT, tool
-from .test_write_db_env import write_db_env
 
 UNIT = REPO_ROOT / "deploy" / "systemd" / "one-system-backend.service"
 UNIT_NAME = UNIT.name
@@ -34,17 +33,16 @@ def unit_entries(text: str | None = None) -> dict[str, dict[str, list[str]]]:
 
 def verify_root(tmp_path: Path, unit_text: str) -> Path:
     """A --root for systemd-analyze: the host's stock units, this unit, and stand-ins for the
-    EC2 host's docker.service, /usr/bin/docker and /usr/bin/python3."""
+    EC2 host's docker.service and /usr/bin/docker."""
     root = tmp_path / "root"
     shutil.copytree(HOST_UNIT_DIR, root / "usr/lib/systemd/system", symlinks=True)
     (root / "usr/lib/systemd/system/docker.service").write_text(
         "[Unit]\nDescription=Docker stand-in\n[Service]\nExecStart=/usr/bin/docker\n"
     )
     (root / "usr/bin").mkdir(parents=True)
-    for name in ["docker", "python3"]:
-        stub = root / "usr/bin" / name
-        stub.write_text("#!/bin/sh\nexit 0\n")
-        stub.chmod(0o755)
+    stub = root / "usr/bin/docker"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system" / UNIT_NAME).write_text(unit_text)
     return root
@@ -85,17 +83,14 @@ def test_unit_orders_after_docker_and_network_and_restarts_on_failure() -> None:
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
-def test_secrets_command_runs_first_and_writes_the_file_compose_reads() -> None:
+def test_unit_runs_compose_only_and_handles_no_database_secret() -> None:
+    """The app reads the database secret itself; the unit neither fetches nor writes one."""
     service = unit_entries()["Service"]
-    (pre,) = service["ExecStartPre"]
-    words = shlex.split(pre)
-    assert words[0] == "/usr/bin/python3"
-    assert words[1].endswith("/scripts/write_db_env.py")
-    args = write_db_env.parse_args(words[2:])
+    assert "ExecStartPre" not in service
+    settings = [value for values in service.values() for value in values]
+    assert not [value for value in settings if "DB_" in value or "secret" in value.lower()]
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.prod.yml").read_text())
-    assert compose["services"]["app"]["env_file"] == [str(args.output)]
-    assert args.secret_id == "/one-system/db/credentials"
-    assert args.base_env is not None
+    assert compose["services"]["app"]["env_file"] == ["/etc/one-system/backend.env"]
 
 
 def test_start_and_stop_drive_the_production_compose_file() -> None:
