@@ -109,12 +109,24 @@ def test_prod_nginx_is_the_only_published_service_and_mounts_config_read_only() 
     assert nginx["restart"] == "unless-stopped"
 
 
-def test_prod_nginx_image_supports_upstream_resolve() -> None:
+def test_prod_nginx_image_is_a_supported_stable_line_with_upstream_resolve() -> None:
     image = load(PROD)["services"]["nginx"]["image"]
     match = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", image)
     assert match, image
     version = tuple(int(part or 0) for part in match.groups())
     assert version >= (1, 27, 3), "server ... resolve needs nginx 1.27.3 or newer"
+    # Even minor versions are nginx's stable lines; only the newest one gets fixes.
+    assert version[1] % 2 == 0, f"{image} is a mainline (odd) version"
+    assert version >= (1, 30), "1.28 and older stable lines are out of support"
+
+
+def test_prod_nginx_may_open_two_descriptors_per_connection() -> None:
+    main = MAIN_CONF.read_text()
+    (connections,) = re.findall(r"^\s*worker_connections (\d+);", main, re.MULTILINE)
+    (rlimit,) = re.findall(r"^worker_rlimit_nofile (\d+);", main, re.MULTILINE)
+    assert int(rlimit) >= 2 * int(connections)
+    nofile = load(PROD)["services"]["nginx"]["ulimits"]["nofile"]
+    assert nofile == {"soft": int(rlimit), "hard": int(rlimit)}
 
 
 def test_prod_app_trusts_forwarded_headers_only_from_its_own_network() -> None:
