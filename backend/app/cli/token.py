@@ -1,10 +1,11 @@
 """Sign in to Cognito and print an access token: `python -m app.cli.token --email ...`.
 
 Uses InitiateAuth with USER_PASSWORD_AUTH (the app client must allow it) and answers a
-NEW_PASSWORD_REQUIRED challenge when `--new-password` is given (a user's first sign-in with the
-temporary password from the invitation). Works against real Cognito and, through boto3's
-AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER, the local emulator. The password is asked for when
-not given, so it need not appear in shell history.
+NEW_PASSWORD_REQUIRED challenge (a user's first sign-in with the temporary password from the
+invitation) with `--new-password`, or with one asked for on the terminal. Works against real
+Cognito and, through boto3's AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER, the local emulator.
+Passwords not given are asked for on the terminal, so they need not appear in shell history;
+without a terminal the command fails at once instead of waiting for input.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import hmac
 import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -38,6 +40,13 @@ def _secret_hash(username: str, client_id: str, client_secret: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+def _challenge_username(parameters: Mapping[str, str], fallback: str) -> str:
+    # Cognito names the user by their real username in USER_ID_FOR_SRP. Where the email is an
+    # alias or the username attribute, that is not the email signed in with, and a challenge
+    # response must use it, for USERNAME and for SECRET_HASH alike.
+    return parameters.get("USER_ID_FOR_SRP") or parameters.get("USERNAME") or fallback
+
+
 def _client(region: str) -> CognitoIdentityProviderClient:
     # Sign-in calls are public: no AWS credentials are needed or used.
     config = Config(signature_version=UNSIGNED, connect_timeout=2, read_timeout=5)
@@ -52,8 +61,13 @@ def sign_in(
     region: str,
     client_secret: str | None = None,
     new_password: str | None = None,
+    ask_new_password: Callable[[], str] | None = None,
 ) -> str:
-    """Return an access token for the user, or raise SignInError saying why not."""
+    """Return an access token for the user, or raise SignInError saying why not.
+
+    A NEW_PASSWORD_REQUIRED challenge is answered with ``new_password``, else with what
+    ``ask_new_password`` returns; with neither, it is an error.
+    """
     cognito = _client(region)
     parameters = {"USERNAME": email, "PASSWORD": password}
     if client_secret:
@@ -63,13 +77,16 @@ def sign_in(
             ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH", AuthParameters=parameters
         )
         if response.get("ChallengeName") == "NEW_PASSWORD_REQUIRED":
+            if not new_password and ask_new_password is not None:
+                new_password = ask_new_password()
             if not new_password:
                 raise SignInError(
                     "Cognito requires a new password on first sign-in: pass --new-password"
                 )
-            answers = {"USERNAME": email, "NEW_PASSWORD": new_password}
+            username = _challenge_username(response.get("ChallengeParameters") or {}, email)
+            answers = {"USERNAME": username, "NEW_PASSWORD": new_password}
             if client_secret:
-                answers["SECRET_HASH"] = parameters["SECRET_HASH"]
+                answers["SECRET_HASH"] = _secret_hash(username, client_id, client_secret)
             response = cognito.respond_to_auth_challenge(
                 ClientId=client_id,
                 ChallengeName="NEW_PASSWORD_REQUIRED",
@@ -86,6 +103,20 @@ def sign_in(
     return str(response["AuthenticationResult"]["AccessToken"])
 
 
+def _ask(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise SignInError("cancelled") from None
+
+
+def _ask_new_password() -> str:
+    chosen = _ask("New password: ")
+    if _ask("New password again: ") != chosen:
+        raise SignInError("the new passwords do not match")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--email", required=True)
@@ -97,8 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.client_id or not args.region:
         parser.error("--client-id and --region (or COGNITO_APP_CLIENT_ID, AWS_REGION) are needed")
-    password = args.password or getpass.getpass("Password: ")
+    # Without a terminal nobody can answer a prompt: fail now rather than read a pipe or hang.
+    on_terminal = sys.stdin.isatty()
     try:
+        if args.password:
+            password = args.password
+        elif on_terminal:
+            password = _ask("Password: ")
+        else:
+            raise SignInError("no --password given and stdin is not a terminal to ask for one")
         token = sign_in(
             email=args.email,
             password=password,
@@ -106,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             region=args.region,
             client_secret=args.client_secret,
             new_password=args.new_password,
+            ask_new_password=_ask_new_password if on_terminal else None,
         )
     except SignInError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -47,6 +49,14 @@ PROD_SITE_INCLUDE = "include /etc/nginx/conf.d/one-system.conf;"
 PROD_WORKERS = "worker_processes auto;"
 
 STARTUP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A limit_req zone's ``rate=`` and its ``burst=`` in location /api/, for a test config."""
+
+    rate: str
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -95,13 +105,36 @@ def _replace_once(text: str, old: str, new: str, source: Path) -> str:
     return text.replace(old, new)
 
 
-def render_nginx_conf(prefix: Path, *, upstream: str, listen_port: int) -> Path:
+def _set_rate_limit(site: str, zone: str, limit: RateLimit) -> str:
+    """``site`` with the rate and burst of ``zone`` replaced; each must be found exactly once."""
+    patterns = [
+        (rf"(limit_req_zone \S+ zone={zone}:\S+ rate=)[^;]+;", rf"\g<1>{limit.rate};"),
+        (rf"(limit_req zone={zone} burst=)\d+", rf"\g<1>{limit.burst}"),
+    ]
+    for pattern, replacement in patterns:
+        site, count = re.subn(pattern, replacement, site)
+        if count != 1:
+            raise AssertionError(f"expected {pattern!r} once in {SITE_CONF.name}, found {count}")
+    return site
+
+
+def render_nginx_conf(
+    prefix: Path,
+    *,
+    upstream: str,
+    listen_port: int,
+    rate_limits: Mapping[str, RateLimit] | None = None,
+) -> Path:
     """Write a loopback copy of the committed config into ``prefix``; return the main file.
 
     ``upstream`` is ``host:port`` of the app. 127.0.0.0/8 plays the ALB: it is trusted for
-    X-Forwarded-For the way the ALB's VPC addresses are in production.
+    X-Forwarded-For the way the ALB's VPC addresses are in production. ``rate_limits``
+    replaces the committed rate and burst of the zones it names, so that a test can reach a
+    limit with a few requests instead of a race against the clock.
     """
     site = SITE_CONF.read_text()
+    for zone, limit in (rate_limits or {}).items():
+        site = _set_rate_limit(site, zone, limit)
     site = _replace_once(site, PROD_UPSTREAM_SERVER, f"server {upstream};", SITE_CONF)
     site = _replace_once(
         site, PROD_LISTEN, f"listen 127.0.0.1:{listen_port} default_server;", SITE_CONF
@@ -176,13 +209,21 @@ def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
 
 
 @contextmanager
-def run_nginx(upstream_port: int, *, upstream_host: str = "127.0.0.1") -> Iterator[RunningNginx]:
+def run_nginx(
+    upstream_port: int,
+    *,
+    upstream_host: str = "127.0.0.1",
+    rate_limits: Mapping[str, RateLimit] | None = None,
+) -> Iterator[RunningNginx]:
     """Start nginx with the committed config in front of ``upstream_host:upstream_port``."""
     with tempfile.TemporaryDirectory(prefix="nginx-") as tmp:
         prefix = Path(tmp)
         port = free_port()
         conf = render_nginx_conf(
-            prefix, upstream=f"{upstream_host}:{upstream_port}", listen_port=port
+            prefix,
+            upstream=f"{upstream_host}:{upstream_port}",
+            listen_port=port,
+            rate_limits=rate_limits,
         )
         log_path = prefix / "nginx.log"
         with log_path.open("wb") as log:
@@ -284,7 +325,7 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answer every HTTP request with JSON describing the request as the app saw it.
 
     ``/api/v1/echo-large`` pads the answer past nginx's gzip_min_length; ``?status=N`` sets
-    the status code.
+    the status code and ``retry_after=S`` adds a Retry-After header.
     """
     if scope["type"] != "http":
         return
@@ -305,10 +346,9 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     }
     if scope["path"] == "/api/v1/echo-large":
         payload["padding"] = ["one-system"] * 500
-    status = 200
-    query = scope.get("query_string", b"").decode()
-    if query.startswith("status="):
-        status = int(query.removeprefix("status="))
+    query = parse_qs(scope.get("query_string", b"").decode())
+    status = int(query.get("status", ["200"])[0])
+    extra_headers = [(b"retry-after", value.encode()) for value in query.get("retry_after", [])]
     body = json.dumps(payload).encode()
     await send(
         {
@@ -322,6 +362,7 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
                 (b"x-request-id", b"set-by-app"),
                 # Replaced everywhere except under /docs, whose policy the app owns.
                 (b"content-security-policy", APP_CSP.encode()),
+                *extra_headers,
             ],
         }
     )

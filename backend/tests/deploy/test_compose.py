@@ -15,7 +15,7 @@ from .nginx_harness import MAIN_CONF, REPO_ROOT, SITE_CONF, tool
 
 DEV = REPO_ROOT / "docker-compose.yml"
 PROD = REPO_ROOT / "docker-compose.prod.yml"
-SECRETS_FILE = "/etc/one-system/backend.env"
+APP_ENV_FILE = "/etc/one-system/backend.env"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -73,11 +73,13 @@ def test_dev_app_waits_for_healthy_postgres_moto_and_finished_migrations() -> No
             assert port.startswith("127.0.0.1:"), port
 
 
-def test_prod_app_runs_the_ecr_image_read_only_with_secrets_from_the_env_file() -> None:
+def test_prod_app_runs_the_ecr_image_read_only_with_settings_from_the_env_file() -> None:
     app = load(PROD)["services"]["app"]
     assert app["image"].startswith("${ECR_REGISTRY")
     assert app["image"].endswith("/one-system-backend:${IMAGE_TAG:?IMAGE_TAG is not set}")
-    assert app["env_file"] == [SECRETS_FILE]
+    assert app["env_file"] == [APP_ENV_FILE]
+    # Database settings come from that file and the secret it names, never from compose.
+    assert not [key for key in app["environment"] if key.startswith("DB_")]
     assert app["restart"] == "unless-stopped"
     assert app["read_only"] is True
     assert "/tmp" in app["tmpfs"]
@@ -107,12 +109,24 @@ def test_prod_nginx_is_the_only_published_service_and_mounts_config_read_only() 
     assert nginx["restart"] == "unless-stopped"
 
 
-def test_prod_nginx_image_supports_upstream_resolve() -> None:
+def test_prod_nginx_image_is_a_supported_stable_line_with_upstream_resolve() -> None:
     image = load(PROD)["services"]["nginx"]["image"]
     match = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", image)
     assert match, image
     version = tuple(int(part or 0) for part in match.groups())
     assert version >= (1, 27, 3), "server ... resolve needs nginx 1.27.3 or newer"
+    # Even minor versions are nginx's stable lines; only the newest one gets fixes.
+    assert version[1] % 2 == 0, f"{image} is a mainline (odd) version"
+    assert version >= (1, 30), "1.28 and older stable lines are out of support"
+
+
+def test_prod_nginx_may_open_two_descriptors_per_connection() -> None:
+    main = MAIN_CONF.read_text()
+    (connections,) = re.findall(r"^\s*worker_connections (\d+);", main, re.MULTILINE)
+    (rlimit,) = re.findall(r"^worker_rlimit_nofile (\d+);", main, re.MULTILINE)
+    assert int(rlimit) >= 2 * int(connections)
+    nofile = load(PROD)["services"]["nginx"]["ulimits"]["nofile"]
+    assert nofile == {"soft": int(rlimit), "hard": int(rlimit)}
 
 
 def test_prod_app_trusts_forwarded_headers_only_from_its_own_network() -> None:
@@ -130,4 +144,5 @@ def test_no_real_secret_is_committed(path: Path) -> None:
     text = path.read_text()
     assert "AKIA" not in text
     if path == PROD:
+        # The app reads its database password from Secrets Manager; compose never carries one.
         assert "PASSWORD" not in text

@@ -1,4 +1,4 @@
-"""scripts/deploy_backend.sh with fake aws/docker/systemctl/curl/python3 that record calls."""
+"""scripts/deploy_backend.sh with fake aws/docker/systemctl/curl that record calls."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .nginx_harness import REPO_ROOT, tool
 
 SCRIPT = REPO_ROOT / "scripts" / "deploy_backend.sh"
 INSTALLER = REPO_ROOT / "scripts" / "install_test_tools.sh"
+APP_ENV_EXAMPLE = REPO_ROOT / "deploy" / "backend.env.example"
 REGISTRY = "123456789012.dkr.ecr.ap-southeast-1.example"
 TOKEN = "ecr-login-token"
 
@@ -28,7 +29,6 @@ else echo "docker $* [IMAGE_TAG=${IMAGE_TAG:-}]" >>"$CALLS"; fi
 if [[ "$*" == *"alembic upgrade head"* ]]; then exit "${FAKE_MIGRATE_EXIT:-0}"; fi
 """,
     "systemctl": 'echo "systemctl $*" >>"$CALLS"',
-    "python3": 'echo "python3 $*" >>"$CALLS"',
     "curl": """
 echo "curl $*" >>"$CALLS"
 tag="$(sed -n 's/^IMAGE_TAG=//p' "$RELEASE_ENV")"
@@ -42,6 +42,7 @@ class Host:
     root: Path
     calls_file: Path
     release_env: Path
+    app_env: Path
     env: dict[str, str]
 
     def deploy(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -76,6 +77,9 @@ def host(tmp_path: Path) -> Host:
     release_env = tmp_path / "etc" / "release.env"
     release_env.parent.mkdir()
     release_env.write_text(f"ECR_REGISTRY={REGISTRY}\nAWS_REGION=ap-southeast-1\nIMAGE_TAG=v1\n")
+    # The host's app settings are the committed example: what an operator starts from.
+    app_env = release_env.parent / "backend.env"
+    app_env.write_text(APP_ENV_EXAMPLE.read_text())
     calls = tmp_path / "calls.log"
     env = {
         "PATH": f"{fakebin}:/usr/bin:/bin",
@@ -87,16 +91,14 @@ def host(tmp_path: Path) -> Host:
         "HEALTH_TIMEOUT": "1",
         "HEALTH_INTERVAL": "0.2",
     }
-    return Host(tmp_path, calls, release_env, env)
+    return Host(tmp_path, calls, release_env, app_env, env)
 
 
-def expected_steps(tag: str, config_dir: str) -> list[str]:
+def expected_steps(tag: str) -> list[str]:
     return [
         "aws ecr get-login-password --region ap-southeast-1",
         f"docker login --username AWS --password-stdin {REGISTRY} <stdin:{TOKEN}>",
         f"docker pull {REGISTRY}/one-system-backend:{tag} [IMAGE_TAG=]",
-        f"python3 /opt/one-system/scripts/write_db_env.py --base-env {config_dir}/base.env"
-        f" --output {config_dir}/backend.env",
         "docker compose -f /opt/one-system/docker-compose.prod.yml run --rm --no-deps app"
         f" alembic upgrade head [IMAGE_TAG={tag}]",
         "systemctl restart one-system-backend",
@@ -116,7 +118,7 @@ def test_shellcheck_is_clean() -> None:
 def test_happy_path_runs_every_step_in_order(host: Host) -> None:
     result = host.deploy("v2", FAKE_HEALTHY_TAGS="v1 v2")
     assert result.returncode == 0, result.stderr
-    steps = expected_steps("v2", host.env["CONFIG_DIR"])
+    steps = expected_steps("v2")
     assert host.calls[: len(steps)] == steps
     (health_check,) = host.calls[len(steps) :]
     assert health_check.startswith("curl --fail")
@@ -177,13 +179,45 @@ def test_dry_run_prints_the_steps_and_changes_nothing(host: Host) -> None:
         "aws ecr get-login-password",
         "docker login --username AWS --password-stdin",
         f"docker pull {REGISTRY}/one-system-backend:v2",
-        "write_db_env.py",
         "run --rm --no-deps app alembic upgrade head",
         "systemctl restart one-system-backend",
         "curl --fail",
     ]:
         assert fragment in printed, fragment
     assert "rolled back to v1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "line", ["DB_PASSWORD=hunter2-not-real", "export DB_PASSWORD='hunter2-not-real'"]
+)
+def test_refuses_an_app_env_file_with_a_database_password(host: Host, line: str) -> None:
+    host.app_env.write_text(host.app_env.read_text() + line + "\n")
+    for args in (["--dry-run", "v2"], ["v2"]):
+        result = host.deploy(*args, FAKE_HEALTHY_TAGS="v1 v2")
+        assert result.returncode == 1
+        assert f"{host.app_env} sets DB_PASSWORD" in result.stderr
+        assert "hunter2" not in result.stdout + result.stderr
+    assert host.calls == []
+    assert host.release_tag() == "v1"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "DB_SECRET_ID=\n", "# DB_SECRET_ID=/one-system/db/credentials\n"], ids=repr
+)
+def test_refuses_an_app_env_file_without_a_secret_id(host: Host, text: str) -> None:
+    host.app_env.write_text("AWS_REGION=ap-southeast-1\n" + text)
+    result = host.deploy("v2", FAKE_HEALTHY_TAGS="v1 v2")
+    assert result.returncode == 1
+    assert "does not set DB_SECRET_ID" in result.stderr
+    assert host.calls == []
+
+
+def test_refuses_a_missing_app_env_file(host: Host) -> None:
+    host.app_env.unlink()
+    result = host.deploy("v2", FAKE_HEALTHY_TAGS="v1 v2")
+    assert result.returncode == 1
+    assert f"cannot read {host.app_env}" in result.stderr
+    assert host.calls == []
 
 
 @pytest.mark.parametrize("args", [[], ["v1", "v2"], ["--bogus", "v2"]])

@@ -48,7 +48,9 @@ def test_committed_config_is_the_production_one() -> None:
     assert "listen 8080 default_server;" in site
     assert "include /etc/nginx/conf.d/one-system.conf;" in MAIN_CONF.read_text()
     # No catch-all proxy: every proxied prefix is listed explicitly.
-    proxied = re.findall(r"location ([^{]+?) \{\s*(?:access_log off;\s*)?proxy_pass", site)
+    proxied = re.findall(
+        r"location ([^{]+?) \{\s*(?:(?:access_log off|limit_req [^;]+);\s*)*proxy_pass", site
+    )
     assert sorted(proxied) == sorted(
         ["/api/", "= /health", "/health/", "= /docs", "/docs/", "= /openapi.json"]
     )
@@ -101,7 +103,13 @@ def test_unlisted_paths_are_not_proxied(echo_proxy: RunningNginx, client: httpx.
     for path in ["/", "/admin", "/redoc", "/apix"]:
         response = client.get(echo_proxy.url(path))
         assert response.status_code == 404, path
-        assert response.json() == {"detail": "Not Found", "code": "not_found"}
+        body = response.json()
+        assert body == {
+            "detail": "Not Found",
+            "code": "not_found",
+            "request_id": body["request_id"],
+        }
+        assert response.headers.get_list("x-request-id") == [body["request_id"]]
 
 
 def test_app_sees_client_address_and_scheme_sent_by_the_alb(
@@ -181,6 +189,7 @@ def test_oversized_body_is_refused_with_413_before_the_app(
     large = client.post(echo_proxy.url("/api/v1/echo"), content=b"x" * (1024 * 1024 + 1))
     assert large.status_code == 413
     assert large.json()["code"] == "payload_too_large"
+    assert large.json()["request_id"] == large.headers["x-request-id"]
     assert large.headers["x-content-type-options"] == "nosniff"
 
 
@@ -189,6 +198,7 @@ def test_upstream_down_is_a_json_503(client: httpx.Client) -> None:
         response = client.get(proxy.url("/health"))
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
 def test_real_app_liveness_through_nginx(client: httpx.Client) -> None:
