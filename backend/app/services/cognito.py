@@ -172,6 +172,11 @@ def _domain_error(operation: str, error: Exception) -> DomainError:
     )
 
 
+def single_attempt(config: Config) -> Config:
+    """`config` without SDK retries: for AdminCreateUser, which is not idempotent."""
+    return config.merge(Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+
+
 class CognitoUserPool:
     """Admin operations on one Cognito user pool."""
 
@@ -191,9 +196,7 @@ class CognitoUserPool:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CognitoUserPool:
-        once = client_config(settings).merge(
-            Config(retries={"total_max_attempts": 1, "mode": "standard"})
-        )
+        once = single_attempt(client_config(settings))
         return cls(
             aws_client("cognito-idp", settings),
             settings.cognito_user_pool_id,

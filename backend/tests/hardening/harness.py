@@ -16,22 +16,29 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import boto3
 import httpx
+from botocore.config import Config
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import COGNITO
+from app.core.aws import client_config
 from app.core.config import Settings
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from app.services.cognito import CognitoUserPool
-from tests.support.jwt_tokens import access_token_claims, mint_token, shared_rsa_key
+from app.services.cognito import CognitoUserPool, single_attempt
+from tests.api.conftest import using_cognito
+
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+from tests.support.jwt_tokens import TEST_REGION, access_token_claims, mint_token, shared_rsa_key
+from tests.support.moto_cognito import MotoCognito
 from tests.support.servers import BackgroundServer
 
 SIGNING_KEY_ID = "test-signing-key-1"  # the key the shared JWKS server of tests.api serves
@@ -77,14 +84,16 @@ async def live_app(
 ) -> AsyncIterator[LiveApp]:
     """`create_app(settings)`, its lifespan run here as a server would, and a client."""
     app = create_app(settings)
-    if cognito is not None:
-        app.dependency_overrides[COGNITO] = lambda: cognito
     if customize is not None:
         customize(app)
     async with app.router.lifespan_context(app) as state:
         transport = httpx.ASGITransport(app=_WithState(app, state or {}))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield LiveApp(app, client, state or {})
+            if cognito is None:
+                yield LiveApp(app, client, state or {})
+            else:
+                with using_cognito(app, state or {}, cognito):
+                    yield LiveApp(app, client, state or {})
 
 
 def bearer(sub: str, *, kid: str = SIGNING_KEY_ID, **claims: object) -> dict[str, str]:
@@ -359,6 +368,28 @@ class FaultProxy:
 
     def count(self, operation: str) -> int:
         return self.calls.count(operation)
+
+
+def proxied_adapter(proxy: FaultProxy, moto: MotoCognito, settings: Settings) -> CognitoUserPool:
+    """The adapter `CognitoUserPool.from_settings` builds, its calls going through `proxy`."""
+
+    def client(config: Config) -> CognitoIdentityProviderClient:
+        return boto3.client(
+            "cognito-idp",
+            region_name=TEST_REGION,
+            endpoint_url=proxy.url,
+            config=config,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    config = client_config(settings)
+    return CognitoUserPool(
+        client(config),
+        moto.user_pool_id,
+        create_client=client(single_attempt(config)),
+        deadline_seconds=settings.cognito_deadline_seconds,
+    )
 
 
 @contextmanager

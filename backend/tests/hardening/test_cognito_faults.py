@@ -1,38 +1,38 @@
 """Cognito faults on every admin operation, over real HTTP, through the whole app.
 
 A proxy in front of the moto server breaks one Cognito operation at a time: throttling, a 5xx,
-a read timeout (it never answers), or the whole endpoint refusing connections. The app's own
-client settings apply (bounded timeouts, two attempts in standard retry mode), so retries and
-the undo of earlier steps run as in production. Each time: the mapped status with Retry-After,
-and both sides unchanged (the row, and the Cognito user's groups, enabled flag and status).
-Then, with Cognito healthy again, the same request succeeds on both sides.
+a read timeout (it never answers), the answer lost after Cognito acted on the call, or the
+whole endpoint refusing connections. The app's own client settings apply (bounded timeouts, two
+attempts in standard retry mode, one for AdminCreateUser), so retries, adoption and the undo of
+earlier steps run as in production.
 
-tests/api/test_users.py covers single injected 5xx/throttling answers on create and on some
-update steps; this adds timeouts and refused connections, reactivation and password resets,
-and failures of the step after one that already changed Cognito, with retries in play.
+- Create and password reset call Cognito in the request: each fault gives the mapped status
+  with Retry-After and both sides unchanged; with Cognito healthy the same request succeeds.
+- Role changes, deactivation and reactivation never wait on Cognito: the API answers 200 and
+  enforces the change at once whatever Cognito does, and the directory worker brings Cognito in
+  step once it is healthy again (asserted by polling the emulator).
+- A lost answer of any call leaves both stores consistent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.core.aws import client_config
 from app.core.config import Settings
 from app.core.roles import Role
 from app.models.user import User
-from app.services.cognito import CognitoUserPool
-from tests.api.conftest import make_settings
+from tests.api.conftest import directory_caught_up, make_settings
 from tests.hardening.harness import (
     Fault,
     FaultProxy,
@@ -41,9 +41,10 @@ from tests.hardening.harness import (
     bearer,
     fault_proxy,
     live_app,
+    proxied_adapter,
     timed,
 )
-from tests.support.jwt_tokens import TEST_REGION, JWKSServer
+from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito
 
 USERS = "/api/v1/users"
@@ -111,17 +112,8 @@ async def rig(
         aws_read_timeout_seconds=READ_TIMEOUT,
         aws_max_attempts=ATTEMPTS,
     )
-    # The app's own client configuration, pointed at the proxy.
-    client = boto3.client(
-        "cognito-idp",
-        region_name=TEST_REGION,
-        endpoint_url=proxy.url,
-        config=client_config(settings),
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
     admin = await add_user(fresh_database_url, Role.ADMIN)
-    adapter = CognitoUserPool(client, moto_cognito.user_pool_id)
+    adapter = proxied_adapter(proxy, moto_cognito, settings)
     async with live_app(settings, cognito=adapter) as live:
         yield Rig(
             live, proxy, moto_cognito, fresh_database_url, bearer(admin.cognito_user_id), settings
@@ -173,6 +165,7 @@ async def _deactivated(rig: Rig) -> tuple[str, str]:
         f"{USERS}/{user_id}", json={"is_active": False}, headers=rig.headers
     )
     assert response.status_code == 200, response.text
+    await directory_caught_up(rig.live.state)
     return user_id, email
 
 
@@ -194,26 +187,17 @@ async def _reset(rig: Rig, user_id: str, _: str) -> httpx.Response:
     return await rig.live.client.post(f"{USERS}/{user_id}/reset-password", headers=rig.headers)
 
 
-OPERATIONS = {
+SYNCHRONOUS = {
     "create": Operation("AdminAddUserToGroup", _new_target, _create, 201),
-    "update role": Operation(
-        "AdminAddUserToGroup", _existing, _put({"role": "EXECUTIVE", "full_name": "Moved"}), 200
-    ),
-    "deactivate": Operation(
-        "AdminUserGlobalSignOut", _existing, _put({"is_active": False, "full_name": "Gone"}), 200
-    ),
-    "reactivate": Operation(
-        "AdminEnableUser", _deactivated, _put({"is_active": True, "full_name": "Back"}), 200
-    ),
     "reset password": Operation("AdminResetUserPassword", _signed_in_before, _reset, 202),
 }
 
 
-@pytest.mark.parametrize("operation_name", list(OPERATIONS))
+@pytest.mark.parametrize("operation_name", list(SYNCHRONOUS))
 async def test_every_fault_leaves_both_sides_unchanged_and_the_retry_succeeds(
     rig: Rig, operation_name: str
 ) -> None:
-    operation = OPERATIONS[operation_name]
+    operation = SYNCHRONOUS[operation_name]
     user_id, email = await operation.prepare(rig)
     before = await rig.sides(email)
     for fault_name, (make_fault, status, code) in FAULTS.items():
@@ -241,18 +225,86 @@ async def test_every_fault_leaves_both_sides_unchanged_and_the_retry_succeeds(
     assert await rig.sides(email) != before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: AdminCreateUser is not idempotent; when its answer is lost, botocore's "
-    "retry gets UsernameExists, the API answers 409 and Cognito keeps an orphan user (no row, "
-    "no group) that makes every later create of that email a 409 (app/services/users.py "
-    "create_user undoes only creates it saw succeed)",
-)
-async def test_create_whose_answer_is_lost_leaves_no_orphan_in_cognito(rig: Rig) -> None:
-    """Cognito created the user but the answer never arrived (a timeout after the fact)."""
-    email = f"lost-{uuid.uuid4().hex[:12]}@example.gov"
-    rig.proxy.fail("AdminCreateUser", Fault("lost", times=1))
-    response = await _create(rig, "", email)
-    assert response.status_code in (201, 503), response.text
+# The change, and what the row and Cognito hold once it is carried out: (role, is_active).
+THROUGH_THE_OUTBOX: dict[
+    str, tuple[Callable[[Rig], Awaitable[tuple[str, str]]], dict[str, Any], tuple[Role, bool]]
+] = {
+    "role change": (_existing, {"role": "EXECUTIVE"}, (Role.EXECUTIVE, True)),
+    "deactivate": (_existing, {"is_active": False}, (Role.DISPATCHER, False)),
+    "reactivate": (_deactivated, {"is_active": True}, (Role.DISPATCHER, True)),
+}
+
+
+@pytest.mark.parametrize("change_name", list(THROUGH_THE_OUTBOX))
+async def test_with_cognito_down_a_change_applies_at_once_and_cognito_catches_up(
+    rig: Rig, change_name: str
+) -> None:
+    prepare, change, (role, is_active) = THROUGH_THE_OUTBOX[change_name]
+    user_id, email = await prepare(rig)
+    rig.proxy.refuse()
+    try:
+        response, seconds = await timed(
+            rig.live.client.put(f"{USERS}/{user_id}", json=change, headers=rig.headers)
+        )
+        assert response.status_code == 200, response.text
+        assert seconds < 2, "the request must not wait on Cognito"
+        assert response.json()["directory_in_step"] is False
+        row, _ = await rig.sides(email)
+        assert row is not None
+        assert (row[1], row[2]) == (role, is_active)
+        # Cognito stays as it was while it is down; the work waits in the outbox.
+        await asyncio.sleep(1.5)
+        assert await rig.live.state["directory_sync"].pending() == 1
+    finally:
+        rig.proxy.accept()
+    # Back: within the capped backoff, with no operator action.
+    await directory_caught_up(rig.live.state, within=40)
+    _, cognito = await rig.sides(email)
+    assert cognito is not None
+    enabled, _, groups = cognito
+    assert (groups, enabled) == ({role.value}, is_active)
+
+
+# Each Cognito call the API makes, and a request that makes it. The answer is lost once: Cognito
+# acted on the call, the app never heard. Both stores must end consistent.
+LOST_ANSWERS = {
+    "AdminCreateUser": (_new_target, _create),
+    "AdminAddUserToGroup": (_new_target, _create),
+    "AdminGetUser": (_signed_in_before, _reset),
+    "AdminResetUserPassword": (_signed_in_before, _reset),
+    "AdminDisableUser": (_existing, _put({"is_active": False})),
+    "AdminEnableUser": (_deactivated, _put({"is_active": True})),
+    "AdminListGroupsForUser": (_existing, _put({"role": "EXECUTIVE"})),
+    "AdminRemoveUserFromGroup": (_existing, _put({"role": "EXECUTIVE"})),
+    "AdminUserGlobalSignOut": (_existing, _put({"is_active": False})),
+}
+
+
+@pytest.mark.parametrize("operation", list(LOST_ANSWERS))
+async def test_a_lost_answer_of_any_call_leaves_both_stores_consistent(
+    rig: Rig, operation: str
+) -> None:
+    prepare, request = LOST_ANSWERS[operation]
+    user_id, email = await prepare(rig)
+    if operation == "AdminGetUser":
+        # The reset of a user who never signed in looks them up; make this one such a user.
+        email = f"fault-{uuid.uuid4().hex[:12]}@example.gov"
+        sub = rig.moto.create_user(email, role=Role.DISPATCHER)
+        user_id = str((await add_user(rig.database_url, Role.DISPATCHER, email=email, sub=sub)).id)
+    calls_before = rig.proxy.count(operation)
+    rig.proxy.fail(operation, Fault("lost", times=1))
+    response = await request(rig, user_id, email)
+    assert response.status_code in (200, 201, 202, 503), response.text
+    await directory_caught_up(rig.live.state, within=40)
+    assert rig.proxy.count(operation) > calls_before, "the fault was never met"
     row, cognito = await rig.sides(email)
     assert (row is None) == (cognito is None), (row, cognito)
+    if row is not None and cognito is not None:
+        _, role, is_active = row
+        enabled, _, groups = cognito
+        assert (groups, enabled) == ({role.value}, is_active)
+    # A create whose answer was lost is never a 409 later: the user is adopted or it is free.
+    if request is _create:
+        again = await _create(rig, "", email)
+        assert again.status_code in (201, 409), again.text
+        assert (again.status_code == 409) == (response.status_code == 201)

@@ -118,8 +118,15 @@ class MotoCognito:
     client: Any  # a boto3 cognito-idp client on the moto server, for setup and assertions
 
     def adapter(self, *, max_attempts: int = 1) -> CognitoUserPool:
-        """An adapter with a client of its own, so hooks a test adds stay in that test."""
-        return CognitoUserPool(self.new_client(max_attempts=max_attempts), self.user_pool_id)
+        """An adapter with clients of its own, so hooks a test adds stay in that test.
+
+        AdminCreateUser goes through a client of one attempt, as in production.
+        """
+        return CognitoUserPool(
+            self.new_client(max_attempts=max_attempts),
+            self.user_pool_id,
+            create_client=self.new_client(max_attempts=1),
+        )
 
     def new_client(self, *, max_attempts: int = 1) -> CognitoIdentityProviderClient:
         return cognito_client(self.endpoint_url, max_attempts=max_attempts)
@@ -204,8 +211,11 @@ def fail_operation(
         calls.append(1)
         return response()
 
-    hooks = adapter._client.meta.events
-    hooks.register(f"before-send.cognito-idp.{operation}", intercept)  # type: ignore[arg-type]
+    for client in {
+        id(adapter._client): adapter._client,
+        id(adapter._create_client): adapter._create_client,
+    }.values():
+        client.meta.events.register(f"before-send.cognito-idp.{operation}", intercept)  # type: ignore[arg-type]
     return calls
 
 

@@ -1,0 +1,195 @@
+"""User accounts under faults that span processes and time: restarts, two instances, a hanging
+Cognito, a database that a failover turned read-only.
+
+Each test runs the real app (its lifespan, worker, pools) against PostgreSQL and moto's Cognito
+behind the fault proxy, and checks what an operator would: every request bounded and honest,
+and afterwards the database and Cognito in agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.core.roles import Role
+from tests.api.conftest import directory_caught_up, make_settings
+from tests.hardening.conftest import OwnPostgres
+from tests.hardening.harness import (
+    Fault,
+    FaultProxy,
+    add_user,
+    bearer,
+    execute_sql,
+    fault_proxy,
+    live_app,
+    proxied_adapter,
+    timed,
+)
+from tests.support.jwt_tokens import JWKSServer
+from tests.support.moto_cognito import MotoCognito
+
+USERS = "/api/v1/users"
+
+
+@pytest.fixture
+def proxy(moto_cognito: MotoCognito) -> Iterator[FaultProxy]:
+    with fault_proxy(moto_cognito.endpoint_url) as running:
+        yield running
+
+
+def new_user(role: Role = Role.DISPATCHER) -> dict[str, str]:
+    email = f"life-{uuid.uuid4().hex[:12]}@example.gov"
+    return {"full_name": "Life Cycle", "email": email, "role": role.value}
+
+
+async def created(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str, str]:
+    body = new_user()
+    response = await client.post(USERS, json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"]), body["email"]
+
+
+async def test_directory_work_pending_at_a_restart_is_carried_out_by_the_next_process(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url)
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    adapter = proxied_adapter(proxy, moto_cognito, settings)
+    async with live_app(settings, cognito=adapter) as first:
+        user_id, email = await created(first.client, admin)
+        proxy.refuse()
+        response = await first.client.put(
+            f"{USERS}/{user_id}", json={"is_active": False}, headers=admin
+        )
+        assert response.status_code == 200
+        assert await first.state["directory_sync"].pending() == 1
+    # The first process is gone with its work undone; Cognito still has the user enabled.
+    proxy.accept()
+    assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
+
+    async with live_app(settings, cognito=adapter) as second:
+        # The row was leased by the first process: the second takes it up when that ends
+        # (LEASE_SECONDS); a test does not wait that long, so the lease is ended by hand.
+        await execute_sql(fresh_database_url, "UPDATE directory_outbox SET next_attempt_at = now()")
+        await directory_caught_up(second.state)
+    assert moto_cognito.find(email)["Enabled"] is False  # type: ignore[index]
+
+
+async def test_two_instances_carry_out_each_row_once(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url)
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    adapter = proxied_adapter(proxy, moto_cognito, settings)
+    async with (
+        live_app(settings, cognito=adapter) as first,
+        live_app(settings, cognito=adapter) as second,
+    ):
+        targets = [await created(first.client, admin) for _ in range(8)]
+        disabled_before = proxy.count("AdminDisableUser")
+        responses = await asyncio.gather(
+            *(
+                (first if index % 2 else second).client.put(
+                    f"{USERS}/{user_id}", json={"is_active": False}, headers=admin
+                )
+                for index, (user_id, _) in enumerate(targets)
+            )
+        )
+        assert {response.status_code for response in responses} == {200}
+        await directory_caught_up(first.state)
+    assert proxy.count("AdminDisableUser") - disabled_before == len(targets)
+    for _, email in targets:
+        assert moto_cognito.find(email)["Enabled"] is False  # type: ignore[index]
+
+
+async def test_creates_against_a_hanging_cognito_end_at_the_deadline_and_health_stays_up(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    deadline = 3.0
+    settings = make_settings(
+        fresh_database_url,
+        cognito_jwks_url=jwks_server.url,
+        cognito_deadline_seconds=deadline,
+        # Each call alone could wait longer than the deadline: the deadline must cut it.
+        aws_read_timeout_seconds=10,
+    )
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    adapter = proxied_adapter(proxy, moto_cognito, settings)
+    proxy.fail("AdminCreateUser", Fault("hang"))
+    bodies = [new_user() for _ in range(8)]
+    async with live_app(settings, cognito=adapter) as live:
+        creates = [
+            asyncio.ensure_future(timed(live.client.post(USERS, json=body, headers=admin)))
+            for body in bodies
+        ]
+        probes: list[tuple[httpx.Response, float]] = []
+        while not all(create.done() for create in creates):
+            probes.append(await timed(live.client.get("/health")))
+            await asyncio.sleep(0.3)
+        results = [create.result() for create in creates]
+        proxy.heal()
+    for response, seconds in results:
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "directory_timeout"
+        assert int(response.headers["Retry-After"]) > 0
+        assert seconds < deadline + 2, seconds
+    assert len(probes) >= 5
+    for health, seconds in probes:
+        assert health.status_code == 200
+        assert seconds < 3, seconds
+    rows = await execute_sql(fresh_database_url, "SELECT lower(email) FROM users")
+    for body in bodies:
+        assert body["email"] not in {row[0] for row in rows}
+        assert moto_cognito.find(body["email"]) is None
+
+
+async def test_a_read_only_database_is_503_and_the_pool_recovers_when_the_writer_is_back(
+    own_pg: OwnPostgres,
+    own_database: str,
+    jwks_server: JWKSServer,
+    moto_cognito: MotoCognito,
+) -> None:
+    settings = make_settings(own_database, cognito_jwks_url=jwks_server.url)
+    admin = bearer((await add_user(own_database, Role.ADMIN)).cognito_user_id)
+    target = await add_user(own_database, Role.DISPATCHER)
+    database = own_database.rsplit("/", 1)[-1]
+    async with live_app(settings, cognito=moto_cognito.adapter()) as live:
+        rename = {"full_name": "Renamed"}
+        assert (
+            await live.client.put(f"{USERS}/{target.id}", json=rename, headers=admin)
+        ).status_code == 200
+
+        # A failover: every connection is cut, and the instance they reach again is a reader.
+        own_pg.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        own_pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+        update = await live.client.put(f"{USERS}/{target.id}", json=rename, headers=admin)
+        assert update.status_code == 503, update.text
+        assert update.json()["code"] == "database_unavailable"
+        assert int(update.headers["Retry-After"]) > 0
+        body = new_user()
+        create = await live.client.post(USERS, json=body, headers=admin)
+        assert create.status_code == 503, create.text
+        # Nothing half-written: the Cognito user the create made was deleted again.
+        assert moto_cognito.find(body["email"]) is None
+
+        own_pg.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        # Connections opened while it was a reader are dropped at their first refusal.
+        statuses = []
+        started = time.monotonic()
+        while (not statuses or statuses[-1] != 200) and time.monotonic() - started < 10:
+            response = await live.client.put(f"{USERS}/{target.id}", json=rename, headers=admin)
+            statuses.append(response.status_code)
+        assert statuses[-1] == 200, statuses
+        assert len(statuses) <= 3, statuses
+        for _ in range(5):
+            response = await live.client.put(f"{USERS}/{target.id}", json=rename, headers=admin)
+            assert response.status_code == 200
+        assert live.checked_out() == 0
