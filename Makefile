@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYTHONPATH := backend
 
-.PHONY: help run stop token test lint typecheck migrations-check pytest tools bench fuzz soak clean
+.PHONY: help run stop token test lint typecheck migrations-check pytest tools openapi bench fuzz soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ migrations-check: $(STAMP) ## alembic check on a throwaway embedded database
 
 pytest: $(STAMP) tools ## The test suite (real PostgreSQL, moto Cognito)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+openapi: $(STAMP) ## Write the app's OpenAPI document to openapi.json (commit it with the change)
+	$(PY) -m devtools.openapi openapi.json
 
 test: lint typecheck migrations-check pytest ## Everything CI runs
 
