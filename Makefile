@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYTHONPATH := backend
 
-.PHONY: help run stop token test lint typecheck migrations-check pytest tools bench fuzz soak clean
+.PHONY: help run stop token test lint typecheck migrations-check pytest tools openapi client-check bench fuzz soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ stop: $(STAMP) ## Stop everything make run started: API, Cognito emulator, embed
 token: $(STAMP) ## Sign in as any user of the running make run and print a token (EMAIL=...)
 	@$(PY) -m devtools.token $(if $(EMAIL),--email '$(EMAIL)')
 
-tools: ## Install the system tools the tests need (nginx, systemd-analyze, Chromium) with apt
+tools: ## Install the system tools the tests need (nginx, systemd-analyze, Chromium, Node.js) with apt
 	@bash scripts/install_test_tools.sh
 
 lint: $(STAMP) ## ruff check + ruff format --check + import contracts (layers, no cycles)
@@ -48,7 +48,23 @@ migrations-check: $(STAMP) ## alembic check on a throwaway embedded database
 pytest: $(STAMP) tools ## The test suite (real PostgreSQL, moto Cognito)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: lint typecheck migrations-check pytest ## Everything CI runs
+openapi: $(STAMP) ## Write the app's OpenAPI document to openapi.json (commit it with the change)
+	$(PY) -m devtools.openapi openapi.json
+
+# The SPA's view of the API: a TypeScript client generated from openapi.json with
+# @hey-api/openapi-ts, and code that uses it, type-checked with tsc --strict. node_modules is
+# installed with `npm ci` only when the lock file changed (the stamp is named after its checksum).
+TS_CLIENT := clients/typescript
+TS_STAMP := $(TS_CLIENT)/node_modules/.installed-$(shell cksum < $(TS_CLIENT)/package-lock.json | cut -d' ' -f1)
+
+$(TS_STAMP): $(TS_CLIENT)/package-lock.json | tools
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	@rm -f $(TS_CLIENT)/node_modules/.installed-*; touch $@
+
+client-check: $(TS_STAMP) ## Generate the TypeScript client from openapi.json and type-check it (tsc --strict)
+	cd $(TS_CLIENT) && rm -rf generated && npx --no-install openapi-ts --silent && npx --no-install tsc -p .
+
+test: lint typecheck migrations-check client-check pytest ## Everything CI runs
 
 fuzz: $(STAMP) ## Property-based tests of every operation with a large budget (FUZZ_EXAMPLES=300)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(VENV)/bin/pytest -p no:cacheprovider backend/tests/hardening/test_fuzz.py $(PYTEST_ARGS)

@@ -12,13 +12,13 @@ from typing import TypedDict
 import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api.docs import install_docs
 from app.api.v1 import API_PREFIX
 from app.api.v1 import routers as v1_routers
 from app.api.v1.health import router as health_router
+from app.core import cors
 from app.core.config import Settings, load_settings
 from app.core.db import (
     DatabaseConnector,
@@ -147,12 +147,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     register_error_handlers(app)
     app.add_middleware(
-        CORSMiddleware,
+        cors.ApiCORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Location", "Retry-After", "ETag"],
-        max_age=600,
+        allow_methods=cors.METHODS,
+        allow_headers=cors.REQUEST_HEADERS,
+        expose_headers=cors.EXPOSED_HEADERS,
+        max_age=cors.PREFLIGHT_MAX_AGE_SECONDS,
     )
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)

@@ -15,8 +15,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.logging import request_id_var
 from app.core.middleware import REQUEST_ID_SCOPE_KEY
@@ -180,10 +182,28 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(request, 422, "validation_error", problems)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path, sorted."""
+    # A copy: matching writes into the scope it is given.
+    scope = dict(request.scope)
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     code = _HTTP_CODES.get(error.status_code, "http_error")
-    return error_response(request, error.status_code, code, str(error.detail), error.headers)
+    headers = error.headers
+    if error.status_code == 405:
+        # The router answers 405 from the first route whose path matched, and names only that
+        # route's methods; RFC 9110 wants every method the resource has (GET and POST on
+        # /users are two routes).
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return error_response(request, error.status_code, code, str(error.detail), headers)
 
 
 async def _dependency_error(request: Request, error: Exception) -> JSONResponse:

@@ -46,6 +46,10 @@ USER_LOOKUP: Final = LifespanItem[UserLookup]("user_lookup")
 
 # The OpenAPI security scheme every protected operation names.
 BEARER_SCHEME_NAME: Final = "HTTPBearer"
+# The caller, once authenticated in this request. A route that checks credentials before it
+# reads its body (`app.api.routing`) runs this dependency early; the second call reuses the
+# answer, so a request is authenticated once.
+PRINCIPAL_SCOPE_KEY: Final = "one_system.principal"
 
 
 class RoleRequirement(HTTPBearer):
@@ -62,7 +66,9 @@ class RoleRequirement(HTTPBearer):
         self._refusal = f"This action requires the role {', '.join(sorted(allowed))}"
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        user = await _authenticate(request)
+        user: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+        if user is None:
+            user = request.scope[PRINCIPAL_SCOPE_KEY] = await _authenticate(request)
         if user.role not in self.allowed:
             raise ForbiddenError(self._refusal)
         return user

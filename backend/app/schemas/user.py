@@ -2,55 +2,140 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Final, Self
 
 from pydantic import (
+    MISSING,
     AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
+from pydantic.config import JsonDict
+from pydantic.json_schema import WithJsonSchema
 
 from app.core.roles import Role
 from app.models.user import PROVINCE_LENGTH
 
 FULL_NAME_LENGTH = 200
+# RFC 5321's limit on a forward path, which Cognito and email-validator apply too.
+EMAIL_LENGTH = 254
 
-# PostgreSQL text cannot hold NUL: refuse it as bad input here instead of failing in the database.
-NO_NUL = r"^[^\x00]*$"
+# The whitespace stripped from text: Unicode White_Space, which pydantic's `strip_whitespace`
+# removed before, so what is stored does not change. Spelled out, because JSON Schema patterns
+# are ECMA-262 regexes whose `\s` is a different set; `\uXXXX` reads the same in Python's `re`,
+# ECMA-262 and the Rust regex engine.
+_WHITESPACE_CODES: Final = (
+    *range(0x09, 0x0E),
+    0x20,
+    0x85,
+    0xA0,
+    0x1680,
+    *range(0x2000, 0x200B),
+    0x2028,
+    0x2029,
+    0x202F,
+    0x205F,
+    0x3000,
+)
+WHITESPACE: Final = "".join(map(chr, _WHITESPACE_CODES))
+# Something besides whitespace, and no NUL anywhere (PostgreSQL text cannot hold NUL).
+TEXT_PATTERN: Final = (
+    r"^[^\u0000]*[^\u0000"
+    + "".join(f"\\u{code:04x}" for code in _WHITESPACE_CODES)
+    + r"][^\u0000]*$"
+)
+_TEXT = re.compile(TEXT_PATTERN)
+
+
+def _stripped_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if not _TEXT.match(value):
+        raise ValueError("should have at least 1 character other than whitespace")
+    return value.strip(WHITESPACE)
+
+
+def _text_schema(max_length: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": TEXT_PATTERN}
+    )
+
+
+# Required text: at most N characters as sent, not blank, no NUL; surrounding whitespace is
+# removed. The limits apply to the text as sent, so the schema's `maxLength` and `pattern` say
+# exactly what is accepted (stripping first would accept longer text than the schema allows).
+_STRIPPED_TEXT: Final = AfterValidator(_stripped_text)
 FullName = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=FULL_NAME_LENGTH, pattern=NO_NUL
-    ),
+    StringConstraints(min_length=1, max_length=FULL_NAME_LENGTH),
+    _STRIPPED_TEXT,
+    _text_schema(FULL_NAME_LENGTH),
 ]
 Province = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=PROVINCE_LENGTH, pattern=NO_NUL
-    ),
+    StringConstraints(min_length=1, max_length=PROVINCE_LENGTH),
+    _STRIPPED_TEXT,
+    _text_schema(PROVINCE_LENGTH),
+]
+SEARCH_LENGTH = 100
+SearchText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=SEARCH_LENGTH),
+    _STRIPPED_TEXT,
+    _text_schema(SEARCH_LENGTH),
 ]
 # Cognito and the unique index both compare emails case-insensitively; storing one spelling
 # keeps lookups, the Cognito username and the index in agreement.
-LowerCaseEmail = Annotated[EmailStr, AfterValidator(str.lower)]
+LowerCaseEmail = Annotated[EmailStr, Field(max_length=EMAIL_LENGTH), AfterValidator(str.lower)]
 
 PROVINCE_ONLY_FOR_OFFICERS = "responsible_province is only for the OFFICER role"
 PROVINCE_REQUIRED_FOR_OFFICERS = "responsible_province is required for the OFFICER role"
 
+_ROLE_IS_OFFICER: Final[JsonDict] = {
+    "properties": {"role": {"const": Role.OFFICER.value}},
+    "required": ["role"],
+}
+_PROVINCE_A_STRING_IF_GIVEN: Final[JsonDict] = {
+    "properties": {"responsible_province": {"type": "string"}}
+}
+_PROVINCE_GIVEN: Final[JsonDict] = {
+    "required": ["responsible_province"],
+    **_PROVINCE_A_STRING_IF_GIVEN,
+}
+_PROVINCE_ABSENT_OR_NULL: Final[JsonDict] = {
+    "properties": {"responsible_province": {"type": "null"}}
+}
+
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The OFFICER <-> province rule as JSON Schema (2020-12, which OpenAPI 3.1 uses), so
+    # clients and generated tests know it before the server says 422.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": _ROLE_IS_OFFICER,
+            "then": _PROVINCE_GIVEN,
+            "else": _PROVINCE_ABSENT_OR_NULL,
+        },
+    )
 
     full_name: FullName
     email: LowerCaseEmail
     role: Role
-    responsible_province: Province | None = None
+    responsible_province: Province | None = Field(
+        default=None,
+        description="The province an OFFICER handles: required for OFFICER, "
+        "absent or null for every other role.",
+    )
 
     @model_validator(mode="after")
     def _province_matches_role(self) -> Self:
@@ -64,19 +149,47 @@ class UserCreate(BaseModel):
 class UserUpdate(BaseModel):
     """Only the fields sent are changed; the email is the sign-in name and cannot change."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A field left out keeps its value; `null` is refused except for the province (clear it).
+    # MISSING (not None) as the default keeps `null` out of the schema of the other fields.
+    # What the province rule needs of the stored user (a role that stays OFFICER keeps its
+    # province) cannot be stated here; what the request alone decides is.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": _ROLE_IS_OFFICER,
+            "then": _PROVINCE_A_STRING_IF_GIVEN,
+            "else": {"if": {"required": ["role"]}, "then": _PROVINCE_ABSENT_OR_NULL},
+        },
+    )
 
-    full_name: FullName | None = None
-    role: Role | None = None
-    responsible_province: Province | None = None
-    is_active: bool | None = None
+    full_name: FullName | MISSING = MISSING
+    role: Role | MISSING = Field(
+        default=MISSING,
+        description="A new role. Leaving OFFICER drops the province; becoming OFFICER needs "
+        "one, sent here or already stored.",
+    )
+    responsible_province: Province | MISSING | None = Field(
+        default=MISSING,
+        description="The province an OFFICER handles; null clears it. A user who is or "
+        "becomes an OFFICER must keep one.",
+    )
+    is_active: bool | MISSING = MISSING
+
+    @field_validator("full_name", "role", "is_active", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep its value")
+        return value
 
     @model_validator(mode="after")
-    def _no_nulls_for_required_fields(self) -> Self:
-        # `null` only means something for the province (clear it); elsewhere it is a mistake.
-        for name in ("full_name", "role", "is_active"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+    def _province_matches_a_new_role(self) -> Self:
+        if self.role is MISSING or self.responsible_province is MISSING:
+            return self
+        if self.role is Role.OFFICER and self.responsible_province is None:
+            raise ValueError(PROVINCE_REQUIRED_FOR_OFFICERS)
+        if self.role is not Role.OFFICER and self.responsible_province is not None:
+            raise ValueError(PROVINCE_ONLY_FOR_OFFICERS)
         return self
 
 
@@ -130,7 +243,6 @@ class UserSort(StrEnum):
 
 
 MAX_PAGE = 1_000_000
-SEARCH_LENGTH = 100
 
 
 class UserListParams(BaseModel):
@@ -143,11 +255,7 @@ class UserListParams(BaseModel):
     role: Role | None = None
     is_active: bool | None = None
     province: Province | None = None
-    q: Annotated[
-        str | None,
-        StringConstraints(
-            strip_whitespace=True, min_length=1, max_length=SEARCH_LENGTH, pattern=NO_NUL
-        ),
-        Field(description="Case-insensitive substring of the name or the email"),
-    ] = None
+    q: SearchText | None = Field(
+        None, description="Case-insensitive substring of the name or the email"
+    )
     sort: UserSort = UserSort.CREATED_AT_DESC

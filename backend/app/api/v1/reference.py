@@ -12,6 +12,7 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.api.deps import ReferenceCacheDep
+from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
@@ -72,7 +73,7 @@ def _cached_json(
     return Response(rendered.body, media_type="application/json", headers=headers)
 
 
-router = APIRouter(prefix="/reference", tags=["reference"])
+router = APIRouter(prefix="/reference", tags=["reference"], route_class=CredentialsFirstRoute)
 
 
 @router.get("/service-types", response_model=list[ServiceTypeResponse], responses=CACHED_RESPONSES)

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import CognitoDep, DirectorySyncDep, UserCountsDep
+from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
@@ -58,7 +59,7 @@ RESET_RESPONSES: Responses = {
     },
 }
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], route_class=CredentialsFirstRoute)
 
 
 def _managed(user: User, *, directory_in_step: bool) -> ManagedUserResponse:
