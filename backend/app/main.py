@@ -98,7 +98,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # Its sessions evict the users they commit from this worker's cache at once.
         sessionmaker = create_sessionmaker(engine, session_class_evicting_from(user_cache))
         cognito = CognitoUserPool.from_settings(settings)
-        directory_sync = DirectorySync(sessionmaker, read_sessions, cognito)
+        # The worker's own connection: background work never takes a request's place in the
+        # pool, and requests never hold up the worker.
+        worker_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
+        directory_sync = DirectorySync(
+            create_sessionmaker(worker_engine), create_read_sessionmaker(worker_engine), cognito
+        )
         directory_sync.start()
         health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
         try:
@@ -126,6 +131,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             await jwks.aclose()
             await engine.dispose()
             await health_engine.dispose()
+            await worker_engine.dispose()
 
     return lifespan
 

@@ -217,9 +217,15 @@ class JWKSCache:
             raise TokenError("kid not in JWKS")
 
     async def preload(self) -> bool:
-        """Fetch the keys once, for app startup. Never raises: startup must not need the IdP."""
+        """Fetch the keys once, for app startup. Never raises: startup must not need the IdP.
+
+        A request that needed the keys before the preload ran has fetched them already; the
+        preload then has nothing left to do.
+        """
         try:
             async with self._lock:
+                if not self._is_stale():
+                    return True
                 return await self._refresh()
         except Exception:
             logger.exception("JWKS preload failed unexpectedly")

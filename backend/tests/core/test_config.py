@@ -152,12 +152,30 @@ def test_credentials_from_secret(
     assert credentials.password.get_secret_value() == "rotated!"
 
 
+def test_a_secret_rds_manages_takes_the_host_and_database_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch, secrets: object
+) -> None:
+    # RDS's own secret for the master user holds the user name and the password only.
+    secret_env(monkeypatch)
+    set_env(monkeypatch, {"DB_HOST": "aurora.internal", "DB_PORT": "6432", "DB_NAME": "onesystem"})
+    document = {"username": "svc", "password": "rotated!"}
+    secrets.create_secret(Name=SECRET_ID, SecretString=json.dumps(document))  # type: ignore[attr-defined]
+    credentials = fetch_database_credentials(load_database_settings())
+    assert (credentials.host, credentials.port, credentials.user, credentials.name) == (
+        "aurora.internal",
+        6432,
+        "svc",
+        "onesystem",
+    )
+
+
 @pytest.mark.parametrize(
     ("secret_string", "complaint"),
     [
         ("this is not json", "not a JSON object"),
         ('["a", "list"]', "not a JSON object"),
         (json.dumps({"host": "h", "port": 5432, "username": "u", "dbname": "d"}), "password"),
+        (json.dumps({"username": "u", "password": "topsecret"}), "host, dbname"),
         (
             json.dumps(
                 {"host": "h", "port": "x", "username": "u", "password": "topsecret", "dbname": "d"}

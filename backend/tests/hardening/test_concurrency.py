@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from app.core.roles import Role
 from app.models.user import User
-from tests.api.conftest import make_settings
+from tests.api.conftest import directory_caught_up, make_settings
 from tests.hardening.harness import LiveApp, add_user, bearer, live_app
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito
@@ -66,11 +66,13 @@ async def test_parallel_role_changes_end_with_one_role_on_both_sides(
     responses = await asyncio.gather(
         *(live.client.put(f"{USERS}/{user_id}", json=c, headers=headers) for c in changes)
     )
-    # The row lock serialises them: every change applies, one after another.
+    # The row lock serialises them: every change applies, one after another, and Cognito
+    # follows the last one.
     assert [response.status_code for response in responses] == [200] * len(changes), [
         response.text for response in responses if response.status_code != 200
     ]
     final = await row(fresh_database_url, user_id)
+    await directory_caught_up(live.state)
     assert moto_cognito.groups_of(email) == {final.role.value}
     assert (final.role is Role.OFFICER) == (final.responsible_province is not None)
     assert live.checked_out() == 0
@@ -92,6 +94,7 @@ async def test_parallel_deactivations_and_reactivations_agree_on_both_sides(
     )
     assert {response.status_code for response in responses} == {200}
     final = await row(fresh_database_url, user_id)
+    await directory_caught_up(live.state)
     cognito_user = moto_cognito.find(email)
     assert cognito_user is not None
     assert cognito_user["Enabled"] is final.is_active

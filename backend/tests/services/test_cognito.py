@@ -17,12 +17,19 @@ from app.core.errors import (
 )
 from app.core.roles import Role
 from app.schemas.user import PasswordResetOutcome
-from app.services.cognito import CognitoUserPool, DirectoryMismatchError, EmailTakenError
+from app.services.cognito import (
+    AnswerLostError,
+    CognitoUserPool,
+    DirectoryMismatchError,
+    DirectoryTimeoutError,
+    EmailTakenError,
+)
 from tests.api.conftest import make_settings
 from tests.support.moto_cognito import (
     DUMMY_CREDENTIALS_ENV,
     MotoCognito,
     aws_error_response,
+    cognito_client,
     fail_operation,
     running_moto_cognito,
     silent_endpoint,
@@ -173,12 +180,46 @@ async def test_read_timeout_is_503_and_the_event_loop_keeps_running(
         started = time.monotonic()
         try:
             with pytest.raises(ServiceUnavailableError):
-                await cognito.create_user(new_email())
+                await cognito.get_user(new_email())
         finally:
             ticker.cancel()
     assert 0.4 < time.monotonic() - started < 5
     # The boto3 call waited in a worker thread; the loop went on serving other tasks.
     assert ticks >= 5
+
+
+async def test_a_create_whose_answer_never_came_may_have_happened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read timeout after the request went out: Cognito may have created the user. The caller
+    # must look before it answers (app.services.users), so this is not a plain 503.
+    with silent_endpoint() as endpoint:
+        cognito = adapter_for_endpoint(
+            monkeypatch, endpoint, aws_read_timeout_seconds=0.5, aws_max_attempts=2
+        )
+        with pytest.raises(AnswerLostError):
+            await cognito.create_user(new_email())
+
+
+async def test_a_create_that_never_connected_did_not_happen() -> None:
+    cognito = CognitoUserPool(cognito_client(unreachable_endpoint()), "ap-southeast-1_x")
+    with pytest.raises(ServiceUnavailableError) as raised:
+        await cognito.create_user(new_email())
+    assert not isinstance(raised.value, AnswerLostError)
+
+
+async def test_the_deadline_cuts_a_call_that_would_wait_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with silent_endpoint() as endpoint:
+        cognito = adapter_for_endpoint(
+            monkeypatch, endpoint, aws_read_timeout_seconds=10, aws_max_attempts=1
+        )
+        started = time.monotonic()
+        with cognito.within_deadline(0.5), pytest.raises(DirectoryTimeoutError):
+            await cognito.get_user(new_email())
+    # A bound for correctness: the call's own timeout (10 s) never came into play.
+    assert time.monotonic() - started < 5
 
 
 async def test_reset_password_of_a_confirmed_user(moto: MotoCognito) -> None:

@@ -298,6 +298,7 @@ def cached_user() -> AuthenticatedUser:
         is_active=True,
         created_at=now,
         updated_at=now,
+        sessions_revoked_at=None,
     )
 
 

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.errors import ConflictError, ServiceUnavailableError
+from app.core.errors import ConflictError
 from app.core.roles import Role
+from app.models.directory_outbox import DirectoryOutboxEntry
 from app.models.user import User
 from app.schemas.user import UserUpdate
 from app.services.cognito import CognitoUserPool
-from app.services.users import update_user
+from app.services.directory_sync import DirectorySync
+from app.services.users import sessions_revoked_now, update_user
 from tests.support.moto_cognito import cognito_client, unreachable_endpoint
 
 
-def unused_cognito() -> CognitoUserPool:
-    # The rule refuses before Cognito is called; a call would fail loudly with a 503.
-    return CognitoUserPool(cognito_client(unreachable_endpoint()), "ap-southeast-1_unused")
+def directory(db_session: AsyncSession) -> DirectorySync:
+    """An outbox writer that is never started: these tests look at what a change records."""
+    sessions = async_sessionmaker(bind=db_session.bind)
+    cognito = CognitoUserPool(cognito_client(unreachable_endpoint()), "ap-southeast-1_unused")
+    return DirectorySync(sessions, sessions, cognito)
 
 
 async def add_user(session: AsyncSession, role: Role, *, is_active: bool = True) -> User:
@@ -47,7 +52,7 @@ async def test_the_last_active_admin_cannot_be_deactivated_or_demoted(
     with pytest.raises(ConflictError, match="last active admin"):
         await update_user(
             db_session,
-            unused_cognito(),
+            directory(db_session),
             last_admin.id,
             UserUpdate.model_validate(change),
             actor_id=former_admin.id,
@@ -62,8 +67,44 @@ async def test_with_another_active_admin_the_rule_lets_a_demotion_through(
     await db_session.execute(update(User).where(User.role == Role.ADMIN).values(is_active=False))
     target = await add_user(db_session, Role.ADMIN)
     actor = await add_user(db_session, Role.ADMIN)
-    # Past the rule, the service goes to Cognito: unreachable here, so the refusal is a 503.
-    with pytest.raises(ServiceUnavailableError):
-        await update_user(
-            db_session, unused_cognito(), target.id, UserUpdate(is_active=False), actor_id=actor.id
-        )
+    changed = await update_user(
+        db_session, directory(db_session), target.id, UserUpdate(is_active=False), actor_id=actor.id
+    )
+    assert changed.user.is_active is False
+    assert changed.directory_in_step is False
+    # The promise to Cognito is in the same transaction as the change.
+    recorded = await db_session.scalars(
+        select(DirectoryOutboxEntry.user_id).where(DirectoryOutboxEntry.user_id == target.id)
+    )
+    assert list(recorded) == [target.id]
+
+
+async def test_a_deactivation_revokes_every_token_issued_until_now_and_no_later_one(
+    db_session: AsyncSession,
+) -> None:
+    target = await add_user(db_session, Role.DISPATCHER)
+    actor = await add_user(db_session, Role.ADMIN)
+    before = time.time()
+    await update_user(
+        db_session, directory(db_session), target.id, UserUpdate(is_active=False), actor_id=actor.id
+    )
+    revoked_at = target.sessions_revoked_at
+    assert revoked_at is not None
+    # A token's iat has whole seconds: each one issued so far is before the revocation.
+    assert int(before) < revoked_at.timestamp() <= int(time.time()) + 1
+    assert revoked_at.timestamp() == int(revoked_at.timestamp())
+    assert sessions_revoked_now() >= revoked_at
+
+
+async def test_a_rename_records_no_directory_work(db_session: AsyncSession) -> None:
+    target = await add_user(db_session, Role.DISPATCHER)
+    actor = await add_user(db_session, Role.ADMIN)
+    changed = await update_user(
+        db_session,
+        directory(db_session),
+        target.id,
+        UserUpdate(full_name="Renamed"),
+        actor_id=actor.id,
+    )
+    assert changed.directory_in_step is True
+    assert target.sessions_revoked_at is None
