@@ -35,6 +35,8 @@ from typing import IO
 
 from sqlalchemy.engine import URL, make_url
 
+from devtools.processes import port_is_free
+
 SUPERUSER = "postgres"
 # PostgreSQL refuses to run as root; when we are root, the server runs as this system user.
 SYSTEM_USER = "embedded-pg"
@@ -243,7 +245,7 @@ class EmbeddedPostgres(PsqlAdmin):
                 self._pg_ctl_start(port, run_as)
             except PostgresError:
                 # Another process may have taken a port we chose between probe and bind.
-                if attempt + 1 == attempts or _port_is_free(port):
+                if attempt + 1 == attempts or port_is_free(port):
                     raise
                 continue
             self._port_file.write_text(f"{port}\n")
@@ -272,7 +274,7 @@ class EmbeddedPostgres(PsqlAdmin):
         if reuse_recorded:
             with contextlib.suppress(OSError, ValueError):
                 recorded = int(self._port_file.read_text())
-                if _port_is_free(recorded):
+                if port_is_free(recorded):
                     return recorded
         return _free_port()
 
@@ -386,18 +388,6 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # As the postmaster does: connections of a just-stopped server linger in TIME_WAIT and
-        # would otherwise make its own port look taken.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _free_port() -> int:

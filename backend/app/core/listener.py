@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from app.core.tasks import BackgroundTask
+
 logger = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
@@ -52,7 +54,7 @@ class NotificationListener:
         self._max_backoff = max_backoff
         self._subscriptions: dict[str, _Subscription] = {}
         self._listening = False
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._listen_forever, "notification-listener")
 
     @property
     def listening(self) -> bool:
@@ -62,21 +64,14 @@ class NotificationListener:
     def subscribe(
         self, channel: str, on_notification: Callable[[str], None], on_lost: Callable[[], None]
     ) -> None:
-        """LISTEN to `channel` too; call before `start`."""
-        if self._task is not None:
-            raise RuntimeError("subscribe before the listener starts")
+        """LISTEN to `channel` too; call before `start` (a running listener would miss it)."""
         self._subscriptions[channel] = _Subscription(on_notification, on_lost)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen_forever(), name="notification-listener")
+        self._task.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.aclose()
 
     def _lost(self) -> None:
         self._listening = False

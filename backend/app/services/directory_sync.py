@@ -39,6 +39,7 @@ from app.core.compensation import after_commit
 from app.core.db import ReadSessions, Sessionmaker
 from app.core.errors import DomainError
 from app.core.roles import Role
+from app.core.tasks import BackgroundTask
 from app.models.directory_outbox import LAST_ERROR_LENGTH, DirectoryOutboxEntry
 from app.models.user import User
 from app.services.cognito import CognitoUserPool, DirectoryMismatchError
@@ -67,7 +68,7 @@ class DirectorySync:
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._run_forever, "directory-sync")
 
     # -- what a user change does ------------------------------------------------------------
 
@@ -89,15 +90,10 @@ class DirectorySync:
     # -- the worker -------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run_forever(), name="directory-sync")
+        self._task.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.aclose()
 
     async def _run_forever(self) -> None:
         while True:

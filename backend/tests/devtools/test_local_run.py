@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from devtools.local_cognito import LOCAL_ADMIN_EMAIL
+from devtools.processes import port_is_free
 from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -133,16 +134,6 @@ def is_running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_until_gone(pids: list[int], seconds: float = 10) -> list[int]:

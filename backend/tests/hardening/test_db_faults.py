@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,21 @@ async def app_with_admin(
     settings = make_settings(own_database, cognito_jwks_url=jwks_server.url)
     async with live_app(settings) as live:
         yield live, bearer(admin.cognito_user_id)
+
+
+@asynccontextmanager
+async def locked(database_url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked against every statement by another session, until the block ends."""
+    url = make_url(database_url)
+    holder = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    try:
+        async with holder.transaction():
+            await holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await holder.close()
 
 
 def assert_unavailable(response: httpx.Response) -> None:
@@ -149,25 +165,15 @@ async def test_a_lock_that_blocks_every_query_is_503_not_a_hang(
 ) -> None:
     live, headers = app_with_admin
     await assert_serving(live, headers)
-    url = make_url(own_database)
-    holder = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
-    try:
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    async with locked(own_database, "users"):
         # Twenty callers: seven reach a connection and wait on the lock until the statement
         # timeout (5 s); the others wait for a connection until the pool timeout (3 s).
         results = await asyncio.gather(
             *(timed(live.client.get(USERS, headers=headers)) for _ in range(20))
         )
-        for response, seconds in results:
-            assert_unavailable(response)
-            assert seconds < 5.0 + 2, seconds
-        await transaction.rollback()
-    finally:
-        await holder.close()
+    for response, seconds in results:
+        assert_unavailable(response)
+        assert seconds < 5.0 + 2, seconds
     await assert_serving(live, headers)
 
 
@@ -198,18 +204,8 @@ async def test_every_read_path_answers_503_when_its_query_times_out(
         # Warm: the admin's row cached, and the unfiltered list's count with it.
         assert (await live.client.get(USERS, headers=admin_headers)).status_code == 200
         headers = bearer(stranger.cognito_user_id) if path == ME else admin_headers
-        url = make_url(own_database)
-        holder = await asyncpg.connect(
-            host=url.host, port=url.port, user=url.username, database=url.database
-        )
-        try:
-            transaction = holder.transaction()
-            await transaction.start()
-            await holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        async with locked(own_database, table):
             response = await live.client.get(path, headers=headers)
-            await transaction.rollback()
-        finally:
-            await holder.close()
         assert_unavailable(response)
         assert (await live.client.get(path, headers=headers)).status_code == 200
         assert live.checked_out() == 0
