@@ -38,6 +38,7 @@ from app.core.secrets import fetch_database_credentials
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
+from app.services.pool_check import start_pool_check
 from app.services.reference import ReferenceCache
 from app.services.user_cache import (
     ActiveUsers,
@@ -98,6 +99,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # Its sessions evict the users they commit from this worker's cache at once.
         sessionmaker = create_sessionmaker(engine, session_class_evicting_from(user_cache))
         cognito = CognitoUserPool.from_settings(settings)
+        # Says once whether the pool is as this system needs it, without holding up startup.
+        pool_check = start_pool_check(cognito, settings)
         # The worker's own connection: background work never takes a request's place in the
         # pool, and requests never hold up the worker.
         worker_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
@@ -124,6 +127,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 health_engine=health_engine,
             )
         finally:
+            if pool_check is not None:
+                pool_check.cancel()
             await directory_sync.aclose()
             if listener is not None:
                 await listener.aclose()

@@ -84,7 +84,12 @@ def _create_pool(cognito: CognitoIdentityProviderClient) -> tuple[str, str]:
     client = cognito.create_user_pool_client(
         UserPoolId=pool_id,
         ClientName="one-system-spa",
-        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+        # SRP for the SPA, as the pool check asks of a real pool; USER_PASSWORD for make token.
+        ExplicitAuthFlows=[
+            "ALLOW_USER_SRP_AUTH",
+            "ALLOW_USER_PASSWORD_AUTH",
+            "ALLOW_REFRESH_TOKEN_AUTH",
+        ],
     )["UserPoolClient"]
     for role in Role:
         cognito.create_group(GroupName=role.value, UserPoolId=pool_id)

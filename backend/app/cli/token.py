@@ -68,12 +68,12 @@ def sign_in(
     A NEW_PASSWORD_REQUIRED challenge is answered with ``new_password``, else with what
     ``ask_new_password`` returns; with neither, it is an error.
     """
-    cognito = _client(region)
+    client = _client(region)
     parameters = {"USERNAME": email, "PASSWORD": password}
     if client_secret:
         parameters["SECRET_HASH"] = _secret_hash(email, client_id, client_secret)
     try:
-        response: Any = cognito.initiate_auth(
+        response: Any = client.initiate_auth(
             ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH", AuthParameters=parameters
         )
         if response.get("ChallengeName") == "NEW_PASSWORD_REQUIRED":
@@ -87,7 +87,7 @@ def sign_in(
             answers = {"USERNAME": username, "NEW_PASSWORD": new_password}
             if client_secret:
                 answers["SECRET_HASH"] = _secret_hash(username, client_id, client_secret)
-            response = cognito.respond_to_auth_challenge(
+            response = client.respond_to_auth_challenge(
                 ClientId=client_id,
                 ChallengeName="NEW_PASSWORD_REQUIRED",
                 Session=response["Session"],

@@ -133,6 +133,8 @@ class Settings(DatabaseAccessSettings):
     # All the Cognito work of one request, retries included: below Nginx's 30 s proxy timeout
     # with room for the database work around it.
     cognito_deadline_seconds: float = Field(default=8.0, gt=0, le=20)
+    # At startup, in the background: is the pool as this system needs it (logged once)?
+    cognito_pool_check: bool = True
     # The per-worker cache of active users needs a LISTEN connection; behind RDS Proxy or
     # PgBouncer in transaction mode LISTEN does not work, so it can be turned off there.
     user_cache: bool = True

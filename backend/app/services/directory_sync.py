@@ -42,13 +42,33 @@ from app.core.roles import Role
 from app.core.tasks import BackgroundTask
 from app.models.directory_outbox import LAST_ERROR_LENGTH, DirectoryOutboxEntry
 from app.models.user import User
-from app.services.cognito import CognitoUserPool, DirectoryMismatchError
+from app.services.cognito import ROLE_GROUPS, CognitoUserPool, DirectoryMismatchError
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS: Final = 30.0
 LEASE_SECONDS: Final = 60.0
-ROLE_GROUPS: Final = frozenset(role.value for role in Role)
+
+
+async def match_user(cognito: CognitoUserPool, username: str, role: Role, is_active: bool) -> None:
+    """Make the Cognito user enabled as `is_active` and in exactly its role's group.
+
+    What the worker does for each outbox row, and the reconcile command for drift it repairs.
+    Groups that are not role groups are left alone.
+    """
+    await cognito.set_enabled(username, is_active)
+    groups = await cognito.groups_of(username)
+    for stale in sorted((groups & set(ROLE_GROUPS)) - {role.value}):
+        await cognito.remove_from_group(username, Role(stale))
+    if role.value not in groups:
+        await cognito.add_to_group(username, role)
+    if not is_active:
+        try:
+            # Revokes refresh tokens, so no new access tokens; those already issued are
+            # refused by the API (sessions_revoked_at). Best effort: not worth a retry.
+            await cognito.sign_out_everywhere(username)
+        except DomainError as error:
+            logger.warning("directory sync: global sign-out failed (%s)", error.code)
 
 
 class DirectorySync:
@@ -121,7 +141,7 @@ class DirectorySync:
         for entry_id, user_id in claimed:
             by_user.setdefault(user_id, []).append(entry_id)
         for user_id, entry_ids in by_user.items():
-            await self._carry_out(user_id, entry_ids)
+            await self.carry_out(user_id, entry_ids)
         return len(claimed)
 
     async def _claim(self) -> Sequence[tuple[int, uuid.UUID]]:
@@ -144,43 +164,37 @@ class DirectorySync:
             )
             return [(row.id, row.user_id) for row in result]
 
-    async def _carry_out(self, user_id: uuid.UUID, entry_ids: list[int]) -> None:
+    async def carry_out(self, user_id: uuid.UUID, entry_ids: list[int]) -> bool:
+        """Make Cognito match the user's current row, then delete `entry_ids`.
+
+        Whether Cognito now matches the row. On a failure the rows are retried later; a user
+        Cognito does not know is dropped (retrying cannot help; the reconcile command reports
+        it). With no rows (the reconcile command's repair of drift) only Cognito changes.
+        """
         async with self._read_sessions() as session:
             row = (
                 await session.execute(
                     select(User.email, User.role, User.is_active).where(User.id == user_id)
                 )
             ).one_or_none()
+        in_step = row is not None
         try:
             if row is not None:
                 with self.cognito.deadline():
-                    await self._match(row.email, row.role, row.is_active)
+                    await match_user(self.cognito, row.email, row.role, row.is_active)
         except DirectoryMismatchError as error:
-            # Cognito has no such user: retrying cannot help; the reconcile command reports it.
             logger.error("directory sync: %s", error.detail, extra={"user_id": str(user_id)})
+            in_step = False
         except DomainError as error:
-            await self._retry_later(entry_ids, error.code)
-            return
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                delete(DirectoryOutboxEntry).where(DirectoryOutboxEntry.id.in_(entry_ids))
-            )
-
-    async def _match(self, username: str, role: Role, is_active: bool) -> None:
-        """Make the Cognito user enabled as `is_active` and in exactly its role's group."""
-        await self.cognito.set_enabled(username, is_active)
-        groups = await self.cognito.groups_of(username)
-        for stale in sorted((groups & ROLE_GROUPS) - {role.value}):
-            await self.cognito.remove_from_group(username, Role(stale))
-        if role.value not in groups:
-            await self.cognito.add_to_group(username, role)
-        if not is_active:
-            try:
-                # Revokes refresh tokens, so no new access tokens; those already issued are
-                # refused by the API (sessions_revoked_at). Best effort: not worth a retry.
-                await self.cognito.sign_out_everywhere(username)
-            except DomainError as error:
-                logger.warning("directory sync: global sign-out failed (%s)", error.code)
+            if entry_ids:
+                await self._retry_later(entry_ids, error.code)
+            return False
+        if entry_ids:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    delete(DirectoryOutboxEntry).where(DirectoryOutboxEntry.id.in_(entry_ids))
+                )
+        return in_step
 
     async def _retry_later(self, entry_ids: list[int], reason: str) -> None:
         async with self._sessions() as session, session.begin():

@@ -80,7 +80,7 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
-async def _sub_is_referenced(read_sessions: ReadSessions, sub: str) -> bool:
+async def sub_is_referenced(read_sessions: ReadSessions, sub: str) -> bool:
     async with read_sessions() as session:
         found = await session.scalar(select(User.id).where(User.cognito_user_id == sub))
     return found is not None
@@ -103,7 +103,7 @@ async def _delete_unless_referenced(
     """The undo of a create this request made: never when a committed row refers to the user
     (a concurrent request adopted it), nor when that cannot be known (the database is down):
     an unconfirmed user without a row is adopted by the next create of the email."""
-    if await _sub_is_referenced(read_sessions, sub):
+    if await sub_is_referenced(read_sessions, sub):
         logger.warning("not deleting the new Cognito user: a row refers to it")
         return
     await cognito.delete_user_if_sub(email, sub)
@@ -116,7 +116,7 @@ async def _adoptable(
     existing = await cognito.find_user(email)
     if existing is None or existing.status != NEVER_SIGNED_IN_STATUS:
         return None
-    if await _sub_is_referenced(read_sessions, existing.sub):
+    if await sub_is_referenced(read_sessions, existing.sub):
         return None
     if not ours and (
         existing.created_at is None or datetime.now(UTC) - existing.created_at < ADOPTABLE_AFTER

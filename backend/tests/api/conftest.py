@@ -61,6 +61,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "environment": "test",
         "cors_origins": ["https://spa.example.gov"],
         "health_timeout_seconds": 2.0,
+        # The test apps name a pool that exists nowhere (tests hand their adapter on a moto
+        # pool to the app after startup), so a startup check could only report that; it is
+        # tested on its own against moto pools (tests/services/test_pool_check.py).
+        "cognito_pool_check": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

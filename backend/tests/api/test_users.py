@@ -37,6 +37,7 @@ from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,
     cognito_client,
+    create_pool,
     fail_operation,
     unreachable_endpoint,
 )
@@ -305,6 +306,66 @@ async def test_cognito_unreachable_is_503_quickly_and_nothing_is_written(
     assert response.headers["Retry-After"]
     assert response.json()["code"] == "service_unavailable"
     assert await row_for(db_session, email) is None
+
+
+def misconfigured_adapter(moto_cognito: MotoCognito, fault: str) -> CognitoUserPool:
+    if fault == "unknown pool":
+        return CognitoUserPool(moto_cognito.new_client(), "ap-southeast-1_NoSuchPool")
+    if fault == "missing groups":
+        return CognitoUserPool(
+            moto_cognito.new_client(), create_pool(moto_cognito.client, groups=False)
+        )
+    adapter = moto_cognito.adapter()
+    code = {
+        "access denied": "AccessDeniedException",
+        "bad credentials": "UnrecognizedClientException",
+    }
+    fail_operation(
+        adapter,
+        "AdminCreateUser",
+        lambda: aws_error_response(400, code[fault], "refused by AWS"),
+    )
+    return adapter
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        ("unknown pool", "COGNITO_USER_POOL_ID"),
+        ("missing groups", "ADMIN, DISPATCHER, OFFICER, EXECUTIVE"),
+        ("access denied", "cognito-idp:AdminCreateUser"),
+        ("bad credentials", "no valid AWS credentials"),
+    ],
+)
+async def test_a_misconfigured_directory_is_503_directory_misconfigured_and_logged_at_error(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    db_session: AsyncSession,
+    moto_cognito: MotoCognito,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    named: str,
+) -> None:
+    adapter = misconfigured_adapter(moto_cognito, fault)
+    monkeypatch.setitem(app.dependency_overrides, COGNITO, lambda: adapter)
+    email = new_email("misconfigured")
+    with caplog.at_level(logging.WARNING):
+        response = await client.post(USERS, json=body(email), headers=admin_headers)
+    assert response.status_code == 503
+    assert response.json()["code"] == "directory_misconfigured"
+    # Not "try again shortly": nothing changes until an operator acts.
+    assert response.headers["Retry-After"] == "60"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("misconfigured" in line and named in line for line in errors), errors
+    assert await row_for(db_session, email) is None
+    if fault != "unknown pool":
+        # Created, then the group was missing: the create was undone.
+        left = moto_cognito.client.list_users(
+            UserPoolId=adapter.user_pool_id, Filter=f'email = "{email}"'
+        )
+        assert left["Users"] == []
 
 
 # ---------------------------------------------------------------------------------------------

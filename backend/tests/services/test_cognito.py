@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import boto3
 import pytest
 
 from app.core.errors import (
@@ -20,9 +23,11 @@ from app.schemas.user import PasswordResetOutcome
 from app.services.cognito import (
     AnswerLostError,
     CognitoUserPool,
+    DirectoryMisconfiguredError,
     DirectoryMismatchError,
     DirectoryTimeoutError,
     EmailTakenError,
+    UsernameMode,
 )
 from tests.api.conftest import make_settings
 from tests.support.moto_cognito import (
@@ -30,6 +35,7 @@ from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,
     cognito_client,
+    create_pool,
     fail_operation,
     running_moto_cognito,
     silent_endpoint,
@@ -150,7 +156,10 @@ def adapter_for_endpoint(
     monkeypatch.setenv("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", endpoint_url)
     for name, value in DUMMY_CREDENTIALS_ENV.items():
         monkeypatch.setenv(name, value)
-    return CognitoUserPool.from_settings(make_settings(UNUSED_DATABASE, **overrides))
+    adapter = CognitoUserPool.from_settings(make_settings(UNUSED_DATABASE, **overrides))
+    # As the startup check leaves it: these tests are about the calls after DescribeUserPool.
+    adapter.username_mode = UsernameMode.EMAIL_IS_USERNAME
+    return adapter
 
 
 async def test_connection_refused_is_503_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,7 +211,11 @@ async def test_a_create_whose_answer_never_came_may_have_happened(
 
 
 async def test_a_create_that_never_connected_did_not_happen() -> None:
-    cognito = CognitoUserPool(cognito_client(unreachable_endpoint()), "ap-southeast-1_x")
+    cognito = CognitoUserPool(
+        cognito_client(unreachable_endpoint()),
+        "ap-southeast-1_x",
+        username_mode=UsernameMode.EMAIL_IS_USERNAME,
+    )
     with pytest.raises(ServiceUnavailableError) as raised:
         await cognito.create_user(new_email())
     assert not isinstance(raised.value, AnswerLostError)
@@ -261,3 +274,45 @@ async def test_reset_refused_for_another_reason_is_not_turned_into_a_resend(
     moto.client.admin_disable_user(UserPoolId=moto.user_pool_id, Username=email)
     with pytest.raises(DirectoryMismatchError):
         await moto.adapter().reset_password(email)
+
+
+async def test_no_credentials_is_a_misconfiguration_not_a_lost_answer(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    moto: MotoCognito,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for name in [*DUMMY_CREDENTIALS_ENV, "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"]:
+        monkeypatch.delenv(name, raising=False)
+    # Nowhere to find credentials: no files, and no instance metadata to ask.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", moto.endpoint_url)
+    # boto3's default session keeps the credentials it found for an earlier client.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    cognito = CognitoUserPool.from_settings(
+        make_settings(UNUSED_DATABASE, cognito_user_pool_id=moto.user_pool_id)
+    )
+    cognito.username_mode = UsernameMode.EMAIL_IS_USERNAME
+    with caplog.at_level(logging.ERROR), pytest.raises(DirectoryMisconfiguredError) as raised:
+        await cognito.create_user(new_email())
+    assert raised.value.code == "directory_misconfigured"
+    assert raised.value.headers["Retry-After"] == "60"
+    assert "no valid AWS credentials (NoCredentialsError)" in raised.value.hint
+    assert [r.levelno for r in caplog.records if "misconfigured" in r.getMessage()] == [
+        logging.ERROR
+    ]
+
+
+async def test_a_missing_group_is_a_misconfiguration(moto: MotoCognito) -> None:
+    cognito = CognitoUserPool(moto.new_client(), create_pool(moto.client, groups=False))
+    email = new_email()
+    await cognito.create_user(email)
+    with pytest.raises(DirectoryMisconfiguredError) as raised:
+        await cognito.add_to_group(email, Role.OFFICER)
+    assert "ADMIN, DISPATCHER, OFFICER, EXECUTIVE" in raised.value.hint
+    # The detail a client sees names no pool, group or hint.
+    assert raised.value.detail == (
+        "The user directory (Cognito) is misconfigured; an operator must fix it"
+    )

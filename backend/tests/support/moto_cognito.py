@@ -1,12 +1,28 @@
 """A Cognito user pool on moto's server, over real HTTP, and helpers to inspect and break it.
 
-moto's server emulates Cognito's admin API closely enough for the user service, with two
-differences from the real service that matter here and are patched while a server runs:
+A pool is one of three kinds (`PoolKind`), as a real pool's sign-in configuration makes it:
+email as username (`UsernameAttributes: [email]`), email as an alias (`AliasAttributes:
+[email]`), or neither (the email is a plain username).
+
+moto's server emulates Cognito's admin API closely enough for the user service, with these
+differences from the real service that matter here and are patched while a server runs
+(`_cognito_fidelity_patches`):
 - AdminCreateUser checks the username and then stores the user in two steps; with concurrent
   requests (the server is threaded) two creates of one name can both succeed. Real Cognito's
   username uniqueness is atomic, so the patch serialises creates.
 - AdminCreateUser with MessageAction=RESEND replaces the user with a new one (new sub, no
   attributes, no groups); real Cognito keeps the user and only sends a new temporary password.
+- moto does not emulate email-alias pools at all. Real Cognito, in a pool with
+  `AliasAttributes: [email]`:
+  - refuses an email-shaped username in AdminCreateUser with InvalidParameterException
+    "Username cannot be of email format, since user pool is configured for email alias.";
+  - refuses AdminCreateUser with AliasExistsException when `email_verified` is true and
+    another user already has that verified email (ForceAliasCreation defaults to false);
+  - accepts a user's verified email alias wherever an admin call takes a Username ("it can
+    be any of their alias attributes", the AdminGetUser reference); an unverified email is
+    no alias.
+  The patches make moto do the same; moto's email-as-username pools already behave as real
+  ones (the real username is a UUID equal to `sub`, and the email is accepted).
 """
 
 from __future__ import annotations
@@ -18,12 +34,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import boto3
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.config import Config
-from moto.cognitoidp.models import CognitoIdpBackend
+from moto.backends import get_backend
+from moto.cognitoidp.exceptions import AliasExistsException, InvalidParameterException
+from moto.cognitoidp.models import CognitoIdpBackend, CognitoIdpUser, CognitoIdpUserPool
+from moto.cognitoidp.utils import flatten_attrs, validate_username_format
+from moto.core import DEFAULT_ACCOUNT_ID
 
 from app.core.roles import Role
 from app.services.cognito import CognitoUserPool
@@ -58,9 +79,37 @@ def cognito_client(endpoint_url: str, *, max_attempts: int = 1) -> CognitoIdenti
     )
 
 
+PoolKind = Literal["email_username", "email_alias", "plain"]
+POOL_KINDS: Final[tuple[PoolKind, ...]] = ("email_username", "email_alias", "plain")
+_POOL_SIGN_IN: Final[dict[PoolKind, dict[str, list[str]]]] = {
+    "email_username": {"UsernameAttributes": ["email"]},
+    "email_alias": {"AliasAttributes": ["email"]},
+    "plain": {},
+}
+
 _patch_lock = threading.Lock()
 _patch_users = 0
 _original_admin_create_user = CognitoIdpBackend.admin_create_user
+_original_get_user = CognitoIdpUserPool._get_user
+
+
+def _email_is_alias(pool: CognitoIdpUserPool) -> bool:
+    return "email" in (pool.extended_config.get("AliasAttributes") or [])
+
+
+def _verified_email_owner(pool: CognitoIdpUserPool, email: str) -> CognitoIdpUser | None:
+    for user in pool.users.values():
+        lookup = user.attribute_lookup
+        if lookup.get("email") == email and lookup.get("email_verified") == "true":
+            return user
+    return None
+
+
+def _get_user_like_cognito(self: CognitoIdpUserPool, username: str) -> CognitoIdpUser | None:
+    user: CognitoIdpUser | None = _original_get_user(self, username)
+    if user is None and _email_is_alias(self):
+        user = _verified_email_owner(self, username)
+    return user
 
 
 def _admin_create_user_like_cognito(
@@ -74,6 +123,19 @@ def _admin_create_user_like_cognito(
     with _patch_lock:
         if message_action == "RESEND":
             return self.admin_get_user(user_pool_id, username)
+        pool = self.describe_user_pool(user_pool_id)
+        if _email_is_alias(pool):
+            if validate_username_format(username, _format="email"):
+                raise InvalidParameterException(
+                    "Username cannot be of email format, since user pool is configured for "
+                    "email alias."
+                )
+            wanted = flatten_attrs(attributes or [])
+            if (
+                wanted.get("email_verified") == "true"
+                and _verified_email_owner(pool, wanted.get("email", "")) is not None
+            ):
+                raise AliasExistsException()
         return _original_admin_create_user(
             self, user_pool_id, username, message_action, temporary_password, attributes
         )
@@ -85,6 +147,7 @@ def _cognito_fidelity_patches() -> Iterator[None]:
     with _patch_lock:
         _patch_users += 1
         CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
+        CognitoIdpUserPool._get_user = _get_user_like_cognito  # type: ignore[assignment,method-assign]
     try:
         yield
     finally:
@@ -92,6 +155,7 @@ def _cognito_fidelity_patches() -> Iterator[None]:
             _patch_users -= 1
             if _patch_users == 0:
                 CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
+                CognitoIdpUserPool._get_user = _original_get_user  # type: ignore[method-assign]
 
 
 class _Body:
@@ -116,6 +180,7 @@ class MotoCognito:
     endpoint_url: str
     user_pool_id: str
     client: Any  # a boto3 cognito-idp client on the moto server, for setup and assertions
+    kind: PoolKind = "plain"
 
     def adapter(self, *, max_attempts: int = 1) -> CognitoUserPool:
         """An adapter with clients of its own, so hooks a test adds stay in that test.
@@ -141,6 +206,13 @@ class MotoCognito:
         user["attributes"] = {a["Name"]: a["Value"] for a in user.get("UserAttributes", [])}
         return user
 
+    def make_older(self, username: str, by: timedelta) -> None:
+        """Move the user's creation back by `by`, as time passing would (the server runs in
+        this process, so its pool is at hand)."""
+        backend: Any = get_backend("cognito-idp")[DEFAULT_ACCOUNT_ID][TEST_REGION]
+        user = backend.user_pools[self.user_pool_id]._get_user(username)
+        user.create_date -= by
+
     def groups_of(self, username: str) -> set[str]:
         response = self.client.admin_list_groups_for_user(
             UserPoolId=self.user_pool_id, Username=username
@@ -154,9 +226,11 @@ class MotoCognito:
 
     def create_user(self, email: str, *, role: Role | None = None, confirmed: bool = False) -> str:
         """A Cognito user made directly, as if by someone else; returns its sub."""
+        # An email-alias pool refuses an email-shaped username, as it does the service's.
+        username = str(uuid.uuid4()) if self.kind == "email_alias" else email
         response = self.client.admin_create_user(
             UserPoolId=self.user_pool_id,
-            Username=email,
+            Username=username,
             UserAttributes=[
                 {"Name": "email", "Value": email},
                 {"Name": "email_verified", "Value": "true"},
@@ -178,16 +252,31 @@ class MotoCognito:
         return str(attributes["sub"])
 
 
-@contextmanager
-def running_moto_cognito() -> Iterator[MotoCognito]:
-    """A moto server on loopback with a fresh user pool and one group per role."""
-    with moto_server() as endpoint_url, _cognito_fidelity_patches():
-        client = cognito_client(endpoint_url)
-        pool = client.create_user_pool(PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}")
-        pool_id = pool["UserPool"]["Id"]
+def create_pool(client: Any, kind: PoolKind = "plain", *, groups: bool = True) -> str:
+    """A fresh user pool of `kind` (with one group per role unless not `groups`); its id."""
+    pool = client.create_user_pool(
+        PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}", **_POOL_SIGN_IN[kind]
+    )
+    pool_id: str = pool["UserPool"]["Id"]
+    if groups:
         for role in Role:
             client.create_group(UserPoolId=pool_id, GroupName=role.value)
-        yield MotoCognito(endpoint_url, pool_id, client)
+    return pool_id
+
+
+@contextmanager
+def running_moto_cognito(kind: PoolKind = "plain") -> Iterator[MotoCognito]:
+    """A moto server on loopback with a fresh user pool of `kind` and one group per role."""
+    with moto_server() as endpoint_url, _cognito_fidelity_patches():
+        client = cognito_client(endpoint_url)
+        yield MotoCognito(endpoint_url, create_pool(client, kind), client, kind)
+
+
+@contextmanager
+def moto_cognito_server() -> Iterator[str]:
+    """A moto server on loopback, patched like real Cognito, with no pool yet; its URL."""
+    with moto_server() as endpoint_url, _cognito_fidelity_patches():
+        yield endpoint_url
 
 
 def fail_operation(

@@ -34,11 +34,21 @@ _NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No user w
 _THROTTLED: Responses = {
     429: {"model": ErrorResponse, "description": "Cognito is throttling; see Retry-After"}
 }
+# Create and reset call Cognito in the request.
+_DIRECTORY_UNAVAILABLE: Responses = {
+    503: {
+        "model": ErrorResponse,
+        "description": "A dependency is unavailable; see Retry-After. Code "
+        "directory_misconfigured: this instance cannot use the user pool as configured, and "
+        "an operator must act (the server log says what to change)",
+    }
+}
 CREATE_RESPONSES: Responses = {
     **ADMIN_RESPONSES,
     **_UNREADABLE,
     **_INVALID,
     **_THROTTLED,
+    **_DIRECTORY_UNAVAILABLE,
     409: {"model": ErrorResponse, "description": "A user with this email already exists"},
 }
 READ_RESPONSES: Responses = {**ADMIN_RESPONSES, **_INVALID, **_NOT_FOUND}
@@ -53,6 +63,7 @@ UPDATE_RESPONSES: Responses = {
 RESET_RESPONSES: Responses = {
     **READ_RESPONSES,
     **_THROTTLED,
+    **_DIRECTORY_UNAVAILABLE,
     409: {
         "model": ErrorResponse,
         "description": "The user is deactivated, or Cognito and the database disagree",

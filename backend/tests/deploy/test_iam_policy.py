@@ -1,0 +1,198 @@
+"""The instance role's policy grants exactly the AWS operations the shipped code performs.
+
+The operations are derived, not listed by hand: every boto3 client method the application
+package refers to (called, or handed to a worker thread with `functools.partial`), mapped to its
+API operation by botocore's own service model, for each service the package makes clients for;
+and what `scripts/deploy_backend.sh` runs against ECR.
+
+The package holds its boto3 clients in names ending in `client` (`client`, `self._client`,
+`self._create_client`); a method is an AWS operation when its receiver is so named, so the
+adapter's own `get_user` or a pydantic `SecretStr.get_secret_value` do not count. A test keeps
+the convention: every client the package builds is assigned to such a name.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from functools import cache
+from typing import Any
+
+import boto3
+
+from .nginx_harness import REPO_ROOT
+
+POLICY = REPO_ROOT / "deploy" / "iam" / "instance-role-policy.json"
+APP = REPO_ROOT / "backend" / "app"
+DEPLOY_SCRIPT = REPO_ROOT / "scripts" / "deploy_backend.sh"
+PLACEHOLDERS = {"AWS_REGION", "ACCOUNT_ID", "USER_POOL_ID", "DB_SECRET_NAME"}
+RESOURCES = {
+    "cognito-idp": "arn:aws:cognito-idp:${AWS_REGION}:${ACCOUNT_ID}:userpool/${USER_POOL_ID}",
+    "secretsmanager": (
+        "arn:aws:secretsmanager:${AWS_REGION}:${ACCOUNT_ID}:secret:${DB_SECRET_NAME}-??????"
+    ),
+}
+ECR_REPOSITORY = "arn:aws:ecr:${AWS_REGION}:${ACCOUNT_ID}:repository/one-system-backend"
+# What each ECR step of the deploy script needs (the ECR user guide's "required IAM
+# permissions for pushing and pulling images"). GetAuthorizationToken has no resource.
+ECR_STEPS = {
+    r"aws ecr get-login-password": {"ecr:GetAuthorizationToken"},
+    r"docker pull \"\$ECR_REGISTRY/": {
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+    },
+}
+
+
+def _trees() -> list[ast.Module]:
+    return [ast.parse(path.read_text()) for path in sorted(APP.rglob("*.py"))]
+
+
+CLIENT_FACTORIES = {"client", "aws_client", "_client"}
+
+
+def _name(node: ast.expr) -> str | None:
+    """`x` of `x`, `a.x`, `a.b.x`, `f(...)`: the last identifier."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Call):
+        return _name(node.func)
+    return None
+
+
+def _holds_a_client(node: ast.expr) -> bool:
+    name = _name(node)
+    return name is not None and name.lower().endswith("client")
+
+
+def services_with_clients() -> set[str]:
+    """The services the package makes boto3 clients for: the literal first argument of every
+    `boto3.client(...)` / `aws_client(...)` call."""
+    services = set()
+    for tree in _trees():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            function = node.func
+            name = (
+                function.attr
+                if isinstance(function, ast.Attribute)
+                else getattr(function, "id", None)
+            )
+            first = node.args[0]
+            if name in ("client", "aws_client") and isinstance(first, ast.Constant):
+                services.add(str(first.value))
+    return services
+
+
+@cache
+def _client(service: str) -> Any:
+    # Only the service model is read: no call is made and no credentials are needed.
+    return boto3.client(service, region_name="ap-southeast-1")
+
+
+def unsigned(service: str, operation: str) -> bool:
+    """Operations callers make without AWS credentials, which IAM therefore never authorises:
+    Cognito's InitiateAuth and RespondToAuthChallenge, used by the token CLI (`app.cli.token`),
+    are public sign-in calls (`authtype: none` in the service model)."""
+    return _client(service).meta.service_model.operation_model(operation).auth_type == "none"
+
+
+def operations_the_code_performs() -> dict[str, set[str]]:
+    """IAM actions (`service:Operation`) per service, with the unsigned ones apart."""
+    referenced = {
+        node.attr
+        for tree in _trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and _holds_a_client(node.value)
+    }
+    signed: set[str] = set()
+    public: set[str] = set()
+    for service in services_with_clients():
+        client = _client(service)
+        prefix = client.meta.service_model.signing_name
+        for method, operation in client.meta.method_to_api_mapping.items():
+            if method in referenced:
+                (public if unsigned(service, operation) else signed).add(f"{prefix}:{operation}")
+    return {"signed": signed, "public": public}
+
+
+def policy() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(POLICY.read_text())
+    return document
+
+
+def granted() -> dict[str, set[str]]:
+    """Actions per resource."""
+    grants: dict[str, set[str]] = {}
+    for statement in policy()["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert set(statement) == {"Sid", "Effect", "Action", "Resource"}, statement
+        grants.setdefault(statement["Resource"], set()).update(statement["Action"])
+    return grants
+
+
+def test_every_client_the_package_builds_is_held_in_a_name_ending_in_client() -> None:
+    holders: list[str | None] = []
+    for tree in _trees():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Assign | ast.keyword):
+                continue
+            value = node.value
+            if not (isinstance(value, ast.Call) and _name(value.func) in CLIENT_FACTORIES):
+                continue
+            if isinstance(node, ast.keyword):
+                holders.append(node.arg)
+            else:
+                holders += [_name(target) for target in node.targets]
+    assert {"client", "create_client"} <= set(holders), holders
+    assert all(name and name.lower().endswith("client") for name in holders), holders
+
+
+def test_the_derivation_sees_the_code() -> None:
+    """Guards the guard: what every user change and the database secret need is found."""
+    found = operations_the_code_performs()
+    assert services_with_clients() == {"cognito-idp", "secretsmanager"}
+    assert {
+        "cognito-idp:AdminCreateUser",
+        "cognito-idp:AdminDisableUser",
+        "cognito-idp:ListUsersInGroup",
+        "secretsmanager:GetSecretValue",
+    } <= found["signed"]
+    assert found["public"] == {"cognito-idp:InitiateAuth", "cognito-idp:RespondToAuthChallenge"}
+
+
+def test_the_policy_grants_exactly_what_the_code_calls_on_the_pool_and_the_secret() -> None:
+    needed = operations_the_code_performs()["signed"]
+    grants = granted()
+    for service, resource in RESOURCES.items():
+        wanted = {action for action in needed if action.startswith(f"{service}:")}
+        given = grants.get(resource, set())
+        assert not wanted - given, f"the policy lacks {sorted(wanted - given)} on {resource}"
+        assert not given - wanted, f"the code never calls {sorted(given - wanted)}"
+
+
+def test_the_policy_grants_exactly_what_the_deploy_script_needs_from_ecr() -> None:
+    script = DEPLOY_SCRIPT.read_text()
+    needed = set().union(*(a for step, a in ECR_STEPS.items() if re.search(step, script)))
+    assert needed, "the deploy script no longer logs in to ECR or pulls from it"
+    grants = granted()
+    assert grants.get("*") == {"ecr:GetAuthorizationToken"} & needed
+    assert grants.get(ECR_REPOSITORY) == needed - {"ecr:GetAuthorizationToken"}
+
+
+def test_nothing_else_is_granted() -> None:
+    assert policy()["Version"] == "2012-10-17"
+    assert set(granted()) == {*RESOURCES.values(), ECR_REPOSITORY, "*"}
+
+
+def test_every_placeholder_is_documented() -> None:
+    used = set(re.findall(r"\$\{([A-Z_]+)\}", POLICY.read_text()))
+    assert used == PLACEHOLDERS
+    documentation = (POLICY.parent / "README.md").read_text()
+    for placeholder in PLACEHOLDERS:
+        assert f"`${{{placeholder}}}`" in documentation, placeholder

@@ -1,0 +1,111 @@
+"""The reconcile timer and its service: valid for systemd, sandboxed, running the real command."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.cli import reconcile
+
+from .nginx_harness import REPO_ROOT, tool
+from .test_systemd_unit import HOST_UNIT_DIR, MAX_EXPOSURE, exposure, unit_entries
+
+SYSTEMD_DIR = REPO_ROOT / "deploy" / "systemd"
+SERVICE = SYSTEMD_DIR / "one-system-reconcile.service"
+TIMER = SYSTEMD_DIR / "one-system-reconcile.timer"
+BACKEND_UNIT = SYSTEMD_DIR / "one-system-backend.service"
+
+
+def verify(tmp_path: Path, service_text: str, timer_text: str) -> subprocess.CompletedProcess[str]:
+    """systemd-analyze verify of both units, in a root with the host's stock units and
+    stand-ins for the EC2 host's docker.service and /usr/bin/docker."""
+    root = tmp_path / "root"
+    shutil.copytree(HOST_UNIT_DIR, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/lib/systemd/system/docker.service").write_text(
+        "[Unit]\nDescription=Docker stand-in\n[Service]\nExecStart=/usr/bin/docker\n"
+    )
+    (root / "usr/bin").mkdir(parents=True)
+    stub = root / "usr/bin/docker"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / SERVICE.name).write_text(service_text)
+    (units / TIMER.name).write_text(timer_text)
+    return subprocess.run(
+        [
+            tool("systemd-analyze"),
+            "verify",
+            f"--root={root}",
+            f"/etc/systemd/system/{SERVICE.name}",
+            f"/etc/systemd/system/{TIMER.name}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
+    result = verify(tmp_path, SERVICE.read_text(), TIMER.read_text())
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_verify_catches_a_broken_timer(tmp_path: Path) -> None:
+    """Guards the guard: a schedule systemd cannot parse is reported."""
+    broken = TIMER.read_text().replace("OnCalendar=hourly", "OnCalendar=every hour")
+    result = verify(tmp_path, SERVICE.read_text(), broken)
+    assert "every hour" in result.stderr
+
+
+def test_the_timer_starts_the_service_hourly_and_catches_up_after_downtime() -> None:
+    timer = unit_entries(TIMER.read_text())
+    assert timer["Timer"]["OnCalendar"] == ["hourly"]
+    assert timer["Timer"]["Persistent"] == ["true"]
+    assert timer["Timer"]["Unit"] == [SERVICE.name]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+
+
+def command_words() -> list[str]:
+    (start,) = unit_entries(SERVICE.read_text())["Service"]["ExecStart"]
+    return shlex.split(start)
+
+
+def test_the_service_runs_the_command_in_a_one_off_container_of_the_release() -> None:
+    service = unit_entries(SERVICE.read_text())["Service"]
+    assert service["Type"] == ["oneshot"]
+    # The image of the running release, as the backend unit names it.
+    assert service["EnvironmentFile"] == unit_entries()["Service"]["EnvironmentFile"]
+    words = command_words()
+    assert words[:2] == ["/usr/bin/docker", "compose"]
+    assert words[words.index("-f") + 1] == "/opt/one-system/docker-compose.prod.yml"
+    run = words.index("run")
+    assert {"--rm", "-T", "--no-deps"} <= set(words[run : words.index("app")])
+    assert words[words.index("app") + 1 :][:3] == ["python", "-m", "app.cli.reconcile"]
+    settings = [value for values in service.values() for value in values]
+    assert not [value for value in settings if "DB_" in value or "secret" in value.lower()]
+
+
+def test_the_commands_options_are_ones_it_accepts() -> None:
+    options = command_words()[command_words().index("app.cli.reconcile") + 1 :]
+    assert "--apply" in options
+    # argparse handles --help after every option before it: a bad one exits 2 first.
+    with pytest.raises(SystemExit) as parsed:
+        reconcile.main([*options, "--help"])
+    assert parsed.value.code == 0
+
+
+def test_the_service_keeps_the_backend_units_sandbox(tmp_path: Path) -> None:
+    assert exposure(tmp_path, SERVICE.read_text()) <= MAX_EXPOSURE
+    service = unit_entries(SERVICE.read_text())["Service"]
+    backend = unit_entries()["Service"]
+    for key in ("CapabilityBoundingSet", "ProtectSystem", "PrivateNetwork", "SystemCallFilter"):
+        assert service[key] == backend[key], key
+    (runtime_dir,) = service["RuntimeDirectory"]
+    assert runtime_dir != backend["RuntimeDirectory"][0]
+    assert service["Environment"] == [f"DOCKER_CONFIG=/run/{runtime_dir}"]

@@ -1,0 +1,225 @@
+"""Users addressed by email in every kind of pool: email as username, email as alias, neither.
+
+moto emulates email-as-username pools; email-alias pools behave as real Cognito's only through
+the fidelity patches of `tests.support.moto_cognito` (guarded by the first tests here).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from botocore.exceptions import ReadTimeoutError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.core.db import create_read_sessionmaker, create_sessionmaker
+from app.core.roles import Role
+from app.models.user import User
+from app.schemas.user import PasswordResetOutcome, UserCreate
+from app.services.cognito import CognitoUserPool, EmailTakenError, UsernameMode
+from app.services.directory_sync import match_user
+from app.services.users import ADOPTABLE_AFTER, create_user
+from tests.support.moto_cognito import (
+    POOL_KINDS,
+    MotoCognito,
+    PoolKind,
+    cognito_client,
+    create_pool,
+    moto_cognito_server,
+)
+
+MODES = {
+    "email_username": UsernameMode.EMAIL_IS_USERNAME_ATTRIBUTE,
+    "email_alias": UsernameMode.EMAIL_IS_ALIAS,
+    "plain": UsernameMode.EMAIL_IS_USERNAME,
+}
+
+
+@pytest.fixture(scope="module")
+def pools() -> Iterator[dict[PoolKind, MotoCognito]]:
+    with moto_cognito_server() as endpoint_url:
+        client = cognito_client(endpoint_url)
+        yield {
+            kind: MotoCognito(endpoint_url, create_pool(client, kind), client, kind)
+            for kind in POOL_KINDS
+        }
+
+
+@pytest.fixture(params=POOL_KINDS)
+def pool(request: pytest.FixtureRequest, pools: dict[PoolKind, MotoCognito]) -> MotoCognito:
+    return pools[request.param]
+
+
+@pytest.fixture
+async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(fresh_database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def new_email() -> str:
+    return f"pooled-{uuid.uuid4().hex[:12]}@example.gov"
+
+
+# -- the fidelity patches: moto behaves as real Cognito does in an email-alias pool ----------
+
+
+def test_an_alias_pool_refuses_an_email_shaped_username(pools: dict[PoolKind, MotoCognito]) -> None:
+    alias = pools["email_alias"]
+    with pytest.raises(alias.client.exceptions.InvalidParameterException, match="email alias"):
+        alias.client.admin_create_user(UserPoolId=alias.user_pool_id, Username=new_email())
+
+
+def test_an_alias_pool_finds_a_user_by_verified_email_only(
+    pools: dict[PoolKind, MotoCognito],
+) -> None:
+    alias = pools["email_alias"]
+    verified, unverified = new_email(), new_email()
+    alias.create_user(verified)
+    alias.client.admin_create_user(
+        UserPoolId=alias.user_pool_id,
+        Username=str(uuid.uuid4()),
+        UserAttributes=[{"Name": "email", "Value": unverified}],
+        MessageAction="SUPPRESS",
+    )
+    assert alias.find(verified) is not None
+    assert alias.find(unverified) is None
+
+
+def test_an_alias_pool_refuses_a_second_user_with_the_same_verified_email(
+    pools: dict[PoolKind, MotoCognito],
+) -> None:
+    alias = pools["email_alias"]
+    email = new_email()
+    alias.create_user(email)
+    with pytest.raises(alias.client.exceptions.AliasExistsException):
+        alias.create_user(email)
+
+
+# -- the adapter in every kind of pool -------------------------------------------------------
+
+
+async def test_the_adapter_learns_the_pools_username_mode(pool: MotoCognito) -> None:
+    cognito = pool.adapter()
+    assert cognito.username_mode is None
+    await cognito.create_user(new_email())
+    assert cognito.username_mode is MODES[pool.kind]
+
+
+async def test_a_user_created_by_email_is_addressed_by_email_throughout(
+    pool: MotoCognito,
+) -> None:
+    email = new_email()
+    cognito = pool.adapter()
+    created = await cognito.create_user(email)
+    stored = pool.find(email)
+    assert stored is not None
+    assert stored["attributes"]["sub"] == created.sub
+    assert stored["attributes"]["email"] == email
+    assert stored["attributes"]["email_verified"] == "true"
+    # What the pool made the real username: the sub, a generated name, or the email itself.
+    expected_username = {
+        "email_username": created.sub,
+        "email_alias": created.username,
+        "plain": email,
+    }[pool.kind]
+    assert stored["Username"] == created.username == expected_username
+    if pool.kind == "email_alias":
+        assert uuid.UUID(created.username)
+        assert created.username != created.sub
+
+    assert (await cognito.get_user(email)).sub == created.sub
+    await match_user(cognito, email, Role.OFFICER, is_active=True)
+    await match_user(cognito, email, Role.DISPATCHER, is_active=False)
+    assert pool.groups_of(email) == {"DISPATCHER"}
+    assert pool.find(email)["Enabled"] is False  # type: ignore[index]
+    await cognito.enable_user(email)
+    # Never signed in: a reset re-sends the invitation, to the same user.
+    assert await cognito.reset_password(email) is PasswordResetOutcome.INVITATION_RESENT
+    assert pool.find(email)["attributes"]["sub"] == created.sub  # type: ignore[index]
+    await cognito.delete_user_if_sub(email, created.sub)
+    assert pool.find(email) is None
+
+
+async def test_an_email_taken_in_the_pool_is_a_conflict(pool: MotoCognito) -> None:
+    email = new_email()
+    pool.create_user(email, confirmed=True)
+    with pytest.raises(EmailTakenError):
+        await pool.adapter().create_user(email)
+
+
+# -- the user service's create and its adoption path, in every kind of pool -----------------
+
+
+async def service_create(engine: AsyncEngine, cognito: CognitoUserPool, email: str) -> User:
+    sessions = create_sessionmaker(engine)
+    async with sessions() as session, session.begin():
+        return await create_user(
+            session,
+            create_read_sessionmaker(engine),
+            cognito,
+            UserCreate(email=email, full_name="Pooled User", role=Role.EXECUTIVE),
+            actor_id=None,
+        )
+
+
+async def rows_with_email(engine: AsyncEngine, email: str) -> list[User]:
+    async with create_read_sessionmaker(engine)() as session:
+        return list((await session.scalars(select(User).where(User.email == email))).all())
+
+
+async def test_create_stores_the_sub_and_the_role_group(
+    pool: MotoCognito, engine: AsyncEngine
+) -> None:
+    email = new_email()
+    user = await service_create(engine, pool.adapter(), email)
+    assert pool.find(email)["attributes"]["sub"] == user.cognito_user_id  # type: ignore[index]
+    assert pool.groups_of(email) == {"EXECUTIVE"}
+
+
+async def test_a_lost_create_answer_adopts_the_user_cognito_made(
+    pool: MotoCognito, engine: AsyncEngine
+) -> None:
+    email = new_email()
+    cognito = pool.adapter()
+    lost: list[int] = []
+
+    def lose_the_answer(**_: object) -> None:
+        # Cognito has created the user; its answer never arrives.
+        lost.append(1)
+        raise ReadTimeoutError(endpoint_url=pool.endpoint_url)
+
+    cognito._create_client.meta.events.register(
+        "after-call.cognito-idp.AdminCreateUser", lose_the_answer
+    )
+    user = await service_create(engine, cognito, email)
+    assert lost == [1]
+    [stored] = pool.users_with_email(email)
+    assert {a["Name"]: a["Value"] for a in stored["Attributes"]}["sub"] == user.cognito_user_id
+    assert pool.groups_of(email) == {"EXECUTIVE"}
+
+
+async def test_a_never_signed_in_user_without_a_row_is_adopted(
+    pool: MotoCognito, engine: AsyncEngine
+) -> None:
+    email = new_email()
+    sub = pool.create_user(email)
+    pool.make_older(email, ADOPTABLE_AFTER * 2)
+    user = await service_create(engine, pool.adapter(), email)
+    assert user.cognito_user_id == sub
+    assert len(pool.users_with_email(email)) == 1
+
+
+async def test_a_user_who_signed_in_is_never_adopted(
+    pool: MotoCognito, engine: AsyncEngine
+) -> None:
+    email = new_email()
+    pool.create_user(email, confirmed=True)
+    pool.make_older(email, ADOPTABLE_AFTER * 2)
+    with pytest.raises(EmailTakenError):
+        await service_create(engine, pool.adapter(), email)
+    assert await rows_with_email(engine, email) == []
