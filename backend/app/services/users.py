@@ -250,15 +250,20 @@ async def _lock_for(session: AsyncSession, user_id: uuid.UUID, changes: dict[str
     if peek is None:
         raise NotFoundError("No user with this id")
     changes_standing = "role" in changes or changes.get("is_active") is False
-    with_admins = changes_standing and peek.role is Role.ADMIN and peek.is_active
-    if with_admins:
+    if changes_standing and peek.role is Role.ADMIN and peek.is_active:
         await _lock_with_the_active_admins(session, user_id)
+        return await _locked_user(session, user_id)
+    # In a savepoint: should a promotion have committed since the peek, the row lock is given
+    # back and taken again with the admins', in id order, as the other case does (taking the
+    # admins' after the row's deadlocked against a change that had seen it as an admin).
+    savepoint = await session.begin_nested()
     user = await _locked_user(session, user_id)
     role: Role = changes.get("role", user.role)
-    if not with_admins and _takes_away_an_admin(user, role, changes.get("is_active", True)):
-        # Promoted by a change committed since the peek: lock the admins now. Out of id order,
-        # so a deadlock is possible; PostgreSQL then aborts one side, answered 503 (retry).
+    if _takes_away_an_admin(user, role, changes.get("is_active", user.is_active)):
+        await savepoint.rollback()
         await _lock_with_the_active_admins(session, user_id)
+        return await _locked_user(session, user_id)
+    await savepoint.commit()
     return user
 
 

@@ -16,7 +16,8 @@ def app_environment(database_url: str, jwks_url: str, **overrides: str) -> dict[
     """The caller's environment minus its service settings, plus the test pool and `database_url`.
 
     S3 and SQS are required settings the phase-2 app never calls: placeholders on a port that
-    nothing listens on.
+    nothing listens on. The test pool exists nowhere, so the startup pool check is off: it could
+    only report that (it is tested against moto pools on its own).
     """
     url = make_url(database_url)
     env = {name: value for name, value in os.environ.items() if not name.startswith(_INHERITED_NOT)}
@@ -36,6 +37,7 @@ def app_environment(database_url: str, jwks_url: str, **overrides: str) -> dict[
         S3_LANDING_BUCKET="landing",
         SQS_NOTIFICATION_QUEUE_URL="http://127.0.0.1:9/notifications",
         SQS_EXPORT_QUEUE_URL="http://127.0.0.1:9/exports",
+        COGNITO_POOL_CHECK="false",
     )
     env.update(overrides)
     return env
