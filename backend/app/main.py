@@ -30,6 +30,7 @@ from app.core.db import (
     database_is_reachable,
 )
 from app.core.errors import ErrorResponse, register_error_handlers
+from app.core.gc_tuning import startup_heap_frozen
 from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
@@ -92,7 +93,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             listener.start()
         read_sessions = create_read_sessionmaker(engine)
         try:
-            yield State(
+            state = State(
                 settings=settings,
                 engine=engine,
                 # Its sessions evict the users they commit from this worker's cache at once.
@@ -107,6 +108,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 cognito=CognitoUserPool.from_settings(settings),
                 reference_cache=ReferenceCache(),
             )
+            # Start-up is over: what it built is never walked by the collector again.
+            with startup_heap_frozen():
+                yield state
         finally:
             if listener is not None:
                 await listener.aclose()
