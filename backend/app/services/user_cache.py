@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from cachetools import TTLCache
-from sqlalchemy import event, inspect, select
+from sqlalchemy import bindparam, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.core.db import ReadSessions
@@ -66,6 +66,11 @@ class AuthenticatedUser:
 
 _SNAPSHOT_COLUMNS: Final = tuple(
     User.__table__.c[name] for name in AuthenticatedUser.__dataclass_fields__
+)
+# Built once, of the table's own columns: no expression to build and hash per lookup, and a
+# statement without ORM entities, which the session hands straight to its connection.
+_USER_BY_SUB: Final = select(*_SNAPSHOT_COLUMNS).where(
+    User.__table__.c.cognito_user_id == bindparam("sub")
 )
 
 
@@ -156,11 +161,7 @@ class ActiveUsers:
             return cached
         ticket = self._cache.ticket()
         async with self._sessions() as session:
-            row = (
-                await session.execute(
-                    select(*_SNAPSHOT_COLUMNS).where(User.cognito_user_id == cognito_sub)
-                )
-            ).one_or_none()
+            row = (await session.execute(_USER_BY_SUB, {"sub": cognito_sub})).one_or_none()
         if row is None or not row.is_active:
             return None
         user = AuthenticatedUser(**row._mapping)
