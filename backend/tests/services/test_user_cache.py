@@ -172,6 +172,72 @@ async def test_a_commit_through_this_instance_evicts_before_the_commit_returns(
         assert (await client.get(ME, headers=headers_of(user))).status_code == 401
 
 
+async def deactivate_through(state: dict[str, Any], user: User) -> None:
+    """Commit a deactivation through an app instance's own request sessions."""
+    async with state["sessionmaker"]() as session, session.begin():
+        row = await session.get(User, user.id)
+        assert row is not None
+        row.is_active = False
+
+
+async def test_two_instances_a_deactivation_through_one_is_refused_by_the_other(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with (
+        running_app(fresh_database_url, jwks_server.url) as (client_a, state_a),
+        running_app(fresh_database_url, jwks_server.url) as (client_b, state_b),
+    ):
+        cache_b: UserCache = state_b["user_cache"]
+        for client in (client_a, client_b):
+            assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+        assert cache_b.get(user.cognito_user_id) is not None, "B serves the user from memory"
+
+        heard = asyncio.create_task(cache_b.wait_for_change())
+        await deactivate_through(state_a, user)
+        assert (await client_a.get(ME, headers=headers_of(user))).status_code == 401
+        # B learns of A's commit from PostgreSQL's notification only. A bound for correctness,
+        # not a speed measurement (the bench times it: well under a millisecond).
+        await asyncio.wait_for(heard, 5)
+        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 401
+
+
+async def test_two_instances_while_the_others_listener_is_down_it_refuses_at_once(
+    fresh_database_url: str, jwks_server: JWKSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with (
+        running_app(fresh_database_url, jwks_server.url) as (_, state_a),
+        running_app(fresh_database_url, jwks_server.url) as (client_b, state_b),
+    ):
+        cache_b: UserCache = state_b["user_cache"]
+        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 200
+        assert cache_b.get(user.cognito_user_id) is not None
+        # B's listener goes down and stays down; A's reconnects as it would.
+        listener_b: NotificationListener = cache_b._listener  # type: ignore[assignment]
+        never = asyncio.Event()
+
+        async def stay_down() -> asyncpg.Connection:
+            await never.wait()
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(listener_b, "_connect", stay_down)
+        await commit_elsewhere(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        await eventually(lambda: not cache_b.trusted)
+        await eventually(lambda: state_a["user_cache"].trusted)
+
+        # No notification can reach B now; it reads the row on every request instead.
+        await deactivate_through(state_a, user)
+        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 401
+        assert not cache_b.trusted
+
+
 async def test_a_lost_listener_clears_and_bypasses_the_cache_until_it_reconnects(
     fresh_database_url: str, jwks_server: JWKSServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
