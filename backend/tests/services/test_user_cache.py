@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from app.core.listener import NotificationListener
@@ -170,6 +171,38 @@ async def test_a_commit_through_this_instance_evicts_before_the_commit_returns(
         # No waiting for the notification: this process knew of its own write.
         assert cache.get(user.cognito_user_id) is None
         assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+
+
+async def test_misses_that_arrive_together_are_read_with_one_statement(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    users = [await insert_user(dsn, role) for role in (Role.ADMIN, Role.OFFICER, Role.EXECUTIVE)]
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        statements: list[str] = []
+        engine = state["engine"].sync_engine
+
+        def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            callers = [*users, users[0]]  # one of them twice
+            responses = await asyncio.gather(
+                *(client.get(ME, headers=headers_of(user)) for user in callers)
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert [r.json()["email"] for r in responses] == [user.email for user in callers]
+        assert [r.json()["role"] for r in responses] == ["ADMIN", "OFFICER", "EXECUTIVE", "ADMIN"]
+        assert len([sql for sql in statements if "FROM users" in sql]) == 1
+        # Unknown subs in the same read are refused, each on its own.
+        strangers = await asyncio.gather(
+            client.get(ME, headers={"Authorization": f"Bearer {token_for(users[0], sub='x-1')}"}),
+            client.get(ME, headers={"Authorization": f"Bearer {token_for(users[0], sub='x-2')}"}),
+            client.get(ME, headers=headers_of(users[1])),
+        )
+        assert [r.status_code for r in strangers] == [401, 401, 200]
 
 
 async def deactivate_through(state: dict[str, Any], user: User) -> None:
