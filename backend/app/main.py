@@ -30,6 +30,7 @@ from app.core.db import (
     database_is_reachable,
 )
 from app.core.errors import ErrorResponse, register_error_handlers
+from app.core.gc_tuning import startup_heap_frozen
 from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
@@ -110,7 +111,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         directory_sync.start()
         health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
         try:
-            yield State(
+            state = State(
                 settings=settings,
                 engine=engine,
                 sessionmaker=sessionmaker,
@@ -126,6 +127,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 reference_cache=ReferenceCache(),
                 health_engine=health_engine,
             )
+            # Start-up is over: what it built is never walked by the collector again.
+            with startup_heap_frozen():
+                yield state
         finally:
             if pool_check is not None:
                 pool_check.cancel()

@@ -17,8 +17,11 @@ function init(args)
       if #line > 0 then tokens[#tokens + 1] = line end
     end
   end
-  -- Threads start at different tokens, so they do not ask for the same users in lockstep.
-  counter = math.random(0, 1000)
+  -- BENCH_TOKENS_START continues a rotation where the previous run left it (the cold-cache
+  -- scenario: no token comes round again before more distinct ones than the caches hold).
+  -- Otherwise threads start at different tokens, so they do not ask for the same users in
+  -- lockstep.
+  counter = tonumber(os.getenv("BENCH_TOKENS_START") or "") or math.random(0, 1000)
 end
 
 function request()

@@ -130,6 +130,25 @@ class TargetOutcome:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeFigures:
+    """What `bench.probe` saw inside the API worker during one measured run."""
+
+    scenario: str
+    connections: int
+    figures: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingRun:
+    """A scenario measured on another layout than the main run's one worker."""
+
+    scenario: str
+    connections: int
+    layout: str  # "2 workers" (one server) or "2 instances" (two servers, one database)
+    result: WrkResult
+
+
 @dataclass
 class BenchReport:
     machine: dict[str, Any]
@@ -138,6 +157,9 @@ class BenchReport:
     rss: list[RssSummary]
     sql: list[SqlTiming] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    probes: list[ProbeFigures] = field(default_factory=list)
+    coherence: CoherenceFigures | None = None
+    scaling: list[ScalingRun] = field(default_factory=list)
 
     def measured(self) -> list[Measurement]:
         return [m for m in self.measurements if not m.warmup]
@@ -185,7 +207,55 @@ def _p50_target(
     )
 
 
+def _tail_target(
+    report: BenchReport, scenario: str, reference: str, limit: float, levels: Iterable[int]
+) -> TargetOutcome:
+    worst: tuple[float, int] | None = None
+    for level in levels:
+        ratio = report.find(scenario, level).p99_ms / report.find(reference, level).p99_ms
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, level)
+    assert worst is not None
+    return TargetOutcome(
+        f"{scenario} p99 <= {limit:g} x {reference} p99",
+        worst[0] <= limit,
+        f"highest ratio {worst[0]:.2f} (at {worst[1]} connections)",
+    )
+
+
 PROVINCES_SQL_LIMIT_MS = 1.0
+# p99 of each scenario over the baseline's p99 at the same saturated level: what the process
+# adds to the tail beyond what the server, wrk and the box add to a bare app.
+TAIL_LIMITS: Final = (("health/live", 1.5), ("users/me", 3.0), ("service-types", 3.0))
+FIRST_PAGE_TAIL_LIMIT: Final = 10.0  # x the /users/me p99 at the same level
+COLD_ME_SCENARIO: Final = "users/me cold"
+COLD_ME_MIN_RATIO: Final = 0.25
+# A deactivation through one instance must be refused by another within this bound (seconds):
+# correctness (the notification arrived), not speed; the figures themselves are reported.
+COHERENCE_BOUND_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CoherenceFigures:
+    """Seconds from instance A's answer to a deactivation until B refused the user's token."""
+
+    delays_s: list[float]
+    refused: int  # trials in which B refused within the bound
+
+    @property
+    def trials(self) -> int:
+        return len(self.delays_s)
+
+    def percentile_ms(self, fraction: float) -> float:
+        ordered = sorted(self.delays_s)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000
+
+    def summary(self) -> str:
+        return (
+            f"{self.trials} trials: p50 {self.percentile_ms(0.5):.2f} ms, "
+            f"p99 {self.percentile_ms(0.99):.2f} ms, max {max(self.delays_s) * 1000:.2f} ms; "
+            f"{self.refused} refused within {COHERENCE_BOUND_S:g} s"
+        )
 
 
 def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
@@ -193,7 +263,24 @@ def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
     outcomes = [
         _ratio_target(report, "users/me", 0.5, saturated),
         _ratio_target(report, "service-types", 0.7, saturated),
+        _ratio_target(report, COLD_ME_SCENARIO, COLD_ME_MIN_RATIO, saturated),
     ]
+    outcomes += [
+        _tail_target(report, scenario, "baseline", limit, saturated)
+        for scenario, limit in TAIL_LIMITS
+    ]
+    outcomes.append(
+        _tail_target(report, "users first page", "users/me", FIRST_PAGE_TAIL_LIMIT, saturated)
+    )
+    if report.coherence is not None:
+        coherence = report.coherence
+        outcomes.append(
+            TargetOutcome(
+                f"another instance refuses a deactivated user within {COHERENCE_BOUND_S:g} s",
+                coherence.trials > 0 and coherence.refused == coherence.trials,
+                coherence.summary(),
+            )
+        )
     first_page = report.find("users first page", 1).p50_ms
     outcomes.append(
         _p50_target(report, "users last page", "users first page", 1.5, reference_p50=first_page)
@@ -267,6 +354,77 @@ def format_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def format_tails(report: BenchReport) -> str:
+    """p99 of each scenario over the baseline's p99 at the same saturated level."""
+    saturated = [level for level in report.levels() if level >= SATURATED_CONNECTIONS]
+    lines = [
+        "| scenario | "
+        + " | ".join(f"p99 ms @{level} | x baseline p99 @{level}" for level in saturated)
+        + " |",
+        "|---|" + "---:|---:|" * len(saturated),
+    ]
+    scenarios = list(dict.fromkeys(m.scenario for m in report.measured()))
+    for scenario in scenarios:
+        cells = []
+        for level in saturated:
+            p99 = report.find(scenario, level).p99_ms
+            cells.append(f"{p99:.2f} | {p99 / report.find('baseline', level).p99_ms:.2f}")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_probes(report: BenchReport) -> str:
+    """Inside the API worker, per measured run: loop stalls, GC, pool wait apart from SQL."""
+    lines = [
+        "| scenario | conns | p99 ms | stalls >= 5 ms | stall max ms | stall ms total | "
+        "of it GC | of it off-CPU | full GCs (max ms) | pool wait p50 / p99 / max ms | "
+        "ping p50 ms | SQL p50 ms | held p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for probe in report.probes:
+        f = probe.figures
+        p99 = report.find(probe.scenario, probe.connections).p99_ms
+        total = f["stall_total_ms"]
+        gc_share = f["gc_in_stalls_ms"] / total if total else 0.0
+        off_cpu = f.get("off_cpu_in_stalls_ms", 0.0) / total if total else 0.0
+        full = f["gc"]["2"]
+        pool = (
+            f"{f['pool_wait_p50_ms']:.2f} / {f['pool_wait_p99_ms']:.2f} / "
+            f"{f['pool_wait_max_ms']:.2f}"
+            if f["checkouts"]
+            else "-"
+        )
+        lines.append(
+            f"| {probe.scenario} | {probe.connections} | {p99:.2f} | {f['stalls']} | "
+            f"{f['stall_max_ms']:.1f} | {total:.0f} | {gc_share:.0%} | {off_cpu:.0%} | "
+            f"{full['count']} ({full['max_ms']:.1f}) | {pool} | "
+            f"{f['ping_p50_ms']:.2f} | {f['sql_p50_ms']:.2f} | {f['hold_p50_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_scaling(report: BenchReport) -> str:
+    """req/s (and p99) at 1 worker, 2 workers and 2 instances, each over its own baseline."""
+    layouts = list(dict.fromkeys(run.layout for run in report.scaling))
+    runs = {(run.scenario, run.connections, run.layout): run.result for run in report.scaling}
+    header = "| scenario | conns | 1 worker req/s (p99 ms) | " + " | ".join(
+        f"{layout} req/s (p99 ms) | x 1 worker" for layout in layouts
+    )
+    lines = [header + " |", "|---|---:|---:|" + "---:|---:|" * len(layouts)]
+    for scenario, level in dict.fromkeys((run.scenario, run.connections) for run in report.scaling):
+        one = report.find(scenario, level)
+        cells = [f"{one.rps:,.0f} ({one.p99_ms:.1f})"]
+        for layout in layouts:
+            other = runs.get((scenario, level, layout))
+            cells.append(
+                f"{other.rps:,.0f} ({other.p99_ms:.1f}) | {other.rps / one.rps:.2f}"
+                if other is not None
+                else "- | -"
+            )
+        lines.append(f"| {scenario} | {level} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_targets(outcomes: Sequence[TargetOutcome]) -> str:
     return "\n".join(
         f"{'PASS' if outcome.passed else 'FAIL'}  {outcome.name}: {outcome.detail}"
@@ -291,6 +449,18 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
         "rss": [{**asdict(rss), "growth_mib": rss.growth_mib} for rss in report.rss],
         "sql": [asdict(timing) for timing in report.sql],
         "notes": report.notes,
+        "probes": [asdict(probe) for probe in report.probes],
+        "coherence": asdict(report.coherence) if report.coherence is not None else None,
+        "scaling": [
+            {
+                "scenario": r.scenario,
+                "connections": r.connections,
+                "layout": r.layout,
+                "rps": round(r.result.rps, 1),
+                **asdict(r.result),
+            }
+            for r in report.scaling
+        ],
         "targets": [asdict(outcome) for outcome in outcomes],
     }
 

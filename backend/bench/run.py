@@ -42,15 +42,26 @@ from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
+import httpx
 
 from bench import data
 from bench.report import (
+    COHERENCE_BOUND_S,
+    COLD_ME_SCENARIO,
     BenchReport,
+    CoherenceFigures,
     Measurement,
+    ProbeFigures,
     RssSummary,
+    ScalingRun,
     SqlTiming,
+    TargetOutcome,
+    WrkResult,
     evaluate_targets,
+    format_probes,
+    format_scaling,
     format_table,
+    format_tails,
     format_targets,
     parse_wrk_output,
     to_json,
@@ -62,6 +73,23 @@ BACKEND = REPO_ROOT / "backend"
 LUA_SCRIPT = Path(__file__).with_name("auth.lua")
 PAGE_SIZE = 20
 ME_TOKENS = 256
+# The cold path: more distinct users than the user cache (10,000) and the verified-claims cache
+# (1,024) hold, asked for in a rotation that continues from run to run, so every request
+# verifies a token and reads its user.
+COLD_TOKENS = 12_000
+# Served by default: the production app plus the bench's instruments (`bench.probe`).
+PROBED_APP = "bench.probe:app"
+# What runs at 2 workers and on 2 instances beside the 1-worker figures.
+SCALING_SCENARIOS = (
+    "baseline",
+    "health/live",
+    "users/me",
+    COLD_ME_SCENARIO,
+    "service-types",
+    "users first page",
+)
+COHERENCE_TRIALS = 100
+COHERENCE_SUB_NUMBER = 3  # a dispatcher, active, outside the rotations above
 # The production command line of the Dockerfile, less host and port.
 UVICORN_FLAGS = [
     "--proxy-headers",
@@ -88,6 +116,7 @@ def scenarios(users: int) -> list[Scenario]:
         Scenario("baseline", "baseline", "/", "admin"),
         Scenario("health/live", "api", "/health/live", "admin"),
         Scenario("users/me", "api", "/api/v1/users/me", "users"),
+        Scenario(COLD_ME_SCENARIO, "api", "/api/v1/users/me", "cold"),
         Scenario("service-types", "api", "/api/v1/reference/service-types", "users"),
         Scenario("users first page", "api", users_path + urlencode({"page": 1}), "admin"),
         Scenario(
@@ -349,15 +378,37 @@ def proc_status_bytes(pid: int, field: str) -> int | None:
 # Load
 
 
-def run_wrk(wrk: str, url: str, connections: int, seconds: int, tokens_file: Path | None) -> str:
+def wrk_command(
+    wrk: str,
+    url: str,
+    connections: int,
+    seconds: int,
+    tokens_file: Path | None,
+    tokens_start: int | None = None,
+) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ}
     env.pop("BENCH_TOKENS_FILE", None)
+    env.pop("BENCH_TOKENS_START", None)
     if tokens_file is not None:
         env["BENCH_TOKENS_FILE"] = str(tokens_file)
+    if tokens_start is not None:
+        env["BENCH_TOKENS_START"] = str(tokens_start)
     # One wrk thread is plenty against one Python worker, and leaves it the other core.
     threads = 1
     command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"]
     command += ["--timeout", "10s", "-s", str(LUA_SCRIPT), url]
+    return command, env
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    connections: int,
+    seconds: int,
+    tokens_file: Path | None,
+    tokens_start: int | None = None,
+) -> str:
+    command, env = wrk_command(wrk, url, connections, seconds, tokens_file, tokens_start)
     completed = subprocess.run(  # noqa: S603 - wrk against our own loopback servers
         command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
@@ -366,6 +417,90 @@ def run_wrk(wrk: str, url: str, connections: int, seconds: int, tokens_file: Pat
             f"wrk failed ({completed.returncode}): {completed.stdout}{completed.stderr}"
         )
     return completed.stdout
+
+
+def run_wrk_pair(
+    wrk: str,
+    urls: tuple[str, str],
+    connections: int,
+    seconds: int,
+    tokens_file: Path | None,
+    tokens_start: int | None,
+) -> WrkResult:
+    """Two wrk processes at once, one per instance, `connections` split between them."""
+    processes = []
+    for index, url in enumerate(urls):
+        share = connections // 2 + (connections % 2 if index == 0 else 0)
+        command, env = wrk_command(wrk, url, share, seconds, tokens_file, tokens_start)
+        processes.append(
+            subprocess.Popen(  # noqa: S603 - wrk against our own loopback servers
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=seconds + 60)
+        if process.returncode != 0:
+            raise SystemExit(f"wrk failed ({process.returncode}): {stdout}{stderr}")
+        results.append(parse_wrk_output(stdout))
+    first, second = results
+    # Throughput adds up; of the percentiles, the worse instance's is the honest one to show.
+    return WrkResult(
+        requests=first.requests + second.requests,
+        duration_s=max(first.duration_s, second.duration_s),
+        non2xx=first.non2xx + second.non2xx,
+        socket_errors=first.socket_errors + second.socket_errors,
+        p50_ms=max(first.p50_ms, second.p50_ms),
+        p90_ms=max(first.p90_ms, second.p90_ms),
+        p99_ms=max(first.p99_ms, second.p99_ms),
+        max_ms=max(first.max_ms, second.max_ms),
+        mean_ms=(first.mean_ms + second.mean_ms) / 2,
+    )
+
+
+def read_probe(server: Server, *, reset: bool) -> dict[str, Any]:
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        response = client.get("/__bench/probe", params={"reset": reset})
+        response.raise_for_status()
+        figures: dict[str, Any] = response.json()
+        return figures
+
+
+def coherence_trials(a: Server, b: Server, sub: str, token: str, trials: int) -> CoherenceFigures:
+    """Deactivate a user through A, poll B with the user's token until it refuses; reactivate.
+
+    The delay runs from A's answer (its transaction committed before it answered) to B's first
+    401. B holds the user in its cache at the start of every trial (a 200 just before).
+    """
+    me = "/api/v1/users/me"
+    headers = {"Authorization": f"Bearer {token}"}
+    delays: list[float] = []
+    refused = 0
+    with (
+        httpx.Client(base_url=a.base_url, timeout=10) as client_a,
+        httpx.Client(base_url=b.base_url, timeout=10) as client_b,
+    ):
+
+        def set_active(active: bool) -> None:
+            url = f"/__bench/users/{sub}/active"
+            client_a.post(url, params={"active": active}).raise_for_status()
+
+        def b_answers(status: int, within: float) -> float | None:
+            started = time.perf_counter()
+            while time.perf_counter() - started < within:
+                if client_b.get(me, headers=headers).status_code == status:
+                    return time.perf_counter() - started
+            return None
+
+        for _ in range(trials):
+            if b_answers(200, COHERENCE_BOUND_S) is None:
+                raise SystemExit("instance B does not accept the coherence user's token")
+            set_active(False)
+            delay = b_answers(401, COHERENCE_BOUND_S)
+            delays.append(COHERENCE_BOUND_S if delay is None else delay)
+            refused += delay is not None
+            set_active(True)
+    return CoherenceFigures(delays_s=delays, refused=refused)
 
 
 def start_profiler(
@@ -382,7 +517,20 @@ def start_profiler(
     )
 
 
-def mint_tokens(run_dir: Path, admin_sub: str, users: int) -> dict[str, Path]:
+def active_numbers(users: int, count: int, *, skip: frozenset[int] = frozenset()) -> list[int]:
+    """`count` active user rows spread over the table, all roles."""
+    step = max(1, users // count)
+    numbers = [
+        n
+        for n in range(1, users + 1, step)
+        if (n == 1 or n % data.INACTIVE_EVERY) and n not in skip
+    ]
+    return numbers[:count]
+
+
+def mint_tokens(
+    run_dir: Path, admin_sub: str, users: int, *, with_cold: bool = True
+) -> dict[str, Path]:
     from tests.support.jwt_tokens import access_token_claims, mint_token, shared_rsa_key
 
     key = shared_rsa_key("bench-signing-key")
@@ -394,16 +542,31 @@ def mint_tokens(run_dir: Path, admin_sub: str, users: int) -> dict[str, Path]:
 
     # Active users spread over the table, all roles: /users/me and the reference lists are
     # asked for by many callers, not one.
-    step = max(1, users // ME_TOKENS)
-    numbers = [n for n in range(1, users + 1, step) if n == 1 or n % data.INACTIVE_EVERY][
-        :ME_TOKENS
-    ]
+    numbers = active_numbers(users, ME_TOKENS, skip=frozenset({COHERENCE_SUB_NUMBER}))
+    # Every active user but the warm set and the coherence user, in table order.
+    cold = (
+        []
+        if not with_cold
+        else [
+            n
+            for n in range(1, users + 1)
+            if n % data.INACTIVE_EVERY and n not in numbers and n != COHERENCE_SUB_NUMBER
+        ][:COLD_TOKENS]
+    )
+    if with_cold and len(cold) < COLD_TOKENS:
+        raise SystemExit(
+            f"the cold-cache scenario needs --users of at least {COLD_TOKENS * 1.1:,.0f}"
+        )
     files = {
         "admin": run_dir / "tokens-admin.txt",
         "users": run_dir / "tokens-users.txt",
+        "cold": run_dir / "tokens-cold.txt",
+        "coherence": run_dir / "tokens-coherence.txt",
     }
     files["admin"].write_text(token(admin_sub) + "\n")
     files["users"].write_text("".join(token(data.bench_sub(n)) + "\n" for n in numbers))
+    files["cold"].write_text("".join(token(data.bench_sub(n)) + "\n" for n in cold))
+    files["coherence"].write_text(token(data.bench_sub(COHERENCE_SUB_NUMBER)) + "\n")
     return files
 
 
@@ -429,6 +592,20 @@ async def verify_micro(jwks_url: str, token: str, rounds: int = 2000) -> dict[st
     return results
 
 
+class Rotations:
+    """Where each token file's rotation stands: the cold scenario never repeats a token soon."""
+
+    def __init__(self) -> None:
+        self._served: dict[str, int] = {}
+
+    def start(self, tokens: str) -> int | None:
+        return self._served.get(tokens, 0) if tokens == "cold" else None
+
+    def advance(self, tokens: str, result: WrkResult) -> None:
+        if tokens == "cold":
+            self._served[tokens] = self._served.get(tokens, 0) + result.requests
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -441,10 +618,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the API worker in each measured API run"
     )
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="serve app.main:app without the bench's instruments (bench.probe)",
+    )
+    parser.add_argument(
+        "--no-scaling",
+        action="store_true",
+        help="skip the 2-worker and 2-instance runs and the coherence trials",
+    )
     parser.add_argument("--hold", action="store_true", help="keep servers up after the load")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.connections.split(",")]
+    saturated = [level for level in levels if level >= 16]
+    api_app = "app.main:app" if args.no_probe else PROBED_APP
 
     from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
 
@@ -458,6 +647,18 @@ def main(argv: list[str] | None = None) -> int:
         for s in scenarios(args.users)
         if not args.only or s.name in args.only.split(",") or s.name == "baseline"
     ]
+    rotations = Rotations()
+
+    def measure(
+        server: Server, scenario: Scenario, level: int, seconds: int, tokens: dict[str, Path]
+    ) -> WrkResult:
+        url = server.base_url + scenario.path
+        output = run_wrk(
+            wrk, url, level, seconds, tokens.get(scenario.tokens), rotations.start(scenario.tokens)
+        )
+        result = parse_wrk_output(output)
+        rotations.advance(scenario.tokens, result)
+        return result
 
     with bench_database(scratch) as dsn, JWKSServer(shared_rsa_key("bench-signing-key")) as jwks:
         started = time.monotonic()
@@ -467,15 +668,24 @@ def main(argv: list[str] | None = None) -> int:
             f"loaded {loaded.users:,} users and {loaded.cases:,} cases in {load_seconds:.0f} s",
             flush=True,
         )
-        tokens = mint_tokens(run_dir, loaded.admin_sub, args.users)
+        tokens = mint_tokens(
+            run_dir,
+            loaded.admin_sub,
+            args.users,
+            with_cold=any(scenario.tokens == "cold" for scenario in chosen),
+        )
         admin_token = tokens["admin"].read_text().strip()
         micro = asyncio.run(verify_micro(jwks.url, admin_token))
 
         env = server_env(dsn, jwks.url)
-        api = start_server("api", "app.main:app", env, args.workers, run_dir)
+        api = start_server("api", api_app, env, args.workers, run_dir)
         baseline = start_server("baseline", "bench.baseline_app:app", env, args.workers, run_dir)
         servers = {"api": api, "baseline": baseline}
         measurements: list[Measurement] = []
+        probes: list[ProbeFigures] = []
+        scaling: list[ScalingRun] = []
+        coherence: CoherenceFigures | None = None
+        probing = not args.no_probe and args.workers == 1
         try:
             wait_until_ok(api.base_url + "/health", api.process)
             wait_until_ok(baseline.base_url + "/", baseline.process)
@@ -487,22 +697,27 @@ def main(argv: list[str] | None = None) -> int:
                         split_at = time.monotonic()
                     for level in levels:
                         for scenario in chosen:
-                            url = servers[scenario.server].base_url + scenario.path
+                            server = servers[scenario.server]
                             profiler = None
-                            if args.profile and not warmup and scenario.server == "api":
+                            measured_api_run = not warmup and scenario.server == "api"
+                            if args.profile and measured_api_run:
                                 profiler = start_profiler(
                                     api_workers[0], run_dir, scenario.name, level, args.duration
                                 )
-                            output = run_wrk(
-                                wrk,
-                                url,
+                            if probing and measured_api_run:
+                                read_probe(api, reset=True)
+                            result = measure(
+                                server,
+                                scenario,
                                 level,
                                 args.warmup if warmup else args.duration,
-                                tokens.get(scenario.tokens),
+                                tokens,
                             )
+                            if probing and measured_api_run:
+                                figures = read_probe(api, reset=True)
+                                probes.append(ProbeFigures(scenario.name, level, figures))
                             if profiler is not None:
                                 profiler.wait(timeout=60)
-                            result = parse_wrk_output(output)
                             measurements.append(Measurement(scenario.name, level, result, warmup))
                             if not warmup:
                                 print(
@@ -514,6 +729,80 @@ def main(argv: list[str] | None = None) -> int:
                 if args.hold:
                     input(f"API at {api.base_url}, pids {api_workers}; Enter to finish ")
             high_water = {pid: proc_status_bytes(pid, "VmHWM") or 0 for pid in api_workers}
+
+            if not args.no_scaling and not args.only and args.workers == 1:
+                scaled = [s for s in chosen if s.name in SCALING_SCENARIOS]
+                # The same scenarios with two workers per server: one process per core.
+                api2 = start_server("api-2-workers", api_app, env, 2, run_dir)
+                baseline2 = start_server(
+                    "baseline-2-workers", "bench.baseline_app:app", env, 2, run_dir
+                )
+                try:
+                    wait_until_ok(api2.base_url + "/health", api2.process)
+                    wait_until_ok(baseline2.base_url + "/", baseline2.process)
+                    doubled = {"api": api2, "baseline": baseline2}
+                    for warmup in (True, False):
+                        for level in saturated:
+                            for scenario in scaled:
+                                seconds = args.warmup if warmup else args.duration
+                                result = measure(
+                                    doubled[scenario.server], scenario, level, seconds, tokens
+                                )
+                                if not warmup:
+                                    scaling.append(
+                                        ScalingRun(scenario.name, level, "2 workers", result)
+                                    )
+                                    print(
+                                        f"{scenario.name:>20} c={level:<3} 2 workers "
+                                        f"{result.rps:>8,.0f} req/s  p99 {result.p99_ms:7.2f} ms",
+                                        flush=True,
+                                    )
+                finally:
+                    api2.stop()
+                    baseline2.stop()
+
+                # A second instance of one worker on the same database: throughput through
+                # both at once, then how soon one refuses a user the other deactivated.
+                second = start_server("api-instance-b", api_app, env, 1, run_dir)
+                try:
+                    wait_until_ok(second.base_url + "/health", second.process)
+                    pair = (api.base_url, second.base_url)
+                    for warmup in (True, False):
+                        for level in saturated:
+                            for scenario in scaled:
+                                if scenario.server != "api":
+                                    continue
+                                urls = (pair[0] + scenario.path, pair[1] + scenario.path)
+                                seconds = args.warmup if warmup else args.duration
+                                result = run_wrk_pair(
+                                    wrk,
+                                    urls,
+                                    level,
+                                    seconds,
+                                    tokens.get(scenario.tokens),
+                                    rotations.start(scenario.tokens),
+                                )
+                                rotations.advance(scenario.tokens, result)
+                                if not warmup:
+                                    scaling.append(
+                                        ScalingRun(scenario.name, level, "2 instances", result)
+                                    )
+                                    print(
+                                        f"{scenario.name:>20} c={level:<3} 2 instances "
+                                        f"{result.rps:>8,.0f} req/s  p99 {result.p99_ms:7.2f} ms",
+                                        flush=True,
+                                    )
+                    if probing:
+                        coherence = coherence_trials(
+                            api,
+                            second,
+                            data.bench_sub(COHERENCE_SUB_NUMBER),
+                            tokens["coherence"].read_text().strip(),
+                            COHERENCE_TRIALS,
+                        )
+                        print(f"coherence: {coherence.summary()}", flush=True)
+                finally:
+                    second.stop()
         finally:
             api.stop()
             baseline.stop()
@@ -545,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "load_seconds": round(load_seconds, 1),
+            "app": api_app,
         },
         measurements=measurements,
         rss=[
@@ -553,12 +843,30 @@ def main(argv: list[str] | None = None) -> int:
         ],
         sql=sql,
         notes=micro,
+        probes=probes,
+        scaling=scaling,
+        coherence=coherence,
     )
     if args.only:
         print(format_table(report))
+        if saturated:
+            print()
+            print(format_tails(report))
+        if probes:
+            print()
+            print(format_probes(report))
         return 0
-    outcomes = evaluate_targets(report)
-    table = format_table(report)
+    try:
+        outcomes = evaluate_targets(report)
+    except KeyError as missing:
+        # A shortened run (other --connections): the tables, but no verdict.
+        outcomes = [TargetOutcome("every target measured", False, f"{missing}")]
+    sections = [format_table(report), format_tails(report)]
+    if probes:
+        sections.append(format_probes(report))
+    if scaling:
+        sections.append(format_scaling(report))
+    table = "\n\n".join(sections)
     (run_dir / "table.md").write_text(table + "\n")
     (run_dir / "results.json").write_text(json.dumps(to_json(report, outcomes), indent=2) + "\n")
     write_chart(report, run_dir / "chart.png")
@@ -573,6 +881,8 @@ def main(argv: list[str] | None = None) -> int:
             f"API worker {pid}: peak RSS {rss.peak_mib:.1f} MiB; halves "
             f"{rss.first_half_peak_mib:.1f} -> {rss.second_half_peak_mib:.1f} MiB"
         )
+    if coherence is not None:
+        print(f"coherence (deactivated through A, refused by B): {coherence.summary()}")
     print()
     print(format_targets(outcomes))
     print(f"\nresults in {run_dir}")

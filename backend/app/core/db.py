@@ -26,6 +26,7 @@ from sqlalchemy.util import await_only
 
 from app.core.compensation import run_after_commit, undo_unless_committed
 from app.core.config import ConfigError, DatabaseCredentials, DatabaseSettings
+from app.core.pool import FairAsyncQueuePool
 from app.core.state import LifespanItem
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ def create_engine(
         # The URL names the dialect only; connections come from the connector.
         "postgresql+asyncpg://",
         async_creator=connector.connect,
+        # Waiting requests are served in arrival order (SQLAlchemy's asyncio queue lets late
+        # arrivals overtake them, which makes the tail of a busy pool).
+        poolclass=FairAsyncQueuePool,
         pool_size=settings.db_pool_size if pool_size is None else pool_size,
         max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.report import (
     BenchReport,
+    CoherenceFigures,
     Measurement,
     RssSummary,
     SqlTiming,
@@ -13,6 +16,7 @@ from bench.report import (
     WrkResult,
     evaluate_targets,
     format_table,
+    format_tails,
     parse_wrk_output,
 )
 
@@ -66,7 +70,9 @@ def result(rps: float, p50_ms: float, errors: int = 0) -> WrkResult:
 # scenario -> (req/s, p50 ms) at 1 and at 16 connections
 PASSING = {
     "baseline": ((1000, 1.0), (4000, 4.0)),
+    "health/live": ((900, 1.1), (3900, 4.2)),
     "users/me": ((600, 1.6), (2400, 6.6)),
+    "users/me cold": ((200, 4.0), (1100, 14.0)),
     "service-types": ((800, 1.2), (3400, 4.7)),
     "users first page": ((300, 3.0), (1000, 16.0)),
     "users last page": ((250, 4.0), (900, 18.0)),
@@ -143,3 +149,53 @@ def test_table_gives_ratios_against_the_baseline_at_the_same_level() -> None:
     table = format_table(report_of(PASSING))
     assert "| users/me | 16 | 2,400 | 6.60 | 19.80 | 0 | 0.60 |" in table
     assert "| baseline | 1 | 1,000 | 1.00 | 3.00 | 0 | 1.00 |" in table
+
+
+def with_p99(report: BenchReport, scenario: str, connections: int, p99_ms: float) -> BenchReport:
+    for index, measurement in enumerate(report.measurements):
+        if measurement.scenario == scenario and measurement.connections == connections:
+            changed = dataclasses.replace(measurement.result, p99_ms=p99_ms)
+            report.measurements[index] = dataclasses.replace(measurement, result=changed)
+    return report
+
+
+def test_tails_are_judged_against_the_baseline_p99_at_the_same_level() -> None:
+    # The baseline's p99 at 16 connections is 12 ms (3 x its 4 ms p50).
+    assert failed(with_p99(report_of(PASSING), "health/live", 16, 18.0)) == []
+    assert failed(with_p99(report_of(PASSING), "health/live", 16, 18.5)) == [
+        "health/live p99 <= 1.5 x baseline p99"
+    ]
+    assert failed(with_p99(report_of(PASSING), "service-types", 16, 37.0)) == [
+        "service-types p99 <= 3 x baseline p99"
+    ]
+    # A slow tail at one connection is service time, not a tail under load: not judged.
+    assert failed(with_p99(report_of(PASSING), "users/me", 1, 500.0)) == []
+
+
+def test_the_first_page_tail_is_judged_against_the_users_me_tail() -> None:
+    # /users/me p99 at 16 connections: 19.8 ms.
+    assert failed(with_p99(report_of(PASSING), "users first page", 16, 190.0)) == []
+    assert failed(with_p99(report_of(PASSING), "users first page", 16, 205.0)) == [
+        "users first page p99 <= 10 x users/me p99"
+    ]
+
+
+def test_the_cold_path_needs_a_quarter_of_the_baseline_throughput() -> None:
+    figures = dict(PASSING)
+    figures["users/me cold"] = ((200, 4.0), (990, 14.0))  # 0.2475 x 4000
+    assert failed(report_of(figures)) == ["users/me cold throughput >= 0.25 x baseline"]
+
+
+def test_coherence_fails_when_any_trial_was_not_refused_within_the_bound() -> None:
+    report = report_of(PASSING)
+    report.coherence = CoherenceFigures(delays_s=[0.001] * 99 + [0.002], refused=100)
+    assert failed(report) == []
+    assert "p50 1.00 ms, p99 2.00 ms, max 2.00 ms" in report.coherence.summary()
+    report.coherence = CoherenceFigures(delays_s=[0.001] * 99 + [5.0], refused=99)
+    assert failed(report) == ["another instance refuses a deactivated user within 5 s"]
+
+
+def test_tail_table_gives_p99_ratios_at_saturated_levels_only() -> None:
+    table = format_tails(report_of(PASSING))
+    assert "| users/me | 19.80 | 1.65 |" in table
+    assert "@1 " not in table

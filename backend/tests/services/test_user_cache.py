@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from app.core.listener import NotificationListener
@@ -170,6 +171,104 @@ async def test_a_commit_through_this_instance_evicts_before_the_commit_returns(
         # No waiting for the notification: this process knew of its own write.
         assert cache.get(user.cognito_user_id) is None
         assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+
+
+async def test_misses_that_arrive_together_are_read_with_one_statement(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    users = [await insert_user(dsn, role) for role in (Role.ADMIN, Role.OFFICER, Role.EXECUTIVE)]
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        statements: list[str] = []
+        engine = state["engine"].sync_engine
+
+        def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            callers = [*users, users[0]]  # one of them twice
+            responses = await asyncio.gather(
+                *(client.get(ME, headers=headers_of(user)) for user in callers)
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert [r.json()["email"] for r in responses] == [user.email for user in callers]
+        assert [r.json()["role"] for r in responses] == ["ADMIN", "OFFICER", "EXECUTIVE", "ADMIN"]
+        assert len([sql for sql in statements if "FROM users" in sql]) == 1
+        # Unknown subs in the same read are refused, each on its own.
+        strangers = await asyncio.gather(
+            client.get(ME, headers={"Authorization": f"Bearer {token_for(users[0], sub='x-1')}"}),
+            client.get(ME, headers={"Authorization": f"Bearer {token_for(users[0], sub='x-2')}"}),
+            client.get(ME, headers=headers_of(users[1])),
+        )
+        assert [r.status_code for r in strangers] == [401, 401, 200]
+
+
+async def deactivate_through(state: dict[str, Any], user: User) -> None:
+    """Commit a deactivation through an app instance's own request sessions."""
+    async with state["sessionmaker"]() as session, session.begin():
+        row = await session.get(User, user.id)
+        assert row is not None
+        row.is_active = False
+
+
+async def test_two_instances_a_deactivation_through_one_is_refused_by_the_other(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with (
+        running_app(fresh_database_url, jwks_server.url) as (client_a, state_a),
+        running_app(fresh_database_url, jwks_server.url) as (client_b, state_b),
+    ):
+        cache_b: UserCache = state_b["user_cache"]
+        for client in (client_a, client_b):
+            assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+        assert cache_b.get(user.cognito_user_id) is not None, "B serves the user from memory"
+
+        heard = asyncio.create_task(cache_b.wait_for_change())
+        await deactivate_through(state_a, user)
+        assert (await client_a.get(ME, headers=headers_of(user))).status_code == 401
+        # B learns of A's commit from PostgreSQL's notification only. A bound for correctness,
+        # not a speed measurement (the bench times it: well under a millisecond).
+        await asyncio.wait_for(heard, 5)
+        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 401
+
+
+async def test_two_instances_while_the_others_listener_is_down_it_refuses_at_once(
+    fresh_database_url: str, jwks_server: JWKSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with (
+        running_app(fresh_database_url, jwks_server.url) as (_, state_a),
+        running_app(fresh_database_url, jwks_server.url) as (client_b, state_b),
+    ):
+        cache_b: UserCache = state_b["user_cache"]
+        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 200
+        assert cache_b.get(user.cognito_user_id) is not None
+        # B's listener goes down and stays down; A's reconnects as it would.
+        listener_b: NotificationListener = cache_b._listener  # type: ignore[assignment]
+        never = asyncio.Event()
+
+        async def stay_down() -> asyncpg.Connection:
+            await never.wait()
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(listener_b, "_connect", stay_down)
+        await commit_elsewhere(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        await eventually(lambda: not cache_b.trusted)
+        await eventually(lambda: state_a["user_cache"].trusted)
+
+        # No notification can reach B now; it reads the row on every request instead.
+        await deactivate_through(state_a, user)
+        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 401
+        assert not cache_b.trusted
 
 
 async def test_a_lost_listener_clears_and_bypasses_the_cache_until_it_reconnects(
