@@ -154,6 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Complaint case management: authentication, users and reference data.",
         lifespan=_lifespan(settings),
         responses={500: {"model": ErrorResponse, "description": "Unexpected error"}},
+        # FastAPI's native OpenTelemetry looks up the global providers on every request; this
+        # service exports no traces, metrics or logs through it (Nginx and the JSON logs do).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         # FastAPI's own pages load Swagger UI from a CDN with inline scripts; install_docs
         # serves it from the app under a strict CSP instead.
         docs_url=None,

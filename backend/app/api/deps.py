@@ -7,13 +7,14 @@ explains the scheme.
 
 from typing import Annotated, Final
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from app.core.config import Settings
+from app.core.db import READ_SESSIONMAKER
 from app.core.state import LifespanItem
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
-from app.services.reference import ReferenceCache
+from app.services.reference import ReferenceCache, ReferenceReads
 from app.services.user_cache import UserCountCache
 
 SETTINGS: Final = LifespanItem[Settings]("settings")
@@ -22,8 +23,15 @@ REFERENCE_CACHE: Final = LifespanItem[ReferenceCache]("reference_cache")
 USER_COUNTS: Final = LifespanItem[UserCountCache]("user_counts")
 DIRECTORY_SYNC: Final = LifespanItem[DirectorySync]("directory_sync")
 
+
+async def reference_reads(request: Request) -> ReferenceReads:
+    # One dependency for both items: the lists are the hottest reads, and FastAPI's cost is per
+    # dependency it resolves.
+    return ReferenceReads(READ_SESSIONMAKER.of(request), REFERENCE_CACHE.of(request))
+
+
 SettingsDep = Annotated[Settings, Depends(SETTINGS)]
 CognitoDep = Annotated[CognitoUserPool, Depends(COGNITO)]
-ReferenceCacheDep = Annotated[ReferenceCache, Depends(REFERENCE_CACHE)]
+ReferenceReadsDep = Annotated[ReferenceReads, Depends(reference_reads)]
 UserCountsDep = Annotated[UserCountCache, Depends(USER_COUNTS)]
 DirectorySyncDep = Annotated[DirectorySync, Depends(DIRECTORY_SYNC)]

@@ -127,6 +127,14 @@ class ReferenceCache:
         self._entries.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceReads:
+    """What the cached lists read from: the read sessions, and the cache of rendered lists."""
+
+    sessions: ReadSessions
+    cache: ReferenceCache
+
+
 _ReferenceT = TypeVar("_ReferenceT", bound=ReferenceMixin)
 _RowT = TypeVar("_RowT")
 
@@ -150,16 +158,16 @@ async def _all(sessions: ReadSessions, statement: sa.Select[_RowT]) -> Sequence[
         return (await session.scalars(statement)).all()
 
 
-async def service_types_json(sessions: ReadSessions, cache: ReferenceCache) -> RenderedJson:
+async def service_types_json(reads: ReferenceReads) -> RenderedJson:
     async def load() -> RenderedJson:
-        rows = await _all(sessions, _active_in_display_order(RefServiceType))
+        rows = await _all(reads.sessions, _active_in_display_order(RefServiceType))
         return _render(_SERVICE_TYPES, rows)
 
-    return await cache.get_or_load(("service-types", None), load)
+    return await reads.cache.get_or_load(("service-types", None), load)
 
 
 async def complaint_types_json(
-    sessions: ReadSessions, cache: ReferenceCache, service_type_id: int | None = None
+    reads: ReferenceReads, service_type_id: int | None = None
 ) -> RenderedJson:
     """Active complaint types of active service types, grouped by service type in its order.
 
@@ -171,7 +179,7 @@ async def complaint_types_json(
 
     async def load() -> RenderedJson:
         if service_type_id is not None:
-            async with sessions() as session:
+            async with reads.sessions() as session:
                 found = await session.scalar(
                     select(RefServiceType.id).where(
                         RefServiceType.id == service_type_id, RefServiceType.is_active
@@ -192,24 +200,25 @@ async def complaint_types_json(
         )
         if service_type_id is not None:
             statement = statement.where(RefComplaintType.service_type_id == service_type_id)
-        return _render(_COMPLAINT_TYPES, await _all(sessions, statement))
+        return _render(_COMPLAINT_TYPES, await _all(reads.sessions, statement))
 
-    return await cache.get_or_load(("complaint-types", service_type_id), load)
+    return await reads.cache.get_or_load(("complaint-types", service_type_id), load)
 
 
-async def handlers_json(sessions: ReadSessions, cache: ReferenceCache) -> RenderedJson:
+async def handlers_json(reads: ReferenceReads) -> RenderedJson:
     async def load() -> RenderedJson:
-        return _render(_HANDLERS, await _all(sessions, _active_in_display_order(RefHandler)))
+        rows = await _all(reads.sessions, _active_in_display_order(RefHandler))
+        return _render(_HANDLERS, rows)
 
-    return await cache.get_or_load(("handlers", None), load)
+    return await reads.cache.get_or_load(("handlers", None), load)
 
 
-async def closure_reasons_json(sessions: ReadSessions, cache: ReferenceCache) -> RenderedJson:
+async def closure_reasons_json(reads: ReferenceReads) -> RenderedJson:
     async def load() -> RenderedJson:
-        rows = await _all(sessions, _active_in_display_order(RefClosureReason))
+        rows = await _all(reads.sessions, _active_in_display_order(RefClosureReason))
         return _render(_CLOSURE_REASONS, rows)
 
-    return await cache.get_or_load(("closure-reasons", None), load)
+    return await reads.cache.get_or_load(("closure-reasons", None), load)
 
 
 def _distinct_provinces() -> sa.Select[str]:

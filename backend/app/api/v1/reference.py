@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from app.api.deps import ReferenceCacheDep
+from app.api.deps import ReferenceReadsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
@@ -80,13 +80,12 @@ router = APIRouter(prefix="/reference", tags=["reference"], route_class=Credenti
 async def list_service_types(
     _: CurrentUser,
     request: Request,
-    sessions: ReadSessionsDep,
-    cache: ReferenceCacheDep,
+    reads: ReferenceReadsDep,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active service types in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.service_types_json(sessions, cache), if_none_match)
+    return _cached_json(await reference.service_types_json(reads), if_none_match)
 
 
 @router.get(
@@ -100,8 +99,7 @@ async def list_service_types(
 async def list_complaint_types(
     _: CurrentUser,
     request: Request,
-    sessions: ReadSessionsDep,
-    cache: ReferenceCacheDep,
+    reads: ReferenceReadsDep,
     service_type_id: Annotated[
         int | None,
         Query(ge=1, le=_MAX_SERVICE_TYPE_ID, description="Only this service type's entries"),
@@ -110,7 +108,7 @@ async def list_complaint_types(
 ) -> Response:
     """Active complaint types in display order, optionally of one service type (404 if unknown)."""
     refuse_unexpected_query(request, frozenset({"service_type_id"}))
-    rendered = await reference.complaint_types_json(sessions, cache, service_type_id)
+    rendered = await reference.complaint_types_json(reads, service_type_id)
     return _cached_json(rendered, if_none_match)
 
 
@@ -118,13 +116,12 @@ async def list_complaint_types(
 async def list_handlers(
     _: CurrentUser,
     request: Request,
-    sessions: ReadSessionsDep,
-    cache: ReferenceCacheDep,
+    reads: ReferenceReadsDep,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active handling agencies in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.handlers_json(sessions, cache), if_none_match)
+    return _cached_json(await reference.handlers_json(reads), if_none_match)
 
 
 @router.get(
@@ -133,13 +130,12 @@ async def list_handlers(
 async def list_closure_reasons(
     _: CurrentUser,
     request: Request,
-    sessions: ReadSessionsDep,
-    cache: ReferenceCacheDep,
+    reads: ReferenceReadsDep,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active closure reasons in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.closure_reasons_json(sessions, cache), if_none_match)
+    return _cached_json(await reference.closure_reasons_json(reads), if_none_match)
 
 
 @router.get("/provinces", response_model=list[str], responses=CACHED_RESPONSES)
