@@ -43,7 +43,7 @@ from app.core.logging import configure_logging
 from app.core.secrets import fetch_database_credentials
 from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMisconfiguredError
 from app.services.directory_sync import DirectorySync
-from app.services.pool_check import PoolCheckUnavailable, check_pool
+from app.services.pool_check import PoolCheckUnavailable, check_configured_pool
 from app.services.reconcile import OrphanAction, find_drift, repair
 
 logger = logging.getLogger(__name__)
@@ -70,12 +70,7 @@ def _cannot_check(as_json: bool, reason: str) -> int:
 async def run_check_pool(settings: Settings, cognito: CognitoUserPool, *, as_json: bool) -> int:
     """The pool's configuration: 0 as needed, 1 problems found, 2 Cognito could not say."""
     try:
-        with cognito.within_deadline(settings.cognito_deadline_seconds):
-            check = await check_pool(
-                cognito,
-                settings.cognito_app_client_id,
-                hosted_ui=settings.cognito_domain is not None,
-            )
+        check = await check_configured_pool(cognito, settings)
     except PoolCheckUnavailable as error:
         return _cannot_check(as_json, f"Cognito did not answer ({error})")
     lines = [check.summary()] if check.ok else ["problems:", *(f"  - {p}" for p in check.problems)]

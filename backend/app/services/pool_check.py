@@ -216,15 +216,18 @@ async def check_pool(
     return check
 
 
+async def check_configured_pool(cognito: CognitoUserPool, settings: Settings) -> PoolCheck:
+    """`check_pool` of the pool and app client `settings` name, within the Cognito deadline."""
+    with cognito.within_deadline(settings.cognito_deadline_seconds):
+        return await check_pool(
+            cognito, settings.cognito_app_client_id, hosted_ui=settings.cognito_domain is not None
+        )
+
+
 async def log_pool_check(cognito: CognitoUserPool, settings: Settings) -> None:
     """Check the pool within the Cognito deadline and say what was found, once."""
     try:
-        with cognito.within_deadline(settings.cognito_deadline_seconds):
-            check = await check_pool(
-                cognito,
-                settings.cognito_app_client_id,
-                hosted_ui=settings.cognito_domain is not None,
-            )
+        check = await check_configured_pool(cognito, settings)
     except PoolCheckUnavailable as error:
         logger.warning(
             "cognito pool check could not run (%s); it is not retried: run "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import uuid
@@ -12,16 +11,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.cli.create_admin import create_admin
 from app.core.roles import Role
 from app.models.user import User
 from tests.api.conftest import make_settings
-from tests.support.jwt_tokens import TEST_REGION
+from tests.support.app_env import cli_environment
 from tests.support.moto_cognito import (
-    DUMMY_CREDENTIALS_ENV,
     MotoCognito,
     aws_error_response,
     fail_operation,
@@ -58,31 +55,7 @@ def run_command(
     database_url: str, moto: MotoCognito, cwd: Path, *arguments: str
 ) -> subprocess.CompletedProcess[str]:
     """`python -m app.cli.create_admin ...` with only the environment the API would have."""
-    url = make_url(database_url)
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AWS_", "DB_", "COGNITO_"))
-    }
-    environment = {
-        **inherited,
-        **DUMMY_CREDENTIALS_ENV,
-        "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER": moto.endpoint_url,
-        "AWS_REGION": TEST_REGION,
-        "DB_HOST": str(url.host),
-        "DB_PORT": str(url.port or 5432),
-        "DB_NAME": str(url.database),
-        "DB_USER": str(url.username),
-        "DB_PASSWORD": url.password or "unused",
-        "COGNITO_USER_POOL_ID": moto.user_pool_id,
-        "COGNITO_APP_CLIENT_ID": "unused",
-        "S3_ATTACHMENTS_BUCKET": "attachments",
-        "S3_EXPORTS_BUCKET": "exports",
-        "S3_AUDIT_BUCKET": "audit",
-        "S3_LANDING_BUCKET": "landing",
-        "SQS_NOTIFICATION_QUEUE_URL": "http://localhost/notifications",
-        "SQS_EXPORT_QUEUE_URL": "http://localhost/exports",
-    }
+    environment = cli_environment(database_url, moto, COGNITO_APP_CLIENT_ID="unused")
     return subprocess.run(
         [sys.executable, "-m", "app.cli.create_admin", *arguments],
         cwd=cwd,  # no .env there

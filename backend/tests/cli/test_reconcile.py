@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from app.cli.reconcile import run_check_pool, run_reconcile
 from app.core.config import Settings
@@ -28,9 +26,8 @@ from app.services.reconcile import DEFAULT_OUTBOX_THRESHOLD, OrphanAction
 from app.services.users import ADOPTABLE_AFTER
 from tests.api.conftest import make_settings
 from tests.hardening.harness import add_user, execute_sql
-from tests.support.jwt_tokens import TEST_REGION
+from tests.support.app_env import cli_environment
 from tests.support.moto_cognito import (
-    DUMMY_CREDENTIALS_ENV,
     MotoCognito,
     PoolKind,
     cognito_client,
@@ -296,36 +293,12 @@ def command(
     database_url: str, pool: MotoCognito, cwd: Path, *arguments: str
 ) -> subprocess.CompletedProcess[str]:
     """`python -m app.cli.reconcile ...` with only the environment the API would have."""
-    url = make_url(database_url)
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AWS_", "DB_", "COGNITO_"))
-    }
-    environment = {
-        **inherited,
-        **DUMMY_CREDENTIALS_ENV,
-        "PYTHONPATH": str(BACKEND_DIR),
-        "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER": pool.endpoint_url,
-        "AWS_REGION": TEST_REGION,
-        "DB_HOST": str(url.host),
-        "DB_PORT": str(url.port or 5432),
-        "DB_NAME": str(url.database),
-        "DB_USER": str(url.username),
-        "DB_PASSWORD": url.password or "unused",
-        "COGNITO_USER_POOL_ID": pool.user_pool_id,
-        "COGNITO_APP_CLIENT_ID": pool.client.create_user_pool_client(
-            UserPoolId=pool.user_pool_id,
-            ClientName="spa",
-            ExplicitAuthFlows=["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
-        )["UserPoolClient"]["ClientId"],
-        "S3_ATTACHMENTS_BUCKET": "attachments",
-        "S3_EXPORTS_BUCKET": "exports",
-        "S3_AUDIT_BUCKET": "audit",
-        "S3_LANDING_BUCKET": "landing",
-        "SQS_NOTIFICATION_QUEUE_URL": "http://localhost/notifications",
-        "SQS_EXPORT_QUEUE_URL": "http://localhost/exports",
-    }
+    client_id = pool.client.create_user_pool_client(
+        UserPoolId=pool.user_pool_id,
+        ClientName="spa",
+        ExplicitAuthFlows=["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+    )["UserPoolClient"]["ClientId"]
+    environment = cli_environment(database_url, pool, COGNITO_APP_CLIENT_ID=client_id)
     return subprocess.run(
         [sys.executable, "-m", "app.cli.reconcile", *arguments],
         cwd=cwd,  # no .env there

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from tests.support.jwt_tokens import TEST_CLIENT_ID, TEST_REGION, TEST_USER_POOL_ID
+from tests.support.moto_cognito import DUMMY_CREDENTIALS_ENV, MotoCognito
+
+BACKEND_DIR = Path(__file__).resolve().parents[2]
 
 # The server reads only what these say: nothing of the caller's database, AWS or Cognito setup.
 _INHERITED_NOT = ("DB_", "COGNITO_", "AWS_", "S3_", "SQS_", "WEB_CONCURRENCY")
@@ -41,3 +45,18 @@ def app_environment(database_url: str, jwks_url: str, **overrides: str) -> dict[
     )
     env.update(overrides)
     return env
+
+
+def cli_environment(database_url: str, cognito: MotoCognito, **overrides: str) -> dict[str, str]:
+    """The environment of a command-line tool (`python -m app.cli....`) run as systemd or an
+    operator runs it: the app's settings, Cognito on the emulator, and this checkout's code on
+    an absolute PYTHONPATH whatever the working directory."""
+    return app_environment(
+        database_url,
+        "http://127.0.0.1:9/jwks.json",  # the tools verify no tokens
+        **DUMMY_CREDENTIALS_ENV,
+        AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER=cognito.endpoint_url,
+        COGNITO_USER_POOL_ID=cognito.user_pool_id,
+        PYTHONPATH=str(BACKEND_DIR),
+        **overrides,
+    )
