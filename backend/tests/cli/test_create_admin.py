@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from app.cli.create_admin import create_admin
 from app.core.roles import Role
 from app.models.user import User
 from tests.api.conftest import make_settings
-from tests.support.app_env import cli_environment
+from tests.support.app_env import cli_environment, run_cli
 from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,
@@ -56,15 +55,7 @@ def run_command(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m app.cli.create_admin ...` with only the environment the API would have."""
     environment = cli_environment(database_url, moto, COGNITO_APP_CLIENT_ID="unused")
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.create_admin", *arguments],
-        cwd=cwd,  # no .env there
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("app.cli.create_admin", environment, cwd, *arguments)
 
 
 async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(

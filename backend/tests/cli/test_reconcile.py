@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from app.services.reconcile import DEFAULT_OUTBOX_THRESHOLD, OrphanAction
 from app.services.users import ADOPTABLE_AFTER
 from tests.api.conftest import make_settings
 from tests.hardening.harness import add_user, execute_sql
-from tests.support.app_env import cli_environment
+from tests.support.app_env import cli_environment, run_cli
 from tests.support.moto_cognito import (
     MotoCognito,
     PoolKind,
@@ -299,15 +298,7 @@ def command(
         ExplicitAuthFlows=["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
     )["UserPoolClient"]["ClientId"]
     environment = cli_environment(database_url, pool, COGNITO_APP_CLIENT_ID=client_id)
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.reconcile", *arguments],
-        cwd=cwd,  # no .env there
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("app.cli.reconcile", environment, cwd, *arguments)
 
 
 async def test_the_command_line_reports_drift_and_checks_the_pool(rig: Rig, tmp_path: Path) -> None:

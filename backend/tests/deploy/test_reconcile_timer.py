@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,8 +10,14 @@ import pytest
 
 from app.cli import reconcile
 
-from .nginx_harness import REPO_ROOT, tool
-from .test_systemd_unit import HOST_UNIT_DIR, MAX_EXPOSURE, exposure, unit_entries
+from .nginx_harness import REPO_ROOT
+from .test_systemd_unit import (
+    MAX_EXPOSURE,
+    exposure,
+    systemd_verify,
+    unit_entries,
+    verify_root,
+)
 
 SYSTEMD_DIR = REPO_ROOT / "deploy" / "systemd"
 SERVICE = SYSTEMD_DIR / "one-system-reconcile.service"
@@ -21,34 +26,9 @@ BACKEND_UNIT = SYSTEMD_DIR / "one-system-backend.service"
 
 
 def verify(tmp_path: Path, service_text: str, timer_text: str) -> subprocess.CompletedProcess[str]:
-    """systemd-analyze verify of both units, in a root with the host's stock units and
-    stand-ins for the EC2 host's docker.service and /usr/bin/docker."""
-    root = tmp_path / "root"
-    shutil.copytree(HOST_UNIT_DIR, root / "usr/lib/systemd/system", symlinks=True)
-    (root / "usr/lib/systemd/system/docker.service").write_text(
-        "[Unit]\nDescription=Docker stand-in\n[Service]\nExecStart=/usr/bin/docker\n"
-    )
-    (root / "usr/bin").mkdir(parents=True)
-    stub = root / "usr/bin/docker"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
-    units = root / "etc/systemd/system"
-    units.mkdir(parents=True)
-    (units / SERVICE.name).write_text(service_text)
-    (units / TIMER.name).write_text(timer_text)
-    return subprocess.run(
-        [
-            tool("systemd-analyze"),
-            "verify",
-            f"--root={root}",
-            f"/etc/systemd/system/{SERVICE.name}",
-            f"/etc/systemd/system/{TIMER.name}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    """systemd-analyze verify of both units, on the EC2 host's stand-ins."""
+    root = verify_root(tmp_path, {SERVICE.name: service_text, TIMER.name: timer_text})
+    return systemd_verify(root, SERVICE.name, TIMER.name)
 
 
 def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:

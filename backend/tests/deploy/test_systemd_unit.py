@@ -36,9 +36,9 @@ def unit_entries(text: str | None = None) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-def verify_root(tmp_path: Path, unit_text: str) -> Path:
-    """A --root for systemd-analyze: the host's stock units, this unit, and stand-ins for the
-    EC2 host's docker.service and /usr/bin/docker."""
+def verify_root(tmp_path: Path, units: dict[str, str]) -> Path:
+    """A --root for systemd-analyze: the host's stock units, `units` (name: text), and
+    stand-ins for the EC2 host's docker.service and /usr/bin/docker."""
     root = tmp_path / "root"
     shutil.copytree(HOST_UNIT_DIR, root / "usr/lib/systemd/system", symlinks=True)
     (root / "usr/lib/systemd/system/docker.service").write_text(
@@ -49,13 +49,16 @@ def verify_root(tmp_path: Path, unit_text: str) -> Path:
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "etc/systemd/system" / UNIT_NAME).write_text(unit_text)
+    for name, text in units.items():
+        (root / "etc/systemd/system" / name).write_text(text)
     return root
 
 
-def systemd_verify(root: Path) -> subprocess.CompletedProcess[str]:
+def systemd_verify(root: Path, *names: str) -> subprocess.CompletedProcess[str]:
+    """systemd-analyze verify of the named units (the backend unit by default)."""
+    paths = [f"/etc/systemd/system/{name}" for name in names or (UNIT_NAME,)]
     return subprocess.run(
-        [tool("systemd-analyze"), "verify", f"--root={root}", f"/etc/systemd/system/{UNIT_NAME}"],
+        [tool("systemd-analyze"), "verify", f"--root={root}", *paths],
         capture_output=True,
         text=True,
         check=False,
@@ -64,7 +67,7 @@ def systemd_verify(root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
-    result = systemd_verify(verify_root(tmp_path, UNIT.read_text()))
+    result = systemd_verify(verify_root(tmp_path, {UNIT_NAME: UNIT.read_text()}))
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
@@ -72,7 +75,7 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """Guards the guard: a bad value and a missing executable are reported."""
     broken = UNIT.read_text().replace("Restart=on-failure", "Restart=sometimes")
     broken = broken.replace("ExecStop=/usr/bin/docker", "ExecStop=/usr/bin/dockr")
-    result = systemd_verify(verify_root(tmp_path, broken))
+    result = systemd_verify(verify_root(tmp_path, {UNIT_NAME: broken}))
     assert "ignoring: sometimes" in result.stderr
     assert "/usr/bin/dockr is not executable" in result.stderr
     assert result.returncode != 0

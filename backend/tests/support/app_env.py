@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -59,4 +61,19 @@ def cli_environment(database_url: str, cognito: MotoCognito, **overrides: str) -
         COGNITO_USER_POOL_ID=cognito.user_pool_id,
         PYTHONPATH=str(BACKEND_DIR),
         **overrides,
+    )
+
+
+def run_cli(
+    module: str, environment: dict[str, str], cwd: Path, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <module> ...` in its own process, from `cwd` (where no .env lies)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
