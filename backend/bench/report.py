@@ -3,6 +3,11 @@
 Nothing here starts a process or opens a socket, so the tests can feed it canned wrk output.
 
 Where each target is read (written down so nobody has to guess):
+- every scenario is measured in rounds, each right after a round of the baseline at the same
+  level (`Measurement.baseline`); a ratio is the median over the rounds of the scenario's
+  figure over its neighbouring baseline's. A shared virtual machine drifts (steal time) and
+  now and then stalls for a fraction of a second; the neighbour cancels the drift, and the
+  median keeps one stalled round from deciding a target. The tables show the spread;
 - throughput ratios at every *saturated* level (concurrency >= 16), against the baseline at
   the same level: one worker busy all the time, so req/s is the cost of a request;
 - p50 comparisons at concurrency 1, where the latency is the service time itself; under
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +61,25 @@ class WrkResult:
     def errors(self) -> int:
         return self.non2xx + self.socket_errors
 
+    @classmethod
+    def combine(cls, results: Sequence[WrkResult]) -> WrkResult:
+        """Several rounds as one: counts added up, each latency figure the rounds' median."""
+
+        def median(figure: Callable[[WrkResult], float]) -> float:
+            return statistics.median(figure(result) for result in results)
+
+        return cls(
+            requests=sum(result.requests for result in results),
+            duration_s=sum(result.duration_s for result in results),
+            non2xx=sum(result.non2xx for result in results),
+            socket_errors=sum(result.socket_errors for result in results),
+            p50_ms=median(lambda result: result.p50_ms),
+            p90_ms=median(lambda result: result.p90_ms),
+            p99_ms=median(lambda result: result.p99_ms),
+            max_ms=max(result.max_ms for result in results),
+            mean_ms=median(lambda result: result.mean_ms),
+        )
+
 
 def parse_wrk_output(text: str) -> WrkResult:
     """The summary that `auth.lua`'s `done()` prints (the last one, if several)."""
@@ -80,10 +105,21 @@ def parse_wrk_output(text: str) -> WrkResult:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
+    """One round of a scenario; `baseline` is the baseline's round run just before it."""
+
     scenario: str
     connections: int
     result: WrkResult
     warmup: bool = False
+    baseline: WrkResult | None = None
+
+
+def _rps(result: WrkResult) -> float:
+    return result.rps
+
+
+def _p99(result: WrkResult) -> float:
+    return result.p99_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +200,34 @@ class BenchReport:
     def measured(self) -> list[Measurement]:
         return [m for m in self.measurements if not m.warmup]
 
+    def rounds(self, scenario: str, connections: int) -> list[Measurement]:
+        found = [
+            measurement
+            for measurement in self.measured()
+            if measurement.scenario == scenario and measurement.connections == connections
+        ]
+        if not found:
+            raise KeyError(f"no measurement of {scenario} at {connections} connections")
+        return found
+
     def find(self, scenario: str, connections: int) -> WrkResult:
-        for measurement in self.measured():
-            if measurement.scenario == scenario and measurement.connections == connections:
-                return measurement.result
-        raise KeyError(f"no measurement of {scenario} at {connections} connections")
+        """The scenario's rounds at this level as one result (medians of the latencies)."""
+        return WrkResult.combine([m.result for m in self.rounds(scenario, connections)])
+
+    def ratios(
+        self, scenario: str, connections: int, figure: Callable[[WrkResult], float]
+    ) -> list[float]:
+        """Per round: the scenario's figure over its neighbouring baseline round's."""
+        if scenario == "baseline":
+            return [1.0]
+        everything = self.find("baseline", connections)
+        return [
+            figure(m.result) / figure(m.baseline or everything)
+            for m in self.rounds(scenario, connections)
+        ]
+
+    def ratio(self, scenario: str, connections: int, figure: Callable[[WrkResult], float]) -> float:
+        return statistics.median(self.ratios(scenario, connections, figure))
 
     def levels(self) -> list[int]:
         return sorted({m.connections for m in self.measured()})
@@ -185,7 +244,7 @@ def _ratio_target(
 ) -> TargetOutcome:
     worst: tuple[float, int] | None = None
     for level in levels:
-        ratio = report.find(scenario, level).rps / report.find("baseline", level).rps
+        ratio = report.ratio(scenario, level, _rps)
         if worst is None or ratio < worst[0]:
             worst = (ratio, level)
     assert worst is not None
@@ -210,9 +269,10 @@ def _p50_target(
 def _tail_target(
     report: BenchReport, scenario: str, reference: str, limit: float, levels: Iterable[int]
 ) -> TargetOutcome:
+    """p99 over the reference's p99, each first taken over its neighbouring baseline's."""
     worst: tuple[float, int] | None = None
     for level in levels:
-        ratio = report.find(scenario, level).p99_ms / report.find(reference, level).p99_ms
+        ratio = report.ratio(scenario, level, _p99) / report.ratio(reference, level, _p99)
         if worst is None or ratio > worst[0]:
             worst = (ratio, level)
     assert worst is not None
@@ -340,26 +400,37 @@ def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
 def format_table(report: BenchReport) -> str:
     """A Markdown table of the measured runs, ratios against the baseline at the same level."""
     lines = [
-        "| scenario | conns | req/s | p50 ms | p99 ms | errors | x baseline |",
+        "| scenario | conns | req/s | p50 ms | p99 ms | errors | x baseline (rounds) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for measurement in report.measured():
-        result = measurement.result
-        baseline = report.find("baseline", measurement.connections).rps
+    for scenario, level in _scenario_levels(report):
+        result = report.find(scenario, level)
         lines.append(
-            f"| {measurement.scenario} | {measurement.connections} | {result.rps:,.0f} | "
-            f"{result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.errors} | "
-            f"{result.rps / baseline:.2f} |"
+            f"| {scenario} | {level} | {result.rps:,.0f} | {result.p50_ms:.2f} | "
+            f"{result.p99_ms:.2f} | {result.errors} | "
+            f"{_with_spread(report.ratios(scenario, level, _rps))} |"
         )
     return "\n".join(lines)
 
 
+def _scenario_levels(report: BenchReport) -> list[tuple[str, int]]:
+    return list(dict.fromkeys((m.scenario, m.connections) for m in report.measured()))
+
+
+def _with_spread(ratios: Sequence[float]) -> str:
+    """The median ratio, and the lowest and highest round's when there are several."""
+    median = f"{statistics.median(ratios):.2f}"
+    if len(ratios) == 1:
+        return median
+    return f"{median} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def format_tails(report: BenchReport) -> str:
-    """p99 of each scenario over the baseline's p99 at the same saturated level."""
+    """p99 of each scenario over its neighbouring baseline's p99 at each saturated level."""
     saturated = [level for level in report.levels() if level >= SATURATED_CONNECTIONS]
     lines = [
         "| scenario | "
-        + " | ".join(f"p99 ms @{level} | x baseline p99 @{level}" for level in saturated)
+        + " | ".join(f"p99 ms @{level} | x baseline p99 @{level} (rounds)" for level in saturated)
         + " |",
         "|---|" + "---:|---:|" * len(saturated),
     ]
@@ -368,7 +439,7 @@ def format_tails(report: BenchReport) -> str:
         cells = []
         for level in saturated:
             p99 = report.find(scenario, level).p99_ms
-            cells.append(f"{p99:.2f} | {p99 / report.find('baseline', level).p99_ms:.2f}")
+            cells.append(f"{p99:.2f} | {_with_spread(report.ratios(scenario, level, _p99))}")
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -443,6 +514,7 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
                 "warmup": m.warmup,
                 "rps": round(m.result.rps, 1),
                 **asdict(m.result),
+                "baseline": None if m.baseline is None else asdict(m.baseline),
             }
             for m in report.measurements
         ],

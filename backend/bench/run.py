@@ -4,8 +4,10 @@ One run: a throw-away embedded PostgreSQL (under `.local/bench/`), migrated and 
 (100k users, 1M cases by default), a local JWKS server, the API (`uvicorn app.main:app`, the
 production flags, JSON access log at INFO into a file) and the baseline (`bench.baseline_app`,
 same server and flags), each with the same number of workers. Every scenario runs at each
-concurrency level twice: a short warm-up round (the run's first half) and the measured round
-(the second half). The API worker's RSS is sampled throughout.
+concurrency level once to warm up (the run's first half), then in measured rounds (the second
+half), each API round right after a baseline round at the same level, so that every ratio
+compares neighbours (`bench.report` says how rounds become figures). The API worker's RSS is
+sampled throughout.
 
 Results go to `bench-results/<timestamp>/` (results.json, table.md, chart.png, the server
 logs); the table and PASS/FAIL per target are printed; the exit status is 1 if any target
@@ -611,7 +613,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--cases", type=int, default=1_000_000)
     parser.add_argument("--connections", default="1,16,64", help="comma-separated levels")
-    parser.add_argument("--duration", type=int, default=4, help="seconds per measured run")
+    parser.add_argument("--duration", type=int, default=2, help="seconds per measured round")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measured rounds per scenario and level"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="seconds per warm-up run")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers, both servers")
     parser.add_argument("--only", default="", help="comma-separated scenario names (debugging)")
@@ -647,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in scenarios(args.users)
         if not args.only or s.name in args.only.split(",") or s.name == "baseline"
     ]
+    baseline_scenario = next(s for s in chosen if s.name == "baseline")
     rotations = Rotations()
 
     def measure(
@@ -691,41 +697,51 @@ def main(argv: list[str] | None = None) -> int:
             wait_until_ok(baseline.base_url + "/", baseline.process)
             api_workers = api.worker_pids()
             with RssSampler(api_workers) as sampler:
-                split_at = 0.0
-                for warmup in (True, False):
-                    if not warmup:
-                        split_at = time.monotonic()
-                    for level in levels:
-                        for scenario in chosen:
-                            server = servers[scenario.server]
-                            profiler = None
-                            measured_api_run = not warmup and scenario.server == "api"
-                            if args.profile and measured_api_run:
-                                profiler = start_profiler(
-                                    api_workers[0], run_dir, scenario.name, level, args.duration
-                                )
-                            if probing and measured_api_run:
-                                read_probe(api, reset=True)
-                            result = measure(
-                                server,
-                                scenario,
+                # Warm-up: every scenario once at each level (the run's first half).
+                for level in levels:
+                    for scenario in chosen:
+                        result = measure(
+                            servers[scenario.server], scenario, level, args.warmup, tokens
+                        )
+                        measurements.append(Measurement(scenario.name, level, result, True))
+                split_at = time.monotonic()
+                # Measured: each API scenario in rounds, each right after a baseline round.
+                for level in levels:
+                    for scenario in chosen:
+                        if scenario.server != "api":
+                            continue
+                        profiler = None
+                        if args.profile:
+                            profiler = start_profiler(
+                                api_workers[0],
+                                run_dir,
+                                scenario.name,
                                 level,
-                                args.warmup if warmup else args.duration,
-                                tokens,
+                                2 * args.rounds * args.duration,
                             )
-                            if probing and measured_api_run:
-                                figures = read_probe(api, reset=True)
-                                probes.append(ProbeFigures(scenario.name, level, figures))
-                            if profiler is not None:
-                                profiler.wait(timeout=60)
-                            measurements.append(Measurement(scenario.name, level, result, warmup))
-                            if not warmup:
-                                print(
-                                    f"{scenario.name:>20} c={level:<3} {result.rps:>8,.0f} req/s"
-                                    f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-                                    f"  errors {result.errors}",
-                                    flush=True,
-                                )
+                        if probing:
+                            read_probe(api, reset=True)
+                        for _ in range(args.rounds):
+                            before = measure(
+                                baseline, baseline_scenario, level, args.duration, tokens
+                            )
+                            result = measure(api, scenario, level, args.duration, tokens)
+                            measurements.append(Measurement("baseline", level, before))
+                            measurements.append(
+                                Measurement(scenario.name, level, result, baseline=before)
+                            )
+                            print(
+                                f"{scenario.name:>20} c={level:<3} {result.rps:>8,.0f} req/s"
+                                f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+                                f"  errors {result.errors}   baseline {before.rps:>8,.0f} req/s"
+                                f"  p99 {before.p99_ms:7.2f} ms",
+                                flush=True,
+                            )
+                        if probing:
+                            figures = read_probe(api, reset=True)
+                            probes.append(ProbeFigures(scenario.name, level, figures))
+                        if profiler is not None:
+                            profiler.wait(timeout=60)
                 if args.hold:
                     input(f"API at {api.base_url}, pids {api_workers}; Enter to finish ")
             high_water = {pid: proc_status_bytes(pid, "VmHWM") or 0 for pid in api_workers}
@@ -832,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "connections": levels,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "warmup_s": args.warmup,
             "load_seconds": round(load_seconds, 1),
             "app": api_app,

@@ -199,3 +199,51 @@ def test_tail_table_gives_p99_ratios_at_saturated_levels_only() -> None:
     table = format_tails(report_of(PASSING))
     assert "| users/me | 19.80 | 1.65 |" in table
     assert "@1 " not in table
+
+
+def paired(
+    report: BenchReport, scenario: str, level: int, rounds: list[tuple[float, float]]
+) -> None:
+    """Replace `scenario` at `level` by rounds of (its req/s, its neighbouring baseline's)."""
+    report.measurements = [
+        m for m in report.measurements if (m.scenario, m.connections) != (scenario, level)
+    ]
+    for rps, baseline_rps in rounds:
+        baseline = result(baseline_rps, 4.0)
+        report.measurements.append(Measurement("baseline", level, baseline))
+        report.measurements.append(
+            Measurement(scenario, level, result(rps, 5.0), baseline=baseline)
+        )
+
+
+def test_each_round_is_compared_with_the_baseline_round_next_to_it() -> None:
+    report = report_of(PASSING)
+    # The machine slowed down by half between rounds: each round is 0.8 x its neighbour,
+    # though against the baseline's figures taken all together it would look far worse.
+    paired(report, "service-types", 16, [(3200, 4000), (1600, 2000), (1600, 2000)])
+    assert report.ratios("service-types", 16, lambda r: r.rps) == pytest.approx([0.8] * 3)
+    assert failed(report) == []
+
+
+def test_the_median_round_decides_so_one_stalled_round_does_not() -> None:
+    report = report_of(PASSING)
+    paired(report, "service-types", 16, [(3200, 4000), (1000, 4000), (3000, 4000)])
+    assert failed(report) == []
+    assert "| service-types | 16 | 2,400 | 5.00 | 15.00 | 0 | 0.75 (0.25-0.80) |" in (
+        format_table(report)
+    )
+    paired(report, "service-types", 16, [(3200, 4000), (1000, 4000), (2000, 4000)])
+    assert failed(report) == ["service-types throughput >= 0.7 x baseline"]
+
+
+def test_rounds_combine_into_summed_counts_and_median_latencies() -> None:
+    rounds = [
+        dataclasses.replace(result(1000, 1.0, errors=1), p99_ms=p99, max_ms=p99)
+        for p99 in (3.0, 90.0, 4.0)
+    ]
+    combined = WrkResult.combine(rounds)
+    assert combined.requests == 12000
+    assert combined.rps == pytest.approx(1000)
+    assert combined.errors == 3
+    assert combined.p99_ms == 4.0
+    assert combined.max_ms == 90.0
