@@ -398,6 +398,24 @@ async def test_a_current_etag_gets_304_without_a_body(
         assert response.headers["cache-control"] == "private, max-age=300"
 
 
+async def test_an_if_none_match_split_over_two_field_lines_is_one_list(
+    fresh_client: httpx.AsyncClient, dispatcher_headers: dict[str, str]
+) -> None:
+    etag = (await fresh_client.get(HANDLERS, headers=dispatcher_headers)).headers["etag"]
+
+    response = await fresh_client.get(
+        HANDLERS,
+        headers=[
+            *dispatcher_headers.items(),
+            ("If-None-Match", '"stale"'),
+            ("If-None-Match", etag),
+        ],
+    )
+
+    assert response.status_code == 304
+    assert response.headers["etag"] == etag
+
+
 async def test_a_stale_etag_gets_the_list(
     fresh_client: httpx.AsyncClient, dispatcher_headers: dict[str, str]
 ) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import ReferenceReadsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
+from app.core.conditional import IF_NONE_MATCH, ETaggedResponse
 from app.core.db import ReadSessionsDep
 from app.core.errors import ErrorResponse
 from app.schemas.reference import (
@@ -46,46 +47,28 @@ CACHED_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-IfNoneMatch = Annotated[
-    str | None,
-    Header(
-        alias="If-None-Match",
-        description="An ETag from an earlier response, to get 304 if unchanged",
-    ),
-]
-
-
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    # RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`.
-    if if_none_match is None:
-        return False
-    candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
-    return any(tag in ("*", etag) for tag in candidates)
-
-
-def _cached_json(
-    rendered: RenderedJson, if_none_match: str | None, cache_control: str = CACHE_CONTROL
-) -> Response:
-    """The rendered list, or a bodiless 304 when `If-None-Match` still matches its ETag."""
-    headers = {"Cache-Control": cache_control, "ETag": rendered.etag}
-    if _etag_matches(if_none_match, rendered.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(rendered.body, media_type="application/json", headers=headers)
+def _cached_json(rendered: RenderedJson, cache_control: str = CACHE_CONTROL) -> ETaggedResponse:
+    """The rendered list; a bodiless 304 instead when `If-None-Match` still matches its ETag."""
+    return ETaggedResponse(rendered.body, etag=rendered.etag, cache_control=cache_control)
 
 
 router = APIRouter(prefix="/reference", tags=["reference"], route_class=CredentialsFirstRoute)
 
 
-@router.get("/service-types", response_model=list[ServiceTypeResponse], responses=CACHED_RESPONSES)
+@router.get(
+    "/service-types",
+    response_model=list[ServiceTypeResponse],
+    responses=CACHED_RESPONSES,
+    openapi_extra=IF_NONE_MATCH,
+)
 async def list_service_types(
     _: CurrentUser,
     request: Request,
     reads: ReferenceReadsDep,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active service types in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.service_types_json(reads), if_none_match)
+    return _cached_json(await reference.service_types_json(reads))
 
 
 @router.get(
@@ -95,6 +78,7 @@ async def list_service_types(
         **CACHED_RESPONSES,
         404: {"model": ErrorResponse, "description": "No active service type has this id"},
     },
+    openapi_extra=IF_NONE_MATCH,
 )
 async def list_complaint_types(
     _: CurrentUser,
@@ -104,48 +88,53 @@ async def list_complaint_types(
         int | None,
         Query(ge=1, le=_MAX_SERVICE_TYPE_ID, description="Only this service type's entries"),
     ] = None,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active complaint types in display order, optionally of one service type (404 if unknown)."""
     refuse_unexpected_query(request, frozenset({"service_type_id"}))
     rendered = await reference.complaint_types_json(reads, service_type_id)
-    return _cached_json(rendered, if_none_match)
+    return _cached_json(rendered)
 
 
-@router.get("/handlers", response_model=list[HandlerResponse], responses=CACHED_RESPONSES)
+@router.get(
+    "/handlers",
+    response_model=list[HandlerResponse],
+    responses=CACHED_RESPONSES,
+    openapi_extra=IF_NONE_MATCH,
+)
 async def list_handlers(
     _: CurrentUser,
     request: Request,
     reads: ReferenceReadsDep,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active handling agencies in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.handlers_json(reads), if_none_match)
+    return _cached_json(await reference.handlers_json(reads))
 
 
 @router.get(
-    "/closure-reasons", response_model=list[ClosureReasonResponse], responses=CACHED_RESPONSES
+    "/closure-reasons",
+    response_model=list[ClosureReasonResponse],
+    responses=CACHED_RESPONSES,
+    openapi_extra=IF_NONE_MATCH,
 )
 async def list_closure_reasons(
     _: CurrentUser,
     request: Request,
     reads: ReferenceReadsDep,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Active closure reasons in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.closure_reasons_json(reads), if_none_match)
+    return _cached_json(await reference.closure_reasons_json(reads))
 
 
-@router.get("/provinces", response_model=list[str], responses=CACHED_RESPONSES)
-async def list_provinces(
-    _: CurrentUser, request: Request, sessions: ReadSessionsDep, if_none_match: IfNoneMatch = None
-) -> Response:
+@router.get(
+    "/provinces", response_model=list[str], responses=CACHED_RESPONSES, openapi_extra=IF_NONE_MATCH
+)
+async def list_provinces(_: CurrentUser, request: Request, sessions: ReadSessionsDep) -> Response:
     """Provinces that have cases, sorted; current as of the latest committed case."""
     refuse_unexpected_query(request)
     rendered = await reference.provinces_json(sessions)
-    return _cached_json(rendered, if_none_match, PROVINCES_CACHE_CONTROL)
+    return _cached_json(rendered, PROVINCES_CACHE_CONTROL)
 
 
 @router.get(
