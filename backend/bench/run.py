@@ -50,6 +50,7 @@ from bench import data
 from bench.report import (
     COHERENCE_BOUND_S,
     COLD_ME_SCENARIO,
+    CONTROL_SCENARIO,
     BenchReport,
     CoherenceFigures,
     Measurement,
@@ -116,6 +117,8 @@ def scenarios(users: int) -> list[Scenario]:
     users_path = "/api/v1/users?"
     return [
         Scenario("baseline", "baseline", "/", "admin"),
+        # The baseline against its own neighbouring rounds: how far this box alone moves a ratio.
+        Scenario(CONTROL_SCENARIO, "baseline", "/", "admin"),
         Scenario("health/live", "api", "/health/live", "admin"),
         Scenario("users/me", "api", "/api/v1/users/me", "users"),
         Scenario(COLD_ME_SCENARIO, "api", "/api/v1/users/me", "cold"),
@@ -615,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="1,16,64", help="comma-separated levels")
     parser.add_argument("--duration", type=int, default=2, help="seconds per measured round")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="measured rounds per scenario and level"
+        "--rounds", type=int, default=5, help="measured rounds per scenario and level"
     )
     parser.add_argument("--warmup", type=int, default=2, help="seconds per warm-up run")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers, both servers")
@@ -700,18 +703,21 @@ def main(argv: list[str] | None = None) -> int:
                 # Warm-up: every scenario once at each level (the run's first half).
                 for level in levels:
                     for scenario in chosen:
+                        if scenario.name == CONTROL_SCENARIO:
+                            continue
                         result = measure(
                             servers[scenario.server], scenario, level, args.warmup, tokens
                         )
                         measurements.append(Measurement(scenario.name, level, result, True))
                 split_at = time.monotonic()
-                # Measured: each API scenario in rounds, each right after a baseline round.
+                # Measured: each scenario in rounds, each right after a baseline round.
                 for level in levels:
                     for scenario in chosen:
-                        if scenario.server != "api":
+                        if scenario.name == "baseline":
                             continue
+                        instrumented = scenario.server == "api"
                         profiler = None
-                        if args.profile:
+                        if args.profile and instrumented:
                             profiler = start_profiler(
                                 api_workers[0],
                                 run_dir,
@@ -719,13 +725,15 @@ def main(argv: list[str] | None = None) -> int:
                                 level,
                                 2 * args.rounds * args.duration,
                             )
-                        if probing:
+                        if probing and instrumented:
                             read_probe(api, reset=True)
                         for _ in range(args.rounds):
                             before = measure(
                                 baseline, baseline_scenario, level, args.duration, tokens
                             )
-                            result = measure(api, scenario, level, args.duration, tokens)
+                            result = measure(
+                                servers[scenario.server], scenario, level, args.duration, tokens
+                            )
                             measurements.append(Measurement("baseline", level, before))
                             measurements.append(
                                 Measurement(scenario.name, level, result, baseline=before)
@@ -737,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"  p99 {before.p99_ms:7.2f} ms",
                                 flush=True,
                             )
-                        if probing:
+                        if probing and instrumented:
                             figures = read_probe(api, reset=True)
                             probes.append(ProbeFigures(scenario.name, level, figures))
                         if profiler is not None:
