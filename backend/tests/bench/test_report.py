@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from bench.report import (
+    CONTROL_SCENARIO,
     BenchReport,
     CoherenceFigures,
     Measurement,
@@ -247,3 +248,45 @@ def test_rounds_combine_into_summed_counts_and_median_latencies() -> None:
     assert combined.errors == 3
     assert combined.p99_ms == 4.0
     assert combined.max_ms == 90.0
+
+
+def with_level(report: BenchReport, level: int, scale_p99: dict[str, float]) -> BenchReport:
+    """A copy of every measurement at 16 connections as `level`, p99s scaled per scenario."""
+    for measurement in [m for m in report.measurements if m.connections == 16]:
+        factor = scale_p99.get(measurement.scenario, 1.0)
+        changed = dataclasses.replace(measurement.result, p99_ms=measurement.result.p99_ms * factor)
+        report.measurements.append(
+            dataclasses.replace(measurement, connections=level, result=changed)
+        )
+    return report
+
+
+def test_a_tail_is_not_judged_where_the_baseline_cannot_measure_itself() -> None:
+    figures = {**PASSING, CONTROL_SCENARIO: PASSING["baseline"]}
+    # At 64 connections the box made the baseline's own p99 four times its neighbours', and
+    # /health/live's twice: that level cannot tell whether /health/live stays within 1.5 x.
+    report = with_level(report_of(figures), 64, {CONTROL_SCENARIO: 4.0, "health/live": 2.0})
+    outcomes = {outcome.name: outcome for outcome in evaluate_targets(report)}
+    health = outcomes["health/live p99 <= 1.5 x baseline p99"]
+    assert health.passed
+    assert "at 16 connections" in health.detail
+    assert "not judged at 64 (the baseline against itself: 4.00)" in health.detail
+    # The same level is judged where the control stays within the limit.
+    report = with_level(report_of(figures), 64, {CONTROL_SCENARIO: 1.2, "health/live": 2.0})
+    assert failed(report) == ["health/live p99 <= 1.5 x baseline p99"]
+
+
+def test_a_tail_fails_when_the_box_resolved_no_level() -> None:
+    figures = {**PASSING, CONTROL_SCENARIO: PASSING["baseline"]}
+    report = report_of(figures)
+    for index, measurement in enumerate(report.measurements):
+        if measurement.scenario == CONTROL_SCENARIO:
+            noisy = dataclasses.replace(measurement.result, p99_ms=measurement.result.p99_ms * 0.5)
+            report.measurements[index] = dataclasses.replace(measurement, result=noisy)
+    outcomes = {outcome.name: outcome for outcome in evaluate_targets(report)}
+    assert not outcomes["health/live p99 <= 1.5 x baseline p99"].passed
+    assert outcomes["health/live p99 <= 1.5 x baseline p99"].detail.startswith(
+        "the box resolved no level"
+    )
+    # A 3 x limit tolerates the same control (0.5 is within 1/3 .. 3).
+    assert outcomes["users/me p99 <= 3 x baseline p99"].passed
