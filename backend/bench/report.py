@@ -321,9 +321,9 @@ PROVINCES_SQL_LIMIT_MS = 1.0
 TAIL_LIMITS: Final = (("health/live", 1.5), ("users/me", 3.0), ("service-types", 3.0))
 FIRST_PAGE_TAIL_LIMIT: Final = 10.0  # x the /users/me p99 at the same level
 COLD_ME_SCENARIO: Final = "users/me cold"
+COLD_ME_MIN_RATIO: Final = 0.25
 # The baseline measured as a scenario, beside baseline rounds: its ratios are the box's noise.
 CONTROL_SCENARIO: Final = "baseline A/A"
-COLD_ME_MIN_RATIO: Final = 0.25
 # A deactivation through one instance must be refused by another within this bound (seconds):
 # correctness (the notification arrived), not speed; the figures themselves are reported.
 COHERENCE_BOUND_S: Final = 5.0
