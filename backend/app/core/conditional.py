@@ -4,29 +4,36 @@
 Starlette's `FileResponse` does with its validators, so a route returns the current
 representation and never handles the header itself. Reading the header here rather than as a
 FastAPI `Header` parameter saves FastAPI's per-parameter validation on the hottest reads, and
-nothing can fail: any value either matches or does not. A route that answers this way names
-`IF_NONE_MATCH` in its `openapi_extra`, so the contract still documents the header.
+nothing can fail: any value either matches or does not. A route that answers this way takes
+`if_none_match_parameter()` as its `openapi_extra`, so the contract still documents the header.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-IF_NONE_MATCH: Final[dict[str, Any]] = {
-    "parameters": [
-        {
-            "name": "If-None-Match",
-            "in": "header",
-            "required": False,
-            "description": "An ETag from an earlier response, to get 304 if unchanged",
-            "schema": {"type": "string", "title": "If-None-Match"},
-        }
-    ]
-}
+
+def if_none_match_parameter() -> dict[str, Any]:
+    """The `openapi_extra` of a route that answers this way: its `If-None-Match` header.
+
+    A new dict each call: FastAPI merges it into the operation it builds, and operations that
+    shared one would share their parameter list too.
+    """
+    return {
+        "parameters": [
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": "An ETag from an earlier response, to get 304 if unchanged",
+                "schema": {"type": "string", "title": "If-None-Match"},
+            }
+        ]
+    }
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

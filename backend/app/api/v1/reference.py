@@ -16,7 +16,7 @@ from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
-from app.core.conditional import IF_NONE_MATCH, ETaggedResponse
+from app.core.conditional import ETaggedResponse, if_none_match_parameter
 from app.core.db import ReadSessionsDep
 from app.core.errors import ErrorResponse
 from app.schemas.reference import (
@@ -59,7 +59,7 @@ router = APIRouter(prefix="/reference", tags=["reference"], route_class=Credenti
     "/service-types",
     response_model=list[ServiceTypeResponse],
     responses=CACHED_RESPONSES,
-    openapi_extra=IF_NONE_MATCH,
+    openapi_extra=if_none_match_parameter(),
 )
 async def list_service_types(
     _: CurrentUser,
@@ -78,7 +78,7 @@ async def list_service_types(
         **CACHED_RESPONSES,
         404: {"model": ErrorResponse, "description": "No active service type has this id"},
     },
-    openapi_extra=IF_NONE_MATCH,
+    openapi_extra=if_none_match_parameter(),
 )
 async def list_complaint_types(
     _: CurrentUser,
@@ -99,7 +99,7 @@ async def list_complaint_types(
     "/handlers",
     response_model=list[HandlerResponse],
     responses=CACHED_RESPONSES,
-    openapi_extra=IF_NONE_MATCH,
+    openapi_extra=if_none_match_parameter(),
 )
 async def list_handlers(
     _: CurrentUser,
@@ -115,7 +115,7 @@ async def list_handlers(
     "/closure-reasons",
     response_model=list[ClosureReasonResponse],
     responses=CACHED_RESPONSES,
-    openapi_extra=IF_NONE_MATCH,
+    openapi_extra=if_none_match_parameter(),
 )
 async def list_closure_reasons(
     _: CurrentUser,
@@ -128,7 +128,10 @@ async def list_closure_reasons(
 
 
 @router.get(
-    "/provinces", response_model=list[str], responses=CACHED_RESPONSES, openapi_extra=IF_NONE_MATCH
+    "/provinces",
+    response_model=list[str],
+    responses=CACHED_RESPONSES,
+    openapi_extra=if_none_match_parameter(),
 )
 async def list_provinces(_: CurrentUser, request: Request, sessions: ReadSessionsDep) -> Response:
     """Provinces that have cases, sorted; current as of the latest committed case."""
