@@ -12,13 +12,15 @@ happen to be in flight at a young collection are promoted to the old generation.
 - a higher first threshold means fewer young collections, so fewer objects of requests in
   flight are promoted and the old generations grow (and get collected) far less often.
 
-Both are undone when the lifespan ends (`gc.unfreeze()` hands the objects back to the oldest
-generation), so tests that start many apps in one process collect them as usual afterwards.
+Both are undone when the last lifespan that asked for them ends (`gc.unfreeze()` hands the
+objects back to the oldest generation). Apps that overlap in one process (tests start several)
+share the first one's freeze: a second app's shutdown must not thaw the first app's heap.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -27,15 +29,39 @@ from typing import Final
 YOUNG_THRESHOLD: Final = 10_000
 
 
+class _SharedFreeze:
+    """One freeze for the process, held while any lifespan that asked for it runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # lifespans of apps served from other threads
+        self._holders = 0
+        self._thresholds_before = gc.get_threshold()
+
+    def acquire(self, young_threshold: int) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._thresholds_before = gc.get_threshold()
+                gc.collect()
+                gc.freeze()
+                gc.set_threshold(young_threshold, *self._thresholds_before[1:])
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                gc.set_threshold(*self._thresholds_before)
+                gc.unfreeze()
+
+
+_FREEZE: Final = _SharedFreeze()
+
+
 @contextmanager
 def startup_heap_frozen(young_threshold: int = YOUNG_THRESHOLD) -> Iterator[None]:
     """Within: start-up's objects are never walked again, young collections are rarer."""
-    previous = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young_threshold, *previous[1:])
+    _FREEZE.acquire(young_threshold)
     try:
         yield
     finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()
+        _FREEZE.release()
