@@ -669,6 +669,16 @@ def main(argv: list[str] | None = None) -> int:
         rotations.advance(scenario.tokens, result)
         return result
 
+    scaling: list[ScalingRun] = []
+
+    def record_scaling(scenario: Scenario, level: int, layout: str, result: WrkResult) -> None:
+        scaling.append(ScalingRun(scenario.name, level, layout, result))
+        print(
+            f"{scenario.name:>20} c={level:<3} {layout} "
+            f"{result.rps:>8,.0f} req/s  p99 {result.p99_ms:7.2f} ms",
+            flush=True,
+        )
+
     with bench_database(scratch) as dsn, JWKSServer(shared_rsa_key("bench-signing-key")) as jwks:
         started = time.monotonic()
         loaded = asyncio.run(data.load(dsn, users=args.users, cases=args.cases))
@@ -692,7 +702,6 @@ def main(argv: list[str] | None = None) -> int:
         servers = {"api": api, "baseline": baseline}
         measurements: list[Measurement] = []
         probes: list[ProbeFigures] = []
-        scaling: list[ScalingRun] = []
         coherence: CoherenceFigures | None = None
         probing = not args.no_probe and args.workers == 1
         try:
@@ -773,14 +782,7 @@ def main(argv: list[str] | None = None) -> int:
                                     doubled[scenario.server], scenario, level, seconds, tokens
                                 )
                                 if not warmup:
-                                    scaling.append(
-                                        ScalingRun(scenario.name, level, "2 workers", result)
-                                    )
-                                    print(
-                                        f"{scenario.name:>20} c={level:<3} 2 workers "
-                                        f"{result.rps:>8,.0f} req/s  p99 {result.p99_ms:7.2f} ms",
-                                        flush=True,
-                                    )
+                                    record_scaling(scenario, level, "2 workers", result)
                 finally:
                     api2.stop()
                     baseline2.stop()
@@ -808,14 +810,7 @@ def main(argv: list[str] | None = None) -> int:
                                 )
                                 rotations.advance(scenario.tokens, result)
                                 if not warmup:
-                                    scaling.append(
-                                        ScalingRun(scenario.name, level, "2 instances", result)
-                                    )
-                                    print(
-                                        f"{scenario.name:>20} c={level:<3} 2 instances "
-                                        f"{result.rps:>8,.0f} req/s  p99 {result.p99_ms:7.2f} ms",
-                                        flush=True,
-                                    )
+                                    record_scaling(scenario, level, "2 instances", result)
                     if probing:
                         coherence = coherence_trials(
                             api,
