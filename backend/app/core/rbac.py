@@ -35,10 +35,11 @@ class Principal(Protocol):
 
 
 class UserLookup(Protocol):
-    """The active user a token belongs to, or None: unknown, deactivated, or the token was
-    issued (`issued_at`, seconds since the epoch) before the user's sessions were revoked."""
+    """The active user a token belongs to, or None: unknown, deactivated, or the token's session
+    began (`session_started_at`, seconds since the epoch) before the user's sessions were
+    revoked: a refreshed token of an ended session stays refused, however new its `iat`."""
 
-    async def active_user(self, cognito_sub: str, issued_at: int) -> Principal | None: ...
+    async def active_user(self, cognito_sub: str, session_started_at: int) -> Principal | None: ...
 
 
 TOKEN_VERIFIER: Final = LifespanItem[AccessTokenVerifier]("token_verifier")
@@ -89,7 +90,7 @@ async def _authenticate(request: Request) -> Principal:
     except TokenError as error:
         logger.info("rejected token: %s", error)
         raise NotAuthenticatedError("Invalid or expired token", token_sent=True) from None
-    user = await USER_LOOKUP.of(request).active_user(claims.sub, claims.iat)
+    user = await USER_LOOKUP.of(request).active_user(claims.sub, claims.session_started_at)
     if user is None:
         logger.info("rejected token: no active user", extra={"cognito_sub": claims.sub})
         raise NotAuthenticatedError("Invalid or expired token", token_sent=True)

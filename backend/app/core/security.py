@@ -83,8 +83,16 @@ class AccessClaims:
     token_use: str
     exp: int
     iat: int
+    # When the user signed in: Cognito keeps it across refreshes, while `iat` is new with each
+    # refreshed token. None where a token carries none.
+    auth_time: int | None
     jti: str | None
     groups: tuple[str, ...]
+
+    @property
+    def session_started_at(self) -> int:
+        """When the token's session began: `auth_time`, or `iat` for a token without one."""
+        return self.iat if self.auth_time is None else self.auth_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +431,9 @@ class AccessTokenVerifier:
             raise TokenError("iat missing")
         if iat > now + self._leeway:
             raise TokenError("iat in the future")
+        auth_time = _int_claim(claims, "auth_time")
+        if auth_time is not None and auth_time > iat + self._leeway:
+            raise TokenError("auth_time after iat")
         nbf = _int_claim(claims, "nbf")
         if nbf is not None and nbf > now + self._leeway:
             raise TokenError("token not yet valid (nbf)")
@@ -446,6 +457,7 @@ class AccessTokenVerifier:
             token_use=kind,
             exp=exp,
             iat=iat,
+            auth_time=auth_time,
             jti=_optional_str_claim(claims, "jti"),
             groups=tuple(groups),
         )

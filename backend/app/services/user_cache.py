@@ -65,9 +65,10 @@ class AuthenticatedUser:
     updated_at: datetime
     sessions_revoked_at: datetime | None
 
-    def accepts_token_issued_at(self, issued_at: int) -> bool:
-        """False for a token issued before the user's sessions were revoked."""
-        return self.sessions_revoked_at is None or issued_at >= self.sessions_revoked_at.timestamp()
+    def accepts_session_started_at(self, started_at: int) -> bool:
+        """False for a token of a session begun before the user's sessions were revoked."""
+        revoked_at = self.sessions_revoked_at
+        return revoked_at is None or started_at >= revoked_at.timestamp()
 
 
 _SNAPSHOT_COLUMNS: Final = tuple(
@@ -174,9 +175,11 @@ class ActiveUsers:
         self._next_read: dict[str, list[asyncio.Future[AuthenticatedUser | None]]] | None = None
         self._reads: set[asyncio.Task[None]] = set()
 
-    async def active_user(self, cognito_sub: str, issued_at: int) -> AuthenticatedUser | None:
+    async def active_user(
+        self, cognito_sub: str, session_started_at: int
+    ) -> AuthenticatedUser | None:
         user = await self._active_user(cognito_sub)
-        if user is None or not user.accepts_token_issued_at(issued_at):
+        if user is None or not user.accepts_session_started_at(session_started_at):
             return None
         return user
 

@@ -281,10 +281,10 @@ def _province_after(user: User, changes: dict[str, Any], role: Role) -> str | No
 
 
 def sessions_revoked_now() -> datetime:
-    """The revocation instant: the next whole second, as a token's `iat` has whole seconds.
+    """The revocation instant: the next whole second, as a token's `auth_time` has whole seconds.
 
-    Every token issued up to now has `iat` before it; one issued afterwards (a new sign-in, at
-    least a second later) does not.
+    Every session begun up to now (and every token refreshed from one) has `auth_time` before
+    it; a session begun afterwards (a new sign-in, at least a second later) does not.
     """
     return datetime.fromtimestamp(math.floor(time.time()) + 1, UTC)
 

@@ -582,7 +582,8 @@ async def test_deactivation_applies_at_once_and_cognito_follows(
     user_id = (await create(client, admin_headers, email))["id"]
     row = await row_for(db_session, email)
     assert row is not None
-    token_before = auth_headers(row)
+    signed_in_at = int(time.time())
+    token_before = auth_headers(row, auth_time=signed_in_at, iat=signed_in_at)
     assert (await client.get(ME, headers=token_before)).status_code == 200
 
     response = await client.put(
@@ -604,10 +605,15 @@ async def test_deactivation_applies_at_once_and_cognito_follows(
     assert response.status_code == 200
     await directory_caught_up(served_app.state)
     assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
-    # A token from before the deactivation stays dead; a new sign-in works.
+    # A token from before the deactivation stays dead, and so does its session: a token the
+    # session's refresh token mints now has a new `iat` but Cognito keeps its `auth_time`.
     assert (await client.get(ME, headers=token_before)).status_code == 401
-    signed_in_again = auth_headers(row, iat=int(time.time()) + 1)
-    assert (await client.get(ME, headers=signed_in_again)).status_code == 200
+    refreshed = auth_headers(row, auth_time=signed_in_at, iat=int(time.time()) + 1)
+    assert (await client.get(ME, headers=refreshed)).status_code == 401
+    # A new sign-in works.
+    signed_in_again = int(time.time()) + 1
+    new_session = auth_headers(row, auth_time=signed_in_again, iat=signed_in_again)
+    assert (await client.get(ME, headers=new_session)).status_code == 200
 
 
 async def test_an_admin_cannot_deactivate_or_demote_themselves(

@@ -95,6 +95,7 @@ async def test_valid_access_token(verifier: AccessTokenVerifier, key: RSAKeyPair
         token_use="access",
         exp=int(NOW) + 3600,
         iat=int(NOW),
+        auth_time=int(NOW),
         jti="0c0ffee0-0000-4000-8000-000000000004",
         groups=("admins", "staff"),
     )
@@ -165,6 +166,34 @@ async def test_iat_within_leeway(verifier: AccessTokenVerifier, key: RSAKeyPair)
 
 async def test_iat_is_required(verifier: AccessTokenVerifier, key: RSAKeyPair) -> None:
     await rejected(verifier, mint_token(claims(iat=OMIT), key), "iat missing")
+
+
+async def test_a_refreshed_token_keeps_its_session_start(
+    verifier: AccessTokenVerifier, key: RSAKeyPair
+) -> None:
+    # Cognito keeps `auth_time` across refreshes; each refreshed token has a new `iat`.
+    signed_in = int(NOW) - 7200
+    verified = await verifier.verify(mint_token(claims(auth_time=signed_in), key))
+    assert (verified.iat, verified.session_started_at) == (int(NOW), signed_in)
+
+
+async def test_a_token_without_auth_time_began_at_iat(
+    verifier: AccessTokenVerifier, key: RSAKeyPair
+) -> None:
+    verified = await verifier.verify(mint_token(claims(auth_time=OMIT), key))
+    assert verified.session_started_at == verified.iat == int(NOW)
+
+
+async def test_auth_time_after_iat(verifier: AccessTokenVerifier, key: RSAKeyPair) -> None:
+    token = mint_token(claims(auth_time=int(NOW) + 61), key)
+    await rejected(verifier, token, "auth_time after iat")
+
+
+@pytest.mark.parametrize("auth_time", [str(int(NOW)), NOW - 0.5, True])
+async def test_auth_time_must_be_an_integer(
+    verifier: AccessTokenVerifier, key: RSAKeyPair, auth_time: object
+) -> None:
+    await rejected(verifier, mint_token(claims(auth_time=auth_time), key), "auth_time")
 
 
 async def test_nbf_in_the_future(verifier: AccessTokenVerifier, key: RSAKeyPair) -> None:
