@@ -39,6 +39,7 @@ from app.core.secrets import fetch_database_credentials
 from app.core.security import AccessTokenVerifier, JWKSCache
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
+from app.services.outbox import OutboxWorker
 from app.services.pool_check import start_pool_check
 from app.services.reference import ReferenceCache
 from app.services.user_cache import (
@@ -105,10 +106,11 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # The worker's own connection: background work never takes a request's place in the
         # pool, and requests never hold up the worker.
         worker_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
-        directory_sync = DirectorySync(
-            create_sessionmaker(worker_engine), create_read_sessionmaker(worker_engine), cognito
+        outbox = OutboxWorker(
+            create_sessionmaker(worker_engine), create_read_sessionmaker(worker_engine)
         )
-        directory_sync.start()
+        directory_sync = DirectorySync(outbox, cognito)
+        outbox.start()
         health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
         try:
             state = State(
@@ -133,7 +135,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         finally:
             if pool_check is not None:
                 pool_check.cancel()
-            await directory_sync.aclose()
+            await outbox.aclose()
             if listener is not None:
                 await listener.aclose()
             preload.cancel()

@@ -43,6 +43,7 @@ from app.core.logging import configure_logging
 from app.core.secrets import fetch_database_credentials
 from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMisconfiguredError
 from app.services.directory_sync import DirectorySync
+from app.services.outbox import OutboxWorker
 from app.services.pool_check import PoolCheckUnavailable, check_configured_pool
 from app.services.reconcile import OrphanAction, find_drift, repair
 
@@ -99,7 +100,7 @@ async def run_reconcile(
     # One connection is enough: this walks pages one after the other.
     engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
     sessions, read_sessions = create_sessionmaker(engine), create_read_sessionmaker(engine)
-    directory = DirectorySync(sessions, read_sessions, cognito)
+    directory = DirectorySync(OutboxWorker(sessions, read_sessions), cognito)
     try:
         found = await find_drift(cognito, read_sessions, threshold=threshold, page_size=page_size)
         document: dict[str, Any] = {"found": found.as_dict()}

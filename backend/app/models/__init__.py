@@ -2,8 +2,8 @@
 
 from app.models.base import Base
 from app.models.case import Case, CaseAttachment, CaseHistory, CasePriority, CaseStatus
-from app.models.directory_outbox import DirectoryOutboxEntry
 from app.models.notification import Notification
+from app.models.outbox import OutboxEntry, OutboxLease
 from app.models.reference import RefClosureReason, RefComplaintType, RefHandler, RefServiceType
 from app.models.sequence import CaseSequence
 from app.models.sla import SlaConfig
@@ -18,8 +18,9 @@ __all__ = [
     "CasePriority",
     "CaseSequence",
     "CaseStatus",
-    "DirectoryOutboxEntry",
     "Notification",
+    "OutboxEntry",
+    "OutboxLease",
     "RefClosureReason",
     "RefComplaintType",
     "RefHandler",

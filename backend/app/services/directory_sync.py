@@ -1,220 +1,128 @@
-"""Carrying user changes out in the user directory (Cognito), durably and eventually.
+"""Carrying user changes out in the user directory (Cognito), durably, in order, eventually.
 
-A user change that Cognito must follow (deactivation, reactivation, a new role) commits an
-outbox row with it (`record`): the API enforces the row at once, and the worker here makes
-Cognito match it afterwards, so an admin's change never waits on Cognito and never fails
-because Cognito is down.
+A user change that Cognito must follow (deactivation, reactivation, a new role) records an
+outbox entry keyed by the user's id with it (`record`): the API enforces the row at once, and
+the outbox worker (`app.services.outbox`) has this handler make Cognito match the row
+afterwards, so an admin's change never waits on Cognito and never fails because Cognito is down.
 
-The worker, one per app process, works through due rows:
-1. claims a batch with `FOR UPDATE SKIP LOCKED` and leases it (moves `next_attempt_at` past
-   the lease) in a short transaction, so processes and instances never take the same rows and
-   a worker that dies mid-way leaves rows another one takes up once the lease ends;
-2. reads each user's current row and makes Cognito match it: enabled as `is_active`, in the
-   group of its role and no other role group, and (best effort) signed out everywhere when
-   deactivated. Rows are state to reach, not steps to replay, so a user's rows are carried out
-   together and repeating them is harmless;
-3. deletes the rows it carried out; a failure (Cognito throttled, down, slow) puts them back
-   with capped exponential backoff (`MAX_BACKOFF_SECONDS`), so Cognito is in step again within
-   that much of coming back, with no operator action.
-
-No database connection is held while Cognito is called. The worker polls every
-`poll_interval` seconds and is woken at once by a commit of this process that recorded work.
+For a user, the handler reads the row as it is now and makes Cognito match it: enabled as
+`is_active`, in the group of its role and no other role group. A deactivation's entry also asks
+for a global sign-out (refresh tokens revoked), a step retried until it succeeds: an entry
+carried out together with a later reactivation's still signs the user out. Since the worker
+holds a user's key while it works, one user's changes are carried out in order whatever the
+number of processes, and the last pass reads the latest row.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
 from typing import Final
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
 
-from app.core.compensation import after_commit
-from app.core.db import ReadSessions, Sessionmaker
-from app.core.errors import DomainError
 from app.core.roles import Role
-from app.core.tasks import BackgroundTask
-from app.models.directory_outbox import LAST_ERROR_LENGTH, DirectoryOutboxEntry
+from app.models.outbox import OutboxEntry
 from app.models.user import User
+from app.services import outbox
 from app.services.cognito import ROLE_GROUPS, CognitoUserPool, DirectoryMismatchError
+from app.services.outbox import Claim, OutboxWorker
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS: Final = 30.0
-LEASE_SECONDS: Final = 60.0
+KIND: Final = "directory"
+_SIGN_OUT: Final = "sign_out"
 
 
-async def match_user(cognito: CognitoUserPool, username: str, role: Role, is_active: bool) -> None:
-    """Make the Cognito user enabled as `is_active` and in exactly its role's group.
+async def match_user(
+    cognito: CognitoUserPool, username: str, role: Role, is_active: bool, *, sign_out: bool = False
+) -> None:
+    """Make the Cognito user enabled as `is_active` and in exactly its role's group, signed out
+    everywhere first when `sign_out`.
 
-    What the worker does for each outbox row, and the reconcile command for drift it repairs.
+    What the worker does for each user, and the reconcile command for drift it repairs.
     Groups that are not role groups are left alone.
     """
+    if sign_out:
+        # Revokes the refresh tokens, so the sessions mint no new access tokens; those already
+        # issued are refused by the API (sessions_revoked_at against their auth_time).
+        await cognito.sign_out_everywhere(username)
     await cognito.set_enabled(username, is_active)
     groups = await cognito.groups_of(username)
     for stale in sorted((groups & set(ROLE_GROUPS)) - {role.value}):
         await cognito.remove_from_group(username, Role(stale))
     if role.value not in groups:
         await cognito.add_to_group(username, role)
-    if not is_active:
-        try:
-            # Revokes refresh tokens, so no new access tokens; those already issued are
-            # refused by the API (sessions_revoked_at). Best effort: not worth a retry.
-            await cognito.sign_out_everywhere(username)
-        except DomainError as error:
-            logger.warning("directory sync: global sign-out failed (%s)", error.code)
+
+
+def pending_work(user_id: uuid.UUID | None = None) -> list[ColumnElement[bool]]:
+    """The conditions of directory work still to do (a settle pass is a check, not work)."""
+    conditions: list[ColumnElement[bool]] = [
+        OutboxEntry.kind == KIND,
+        ~OutboxEntry.payload.has_key(outbox.SETTLE_CHECK),
+    ]
+    if user_id is not None:
+        conditions.append(OutboxEntry.key == str(user_id))
+    return conditions
 
 
 class DirectorySync:
-    def __init__(
-        self,
-        sessions: Sessionmaker,
-        read_sessions: ReadSessions,
-        cognito: CognitoUserPool,
-        *,
-        poll_interval: float = 1.0,
-        batch_size: int = 20,
-    ) -> None:
-        self._sessions = sessions
-        self._read_sessions = read_sessions
+    """The directory's outbox handler, and what user changes and reconcile ask of it."""
+
+    def __init__(self, worker: OutboxWorker, cognito: CognitoUserPool) -> None:
+        self._worker = worker
         # Public so that tests can point the worker at their emulator, as they do the requests.
         self.cognito = cognito
-        self._poll_interval = poll_interval
-        self._batch_size = batch_size
-        self._wake = asyncio.Event()
-        self._task = BackgroundTask(self._run_forever, "directory-sync")
+        worker.register(KIND, self)
 
     # -- what a user change does ------------------------------------------------------------
 
-    def record(self, session: AsyncSession, user_id: uuid.UUID) -> None:
-        """Promise, in the session's transaction, that Cognito will be made to match the user."""
-        session.add(DirectoryOutboxEntry(user_id=user_id))
-        after_commit(session, self._wake.set)
+    def record(self, session: AsyncSession, user_id: uuid.UUID, *, sign_out: bool) -> None:
+        """Promise, in the session's transaction, that Cognito will be made to match the user
+        (and sign them out everywhere, when `sign_out`)."""
+        payload = {_SIGN_OUT: True} if sign_out else {}
+        outbox.record(session, KIND, str(user_id), payload, wake=self._worker.wake)
 
     @staticmethod
     async def in_step(session: AsyncSession, user_id: uuid.UUID) -> bool:
         """Whether no directory work for the user is pending (Cognito matches the row)."""
         pending = await session.scalar(
-            select(func.count())
-            .select_from(DirectoryOutboxEntry)
-            .where(DirectoryOutboxEntry.user_id == user_id)
+            select(func.count()).select_from(OutboxEntry).where(*pending_work(user_id))
         )
         return pending == 0
 
-    # -- the worker -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._task.start()
-
-    async def aclose(self) -> None:
-        await self._task.aclose()
-
-    async def _run_forever(self) -> None:
-        while True:
-            try:
-                while await self.run_once():
-                    pass  # a full batch: there may be more
-            except Exception:
-                # The database is down or refused the claim: nothing was claimed, try later.
-                logger.warning("directory sync: cannot reach the outbox", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
-            self._wake.clear()
-
     async def pending(self) -> int:
-        """How many rows wait, due or not (for tests and operators)."""
-        async with self._read_sessions() as session:
-            count = await session.scalar(select(func.count()).select_from(DirectoryOutboxEntry))
-        return int(count or 0)
+        """How many entries of directory work wait, due or not (for tests and operators)."""
+        return await self._worker.count(*pending_work())
 
-    async def run_once(self) -> int:
-        """Carry out one batch of due rows; how many rows were claimed."""
-        claimed = await self._claim()
-        by_user: dict[uuid.UUID, list[int]] = {}
-        for entry_id, user_id in claimed:
-            by_user.setdefault(user_id, []).append(entry_id)
-        for user_id, entry_ids in by_user.items():
-            await self.carry_out(user_id, entry_ids)
-        return len(claimed)
+    async def carry_out(self, user_id: uuid.UUID) -> bool:
+        """Make Cognito match the user's row now, with whatever entries the user has (the
+        reconcile command's repair); False when that failed or a worker holds the user."""
+        return await self._worker.carry_out_key(KIND, str(user_id))
 
-    async def _claim(self) -> Sequence[tuple[int, uuid.UUID]]:
-        due = (
-            select(DirectoryOutboxEntry.id)
-            .where(DirectoryOutboxEntry.next_attempt_at <= func.now())
-            .order_by(DirectoryOutboxEntry.id)
-            .limit(self._batch_size)
-            .with_for_update(skip_locked=True)
-        )
-        async with self._sessions() as session, session.begin():
-            result = await session.execute(
-                update(DirectoryOutboxEntry)
-                .where(DirectoryOutboxEntry.id.in_(due.scalar_subquery()))
-                .values(
-                    next_attempt_at=func.now() + timedelta(seconds=LEASE_SECONDS),
-                    attempts=DirectoryOutboxEntry.attempts + 1,
-                )
-                .returning(DirectoryOutboxEntry.id, DirectoryOutboxEntry.user_id)
-            )
-            return [(row.id, row.user_id) for row in result]
+    # -- the handler ------------------------------------------------------------------------
 
-    async def carry_out(self, user_id: uuid.UUID, entry_ids: list[int]) -> bool:
-        """Make Cognito match the user's current row, then delete `entry_ids`.
-
-        Whether Cognito now matches the row. On a failure the rows are retried later; a user
-        Cognito does not know is dropped (retrying cannot help; the reconcile command reports
-        it). With no rows (the reconcile command's repair of drift) only Cognito changes.
-        """
-        async with self._read_sessions() as session:
+    async def handle(self, claim: Claim) -> None:
+        user_id = uuid.UUID(claim.key)
+        async with self._worker.read_sessions() as session:
             row = (
                 await session.execute(
                     select(User.email, User.role, User.is_active).where(User.id == user_id)
                 )
             ).one_or_none()
-        in_step = row is not None
+        if row is None:
+            return
+        sign_out = any(entry.payload.get(_SIGN_OUT) for entry in claim.entries)
         try:
-            if row is not None:
-                with self.cognito.deadline():
-                    await match_user(self.cognito, row.email, row.role, row.is_active)
+            with self.cognito.deadline():
+                await match_user(
+                    self.cognito, row.email, row.role, row.is_active, sign_out=sign_out
+                )
         except DirectoryMismatchError as error:
+            # Retrying cannot help; the reconcile command reports it.
             logger.error("directory sync: %s", error.detail, extra={"user_id": str(user_id)})
-            in_step = False
-        except DomainError as error:
-            if entry_ids:
-                await self._retry_later(entry_ids, error.code)
-            return False
-        if entry_ids:
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    delete(DirectoryOutboxEntry).where(DirectoryOutboxEntry.id.in_(entry_ids))
-                )
-        return in_step
 
-    async def _retry_later(self, entry_ids: list[int], reason: str) -> None:
-        async with self._sessions() as session, session.begin():
-            attempts = (
-                await session.scalars(
-                    select(DirectoryOutboxEntry.attempts).where(
-                        DirectoryOutboxEntry.id.in_(entry_ids)
-                    )
-                )
-            ).all()
-            backoff = min(2.0 ** max(attempts, default=1), MAX_BACKOFF_SECONDS)
-            delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
-            await session.execute(
-                update(DirectoryOutboxEntry)
-                .where(DirectoryOutboxEntry.id.in_(entry_ids))
-                .values(
-                    next_attempt_at=func.now() + timedelta(seconds=delay),
-                    last_error=reason[:LAST_ERROR_LENGTH],
-                )
-            )
-        logger.warning(
-            "directory sync: will retry in %.1f s (%s)", delay, reason, extra={"rows": entry_ids}
-        )
+    async def finish(self, session: AsyncSession, claim: Claim) -> None:
+        pass

@@ -6,7 +6,7 @@ outbox row dropped because Cognito did not know the user, a change made by hand 
 console, a create whose undo failed. This module compares the two sides page by page:
 
 - the pool: ListUsers, and ListUsersInGroup once per role group (not a call per user);
-- the table: keyset pages of `users`, and the pending `directory_outbox` rows.
+- the table: keyset pages of `users`, and the pending directory entries of the outbox.
 
 Both snapshots take time and requests change users meanwhile, so every difference is confirmed
 on fresh reads of that one user on both sides before it is reported. A user with outbox work
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from app.core.db import ReadSessions, Sessionmaker
 from app.core.errors import DomainError
 from app.core.roles import Role
-from app.models.directory_outbox import DirectoryOutboxEntry
+from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.services.audit import audited
 from app.services.cognito import (
@@ -47,7 +47,7 @@ from app.services.cognito import (
     CognitoUser,
     CognitoUserPool,
 )
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectorySync, pending_work
 from app.services.users import ADOPTABLE_AFTER, find_user_by_email, sub_is_referenced
 
 logger = logging.getLogger(__name__)
@@ -197,23 +197,24 @@ async def read_pending(read_sessions: ReadSessions) -> dict[uuid.UUID, PendingWo
     async with read_sessions() as session:
         result = await session.execute(
             select(
-                DirectoryOutboxEntry.user_id,
-                DirectoryOutboxEntry.id,
-                (func.now() - DirectoryOutboxEntry.created_at).label("age"),
-                DirectoryOutboxEntry.attempts,
-                DirectoryOutboxEntry.last_error,
-            ).order_by(DirectoryOutboxEntry.id)
+                OutboxEntry.key,
+                OutboxEntry.id,
+                (func.now() - OutboxEntry.created_at).label("age"),
+                OutboxEntry.attempts,
+                OutboxEntry.last_error,
+            )
+            .where(*pending_work())
+            .order_by(OutboxEntry.id)
         )
         entries = result.all()
     pending: dict[uuid.UUID, PendingWork] = {}
     for entry in entries:
-        seen = pending.get(entry.user_id)
+        user_id = uuid.UUID(entry.key)
+        seen = pending.get(user_id)
         if seen is None:
-            pending[entry.user_id] = PendingWork(
-                (entry.id,), entry.age, entry.attempts, entry.last_error
-            )
+            pending[user_id] = PendingWork((entry.id,), entry.age, entry.attempts, entry.last_error)
         else:
-            pending[entry.user_id] = PendingWork(
+            pending[user_id] = PendingWork(
                 (*seen.entry_ids, entry.id),
                 max(seen.age, entry.age),
                 max(seen.attempts, entry.attempts),
@@ -478,7 +479,6 @@ async def repair(
 ) -> RepairResult:
     """Repair what is safe to repair in `report` (see the module docstring)."""
     result = RepairResult()
-    pending = await read_pending(read_sessions)
     repaired_users: set[uuid.UUID] = set()
     for item in report.drift:
         label = item.line()
@@ -491,10 +491,9 @@ async def repair(
             if item.user_id in repaired_users:
                 continue
             repaired_users.add(item.user_id)
-            work = pending.get(item.user_id)
             # The worker's own step: Cognito made to match the row as it is now, and the
-            # user's outbox rows done with.
-            if await directory.carry_out(item.user_id, list(work.entry_ids) if work else []):
+            # user's outbox entries done with.
+            if await directory.carry_out(item.user_id):
                 result.done.append(f"{label} -> Cognito now matches the row")
             else:
                 result.skipped.append(f"{label} -> could not be carried out (see the log)")

@@ -313,14 +313,15 @@ async def update_user(
                 raise ConflictError("The last active admin cannot be deactivated or demoted")
 
         directory_changes = role is not user.role or is_active is not user.is_active
-        if user.is_active and not is_active:
+        deactivated = user.is_active and not is_active
+        if deactivated:
             user.sessions_revoked_at = sessions_revoked_now()
         user.full_name = changes.get("full_name", user.full_name)
         user.role = role
         user.responsible_province = province
         user.is_active = is_active
         if directory_changes:
-            directory.record(session, user.id)
+            directory.record(session, user.id, sign_out=deactivated)
         await session.flush()
         return UpdatedUser(user, directory_in_step=not directory_changes)
 

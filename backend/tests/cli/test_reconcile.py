@@ -81,8 +81,8 @@ class Rig:
     async def outbox_row(self, user_id: str, minutes_ago: float) -> None:
         await execute_sql(
             self.database_url,
-            "INSERT INTO directory_outbox (user_id, created_at) VALUES "
-            f"('{user_id}', now() - interval '{minutes_ago} minutes')",
+            "INSERT INTO outbox (kind, key, created_at) VALUES "
+            f"('directory', '{user_id}', now() - interval '{minutes_ago} minutes')",
         )
 
     async def reconcile(
@@ -198,7 +198,7 @@ async def test_apply_repairs_what_is_safe_and_reports_the_rest(
     }
     assert rig.pool.find(planted["enabled_mismatch"])["Enabled"] is True  # type: ignore[index]
     assert rig.pool.groups_of(planted["groups_mismatch"]) == {"DISPATCHER"}
-    pending = await execute_sql(rig.database_url, "SELECT count(*) FROM directory_outbox")
+    pending = await execute_sql(rig.database_url, "SELECT count(*) FROM outbox")
     # The stale row was carried out; the in-flight one is the worker's.
     assert pending[0][0] == 1
     assert len(document["repairs"]["done"]) == 3

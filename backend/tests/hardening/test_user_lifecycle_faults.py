@@ -73,9 +73,10 @@ async def test_directory_work_pending_at_a_restart_is_carried_out_by_the_next_pr
     assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
 
     async with live_app(settings, cognito=adapter) as second:
-        # The row was leased by the first process: the second takes it up when that ends
-        # (LEASE_SECONDS); a test does not wait that long, so the lease is ended by hand.
-        await execute_sql(fresh_database_url, "UPDATE directory_outbox SET next_attempt_at = now()")
+        # The user may still be leased by the first process, and its entry waits out a backoff:
+        # the second takes it up when those end; a test does not wait, so they end by hand.
+        await execute_sql(fresh_database_url, "UPDATE outbox_leases SET expires_at = now()")
+        await execute_sql(fresh_database_url, "UPDATE outbox SET next_attempt_at = now()")
         await directory_caught_up(second.state)
     assert moto_cognito.find(email)["Enabled"] is False  # type: ignore[index]
 

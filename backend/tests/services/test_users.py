@@ -11,11 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.errors import ConflictError
 from app.core.roles import Role
-from app.models.directory_outbox import DirectoryOutboxEntry
+from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.schemas.user import UserUpdate
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
+from app.services.outbox import OutboxWorker
 from app.services.users import sessions_revoked_now, update_user
 from tests.support.moto_cognito import cognito_client, unreachable_endpoint
 
@@ -24,7 +25,7 @@ def directory(db_session: AsyncSession) -> DirectorySync:
     """An outbox writer that is never started: these tests look at what a change records."""
     sessions = async_sessionmaker(bind=db_session.bind)
     cognito = CognitoUserPool(cognito_client(unreachable_endpoint()), "ap-southeast-1_unused")
-    return DirectorySync(sessions, sessions, cognito)
+    return DirectorySync(OutboxWorker(sessions, sessions), cognito)
 
 
 async def add_user(session: AsyncSession, role: Role, *, is_active: bool = True) -> User:
@@ -73,10 +74,11 @@ async def test_with_another_active_admin_the_rule_lets_a_demotion_through(
     assert changed.user.is_active is False
     assert changed.directory_in_step is False
     # The promise to Cognito is in the same transaction as the change.
-    recorded = await db_session.scalars(
-        select(DirectoryOutboxEntry.user_id).where(DirectoryOutboxEntry.user_id == target.id)
+    recorded = await db_session.execute(
+        select(OutboxEntry.kind, OutboxEntry.payload).where(OutboxEntry.key == str(target.id))
     )
-    assert list(recorded) == [target.id]
+    # A deactivation also promises a global sign-out, retried until Cognito carries it out.
+    assert [tuple(row) for row in recorded] == [("directory", {"sign_out": True})]
 
 
 async def test_a_deactivation_revokes_every_token_issued_until_now_and_no_later_one(

@@ -1,0 +1,299 @@
+"""The outbox worker: a table, a claim, a handler per kind.
+
+`record` adds an entry in the caller's transaction. The worker carries entries out one key at a
+time:
+
+1. **Claim** the oldest due key that nobody holds: a lease row (`outbox_leases`) with a holder
+   id of this claim and an expiry, taken in one statement, so two processes never hold one key
+   (the primary key decides; the loser takes nothing this turn).
+2. **Read** the key's entries, then hand them to the kind's handler, which makes the outside
+   world match the state they promise. Entries are read before the handler reads that state,
+   so a change committed meanwhile leaves an entry this turn does not delete: it is carried out
+   again next turn. One key's work is in order across processes because only the holder works.
+3. **Finish, fenced by the holder id**: on success the entries read are deleted and the lease
+   given back; on failure they are put back with capped exponential backoff. Both happen only
+   while this claim still holds the lease. A claim that lost it (its process was paused past the
+   lease, or cut off from the database) records the key afresh instead, so whatever it did late
+   is put right by whoever works on the key next.
+
+A handler's outside work is bounded (the Cognito deadline) well inside the lease, so a lease
+does not run out under a running call. A call whose outcome is unknown (a timeout) may still
+land later; after any failure, the key's next success is followed by one more pass
+`SETTLE_SECONDS` later, which overwrites such a late landing. A failure that says the outside
+world is unavailable ends the batch early: the other keys would only wait on it too.
+
+No database connection is held while a handler works outside the database. The worker polls
+every `poll_interval` seconds and is woken at once by a commit of this process that recorded
+work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final, Protocol
+
+from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
+
+from app.core.compensation import after_commit
+from app.core.db import ReadSessions, Sessionmaker
+from app.core.errors import DomainError, ServiceUnavailableError
+from app.core.tasks import BackgroundTask
+from app.models.outbox import LAST_ERROR_LENGTH, OutboxEntry, OutboxLease
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS: Final = 30.0
+# Longer than a handler's bounded outside work (the Cognito deadline, at most 20 s) plus the
+# database work around it.
+LEASE_SECONDS: Final = 60.0
+# After a failure, how long the key's next success is checked again for a late landing.
+SETTLE_SECONDS: Final = 15.0
+SETTLE_CHECK: Final = "settle_check"
+
+
+class _Outcome(enum.Enum):
+    DONE = enum.auto()
+    FAILED = enum.auto()  # retried later
+    UNAVAILABLE = enum.auto()  # retried later, and the batch ends: the rest would wait too
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    kind: str
+    key: str
+    holder: uuid.UUID
+    entries: Sequence[OutboxEntry]
+
+    @property
+    def retried(self) -> bool:
+        """Whether an earlier attempt at this work failed (so a late landing is possible)."""
+        return any(entry.attempts > 1 or entry.payload.get(SETTLE_CHECK) for entry in self.entries)
+
+
+class Handler(Protocol):
+    """Makes the outside world match what a key's entries promise.
+
+    Raises a `DomainError` to have the entries retried later (a `ServiceUnavailableError` also
+    ends the batch). May write to `session` (the finishing transaction, committed only while the
+    claim still holds the lease) for work that belongs with the deletion of the entries.
+    """
+
+    async def handle(self, claim: Claim) -> None: ...
+
+    async def finish(self, session: AsyncSession, claim: Claim) -> None: ...
+
+
+def record(
+    session: AsyncSession,
+    kind: str,
+    key: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Promise, in the session's transaction, that `kind`'s handler will carry out `payload`."""
+    session.add(OutboxEntry(kind=kind, key=key, payload=dict(payload or {})))
+    if wake is not None:
+        after_commit(session, wake.set)
+
+
+async def take_lease(
+    session: AsyncSession, kind: str, key: str, holder: uuid.UUID, seconds: float
+) -> bool:
+    """Take the key's lease for `holder` unless someone else holds it; in the session's
+    transaction (a request taking a key for its own work commits it at once)."""
+    taken = await session.execute(
+        pg_insert(OutboxLease)
+        .values(
+            kind=kind, key=key, holder=holder, expires_at=func.now() + timedelta(seconds=seconds)
+        )
+        .on_conflict_do_update(
+            index_elements=[OutboxLease.kind, OutboxLease.key],
+            set_={"holder": holder, "expires_at": func.now() + timedelta(seconds=seconds)},
+            where=(OutboxLease.expires_at <= func.now()) | (OutboxLease.holder == holder),
+        )
+        .returning(OutboxLease.key)
+    )
+    return taken.first() is not None
+
+
+async def give_back_lease(session: AsyncSession, kind: str, key: str, holder: uuid.UUID) -> bool:
+    """Give the lease back if `holder` still holds it; whether it did (the fence)."""
+    given = await session.execute(
+        delete(OutboxLease)
+        .where(OutboxLease.kind == kind, OutboxLease.key == key, OutboxLease.holder == holder)
+        .returning(OutboxLease.key)
+    )
+    return given.first() is not None
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        sessions: Sessionmaker,
+        read_sessions: ReadSessions,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        poll_interval: float = 1.0,
+        batch_size: int = 20,
+        lease_seconds: float = LEASE_SECONDS,
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
+        self._sessions = sessions
+        self.read_sessions = read_sessions
+        self._handlers = dict(handlers or {})
+        self._poll_interval = poll_interval
+        self._batch_size = batch_size
+        self._lease_seconds = lease_seconds
+        self._settle_seconds = settle_seconds
+        self.wake = asyncio.Event()
+        self._task = BackgroundTask(self._run_forever, "outbox")
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def start(self) -> None:
+        self._task.start()
+
+    async def aclose(self) -> None:
+        await self._task.aclose()
+
+    async def count(self, *conditions: ColumnElement[bool]) -> int:
+        """How many entries meet `conditions`, due or not (for tests and operators)."""
+        async with self.read_sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(OutboxEntry).where(*conditions)
+            )
+        return int(count or 0)
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                while await self.run_once() == self._batch_size:
+                    pass  # a full batch: there may be more
+            except Exception:
+                # The database is down or refused the claim: nothing was claimed, try later.
+                logger.warning("outbox: cannot reach the outbox", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def run_once(self) -> int:
+        """Carry out up to a batch of due keys; how many keys were claimed."""
+        for done in range(self._batch_size):
+            claim = await self._claim()
+            if claim is None:
+                return done
+            if await self.carry_out(claim) is _Outcome.UNAVAILABLE:
+                return done + 1
+        return self._batch_size
+
+    async def _claim(self) -> Claim | None:
+        holder = uuid.uuid4()
+        free = ~(
+            select(OutboxLease.key)
+            .where(
+                OutboxLease.kind == OutboxEntry.kind,
+                OutboxLease.key == OutboxEntry.key,
+                OutboxLease.expires_at > func.now(),
+            )
+            .exists()
+        )
+        due = (
+            select(OutboxEntry.kind, OutboxEntry.key)
+            .where(OutboxEntry.next_attempt_at <= func.now(), free)
+            .where(OutboxEntry.kind.in_(self._handlers))
+            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
+            .limit(1)
+        )
+        async with self._sessions() as session, session.begin():
+            found = (await session.execute(due)).first()
+            if found is None:
+                return None
+            return await self._take(session, found.kind, found.key, holder)
+
+    async def _take(
+        self, session: AsyncSession, kind: str, key: str, holder: uuid.UUID
+    ) -> Claim | None:
+        if not await take_lease(session, kind, key, holder, self._lease_seconds):
+            return None
+        entries = (
+            await session.scalars(
+                update(OutboxEntry)
+                .where(OutboxEntry.kind == kind, OutboxEntry.key == key)
+                .values(attempts=OutboxEntry.attempts + 1)
+                .returning(OutboxEntry)
+            )
+        ).all()
+        return Claim(kind, key, holder, sorted(entries, key=lambda entry: entry.id))
+
+    async def carry_out_key(self, kind: str, key: str) -> bool:
+        """Carry out one key's work now, due or not, with or without entries (a repair);
+        whether it was done (False: it failed, or someone else holds the key)."""
+        async with self._sessions() as session, session.begin():
+            claim = await self._take(session, kind, key, uuid.uuid4())
+        if claim is None:
+            return False
+        return await self.carry_out(claim) is _Outcome.DONE
+
+    async def carry_out(self, claim: Claim) -> _Outcome:
+        """Hand the claim to its handler and finish it."""
+        handler = self._handlers[claim.kind]
+        try:
+            await handler.handle(claim)
+        except DomainError as error:
+            await self._retry_later(claim, error.code)
+            if isinstance(error, ServiceUnavailableError):
+                return _Outcome.UNAVAILABLE
+            return _Outcome.FAILED
+        async with self._sessions() as session, session.begin():
+            if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
+                logger.warning(
+                    "outbox: lost the lease of a %s key while working on it; recorded afresh",
+                    claim.kind,
+                )
+                record(session, claim.kind, claim.key)
+                return _Outcome.FAILED
+            await handler.finish(session, claim)
+            await session.execute(
+                delete(OutboxEntry).where(OutboxEntry.id.in_([e.id for e in claim.entries]))
+            )
+            if claim.retried and not any(e.payload.get(SETTLE_CHECK) for e in claim.entries):
+                await session.execute(
+                    insert(OutboxEntry).values(
+                        kind=claim.kind,
+                        key=claim.key,
+                        payload={SETTLE_CHECK: True},
+                        next_attempt_at=func.now() + timedelta(seconds=self._settle_seconds),
+                    )
+                )
+        return _Outcome.DONE
+
+    async def _retry_later(self, claim: Claim, reason: str) -> None:
+        attempts = max((entry.attempts for entry in claim.entries), default=1)
+        backoff = min(2.0**attempts, MAX_BACKOFF_SECONDS)
+        delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+        async with self._sessions() as session, session.begin():
+            if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
+                return  # someone else works on the key now
+            await session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.kind == claim.kind, OutboxEntry.key == claim.key)
+                .values(
+                    next_attempt_at=func.now() + timedelta(seconds=delay),
+                    last_error=literal(reason[:LAST_ERROR_LENGTH]),
+                )
+            )
+        logger.warning("outbox: %s work will be retried in %.1f s (%s)", claim.kind, delay, reason)
