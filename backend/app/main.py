@@ -48,6 +48,7 @@ from app.services.user_cache import (
     UserCountCache,
     session_class_evicting_from,
 )
+from app.services.user_creation import UserCreations
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             create_sessionmaker(worker_engine), create_read_sessionmaker(worker_engine)
         )
         directory_sync = DirectorySync(outbox, cognito)
+        UserCreations(outbox, cognito, directory_sync)
         outbox.start()
         health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
         try:

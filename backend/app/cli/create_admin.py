@@ -32,7 +32,8 @@ from app.core.roles import Role
 from app.core.secrets import fetch_database_credentials
 from app.schemas.user import UserCreate
 from app.services.cognito import CognitoUserPool, EmailTakenError
-from app.services.users import create_user, find_user_by_email
+from app.services.user_creation import create_user
+from app.services.users import find_user_by_email
 
 EXIT_OK = 0
 EXIT_FAILED = 1

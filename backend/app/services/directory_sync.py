@@ -105,6 +105,7 @@ class DirectorySync:
     # -- the handler ------------------------------------------------------------------------
 
     async def handle(self, claim: Claim) -> None:
+        """Make Cognito match the user's row as it is now (the outbox worker's handler)."""
         user_id = uuid.UUID(claim.key)
         async with self._worker.read_sessions() as session:
             row = (
@@ -123,6 +124,3 @@ class DirectorySync:
         except DirectoryMismatchError as error:
             # Retrying cannot help; the reconcile command reports it.
             logger.error("directory sync: %s", error.detail, extra={"user_id": str(user_id)})
-
-    async def finish(self, session: AsyncSession, claim: Claim) -> None:
-        pass

@@ -35,7 +35,7 @@ import enum
 import logging
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Protocol
@@ -81,17 +81,18 @@ class Claim:
         return any(entry.attempts > 1 or entry.payload.get(SETTLE_CHECK) for entry in self.entries)
 
 
+Finish = Callable[[AsyncSession], Awaitable[None]]
+
+
 class Handler(Protocol):
     """Makes the outside world match what a key's entries promise.
 
     Raises a `DomainError` to have the entries retried later (a `ServiceUnavailableError` also
-    ends the batch). May write to `session` (the finishing transaction, committed only while the
-    claim still holds the lease) for work that belongs with the deletion of the entries.
+    ends the batch). May return database work that belongs with the deletion of the entries: it
+    runs in the finishing transaction, only while the claim still holds the lease.
     """
 
-    async def handle(self, claim: Claim) -> None: ...
-
-    async def finish(self, session: AsyncSession, claim: Claim) -> None: ...
+    async def handle(self, claim: Claim) -> Finish | None: ...
 
 
 def record(
@@ -252,7 +253,7 @@ class OutboxWorker:
         """Hand the claim to its handler and finish it."""
         handler = self._handlers[claim.kind]
         try:
-            await handler.handle(claim)
+            finish = await handler.handle(claim)
         except DomainError as error:
             await self._retry_later(claim, error.code)
             if isinstance(error, ServiceUnavailableError):
@@ -266,7 +267,8 @@ class OutboxWorker:
                 )
                 record(session, claim.kind, claim.key)
                 return _Outcome.FAILED
-            await handler.finish(session, claim)
+            if finish is not None:
+                await finish(session)
             await session.execute(
                 delete(OutboxEntry).where(OutboxEntry.id.in_([e.id for e in claim.entries]))
             )

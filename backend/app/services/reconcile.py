@@ -48,7 +48,8 @@ from app.services.cognito import (
     CognitoUserPool,
 )
 from app.services.directory_sync import DirectorySync, pending_work
-from app.services.users import ADOPTABLE_AFTER, find_user_by_email, sub_is_referenced
+from app.services.user_creation import ADOPTABLE_AFTER
+from app.services.users import find_user_by_email, sub_is_referenced
 
 logger = logging.getLogger(__name__)
 

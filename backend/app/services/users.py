@@ -2,70 +2,49 @@
 
 The row is what the API enforces (role, active). Cognito is kept in step two ways:
 
-- **Create is synchronous** (the row stores the sub Cognito returns): check the table for the
-  email (a clear 409 before touching Cognito), AdminCreateUser once (never retried: a retry
-  after a lost answer would meet the user the first attempt made), AdminAddUserToGroup, then
-  insert the row. When AdminCreateUser's answer is lost, or it reports the name taken while no
-  row holds the email, the existing Cognito user is adopted if it never signed in
-  (FORCE_CHANGE_PASSWORD) and no row references its sub, so a lost answer leaves no orphan
-  that blocks the email for ever. A user another request may still be creating (younger than
-  `ADOPTABLE_AFTER`) is not adopted: that request owns it, and may still delete it. A request
-  deletes only a Cognito user it saw itself create, and only while no committed row
-  references it: when a later step fails, or the commit does (`app.core.compensation`).
-- **Every later change** (deactivate, reactivate, role) commits an outbox row with the change
+- **Create is synchronous**, with an intent recorded first so its outcome is never lost
+  (`app.services.user_creation`).
+- **Every later change** (deactivate, reactivate, role) commits an outbox entry with the change
   (`app.services.directory_sync`); the API enforces the row at once and the worker brings
-  Cognito in step. A deactivation also revokes the user's sessions: access tokens issued before
-  it are refused for good, even after a reactivation.
+  Cognito in step. A deactivation also revokes the user's sessions: tokens of every session
+  begun before it are refused for good, refreshed or not, even after a reactivation; and its
+  entry asks Cognito to sign the user out everywhere, retried until done.
 
-No database connection is held while Cognito is called: create checks the email with a short
-autocommit read, and update calls Cognito not at all. Every admin action writes one line to the
-audit trail (`app.services.audit`). The user list is `app.services.user_list`.
+No database connection is held while Cognito is called: update calls Cognito not at all. Every
+admin action writes one line to the audit trail (`app.services.audit`). The user list is
+`app.services.user_list`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.compensation import UndoLog
 from app.core.db import ReadSessions
-from app.core.errors import ConflictError, InvalidInputError, NotFoundError, ServiceUnavailableError
+from app.core.errors import ConflictError, InvalidInputError, NotFoundError
 from app.core.roles import Role
 from app.models.user import User
 from app.schemas.user import (
     PROVINCE_ONLY_FOR_OFFICERS,
     PROVINCE_REQUIRED_FOR_OFFICERS,
     PasswordResetOutcome,
-    UserCreate,
     UserUpdate,
 )
-from app.services.audit import audited, undo_and_audit_on_rollback
+from app.services.audit import audited
 from app.services.cognito import (
-    NEVER_SIGNED_IN_STATUS,
-    AnswerLostError,
-    CognitoUser,
     CognitoUserPool,
-    EmailTakenError,
 )
 from app.services.directory_sync import DirectorySync
 
 logger = logging.getLogger(__name__)
-
-EMAIL_INDEX: Final = "uq_users_lower_email"
-SUB_INDEX: Final = "uq_users_cognito_user_id"
-# Older than any request that may still be creating (or undoing) it: each one's Cognito work is
-# bounded by COGNITO_DEADLINE_SECONDS (at most 20 s), and its undo by as much again.
-ADOPTABLE_AFTER: Final = timedelta(seconds=60)
 
 
 async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -84,113 +63,6 @@ async def sub_is_referenced(read_sessions: ReadSessions, sub: str) -> bool:
     async with read_sessions() as session:
         found = await session.scalar(select(User.id).where(User.cognito_user_id == sub))
     return found is not None
-
-
-# ---------------------------------------------------------------------------------------------
-# Create
-
-
-def _violated_constraint(error: IntegrityError) -> str | None:
-    # asyncpg's exception (the DB-API error's cause) names the constraint or index.
-    cause = getattr(error.orig, "__cause__", None)
-    name = getattr(cause, "constraint_name", None) or getattr(error.orig, "constraint_name", None)
-    return str(name) if name else None
-
-
-async def _delete_unless_referenced(
-    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, sub: str
-) -> None:
-    """The undo of a create this request made: never when a committed row refers to the user
-    (a concurrent request adopted it), nor when that cannot be known (the database is down):
-    an unconfirmed user without a row is adopted by the next create of the email."""
-    if await sub_is_referenced(read_sessions, sub):
-        logger.warning("not deleting the new Cognito user: a row refers to it")
-        return
-    await cognito.delete_user_if_sub(email, sub)
-
-
-async def _adoptable(
-    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, *, ours: bool
-) -> CognitoUser | None:
-    """The existing Cognito user of `email` if it may be adopted (see the module docstring)."""
-    existing = await cognito.find_user(email)
-    if existing is None or existing.status != NEVER_SIGNED_IN_STATUS:
-        return None
-    if await sub_is_referenced(read_sessions, existing.sub):
-        return None
-    if not ours and (
-        existing.created_at is None or datetime.now(UTC) - existing.created_at < ADOPTABLE_AFTER
-    ):
-        return None
-    return existing
-
-
-async def _cognito_user_for(
-    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, undo: UndoLog
-) -> CognitoUser:
-    """Create the Cognito user, or adopt the one a lost answer or an earlier failure left."""
-    try:
-        created = await cognito.create_user(email)
-    except AnswerLostError:
-        adopted = await _adoptable(read_sessions, cognito, email, ours=True)
-        if adopted is None:
-            raise ServiceUnavailableError(
-                "The user directory (Cognito) did not confirm the creation; try again shortly"
-            ) from None
-        logger.info("adopted the Cognito user whose creation answer was lost")
-        return adopted
-    except EmailTakenError:
-        adopted = await _adoptable(read_sessions, cognito, email, ours=False)
-        if adopted is None:
-            raise
-        logger.info("adopted a Cognito user that never signed in and had no row")
-        return adopted
-    undo.add(
-        "delete the new Cognito user",
-        functools.partial(_delete_unless_referenced, read_sessions, cognito, email, created.sub),
-    )
-    return created
-
-
-async def create_user(
-    session: AsyncSession,
-    read_sessions: ReadSessions,
-    cognito: CognitoUserPool,
-    data: UserCreate,
-    *,
-    actor_id: uuid.UUID | None,
-) -> User:
-    """Create the user in Cognito (which emails the invitation) and in the users table."""
-    with audited("user.create", actor_id) as audit:
-        async with read_sessions() as read:
-            if await find_user_by_email(read, data.email) is not None:
-                raise EmailTakenError("A user with this email already exists")
-        undo = UndoLog()
-        try:
-            with cognito.deadline():
-                cognito_user = await _cognito_user_for(read_sessions, cognito, data.email, undo)
-                await cognito.add_to_group(data.email, data.role)
-            user = User(
-                cognito_user_id=cognito_user.sub,
-                email=data.email,
-                full_name=data.full_name,
-                role=data.role,
-                responsible_province=data.responsible_province,
-                is_active=True,
-            )
-            session.add(user)
-            try:
-                await session.flush()
-            except IntegrityError as error:
-                if _violated_constraint(error) in (EMAIL_INDEX, SUB_INDEX):
-                    raise EmailTakenError("A user with this email already exists") from error
-                raise
-        except BaseException:
-            await undo.undo()
-            raise
-        audit.target_id = user.id
-        undo_and_audit_on_rollback(session, undo, audit)
-        return user
 
 
 # ---------------------------------------------------------------------------------------------

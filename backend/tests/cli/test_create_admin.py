@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ async def test_an_email_known_only_to_cognito_is_reported_and_fails(
 ) -> None:
     email = new_email()
     sub = moto.create_user(email)
+    # Someone else's: made before this create began, too young to be a left-over.
+    moto.make_older(email, timedelta(seconds=20))
     settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
     assert await create_admin(settings, email, "Someone", moto.adapter()) == 1
     assert "disagree" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from app.core.config import Settings
 from app.core.roles import Role
 from app.services.cognito import CognitoUserPool
 from app.services.reconcile import DEFAULT_OUTBOX_THRESHOLD, OrphanAction
-from app.services.users import ADOPTABLE_AFTER
+from app.services.user_creation import ADOPTABLE_AFTER
 from tests.api.conftest import make_settings
 from tests.hardening.harness import add_user, execute_sql
 from tests.support.app_env import cli_environment, run_cli

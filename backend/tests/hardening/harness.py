@@ -204,8 +204,9 @@ def recorded_logs() -> Iterator[RecordingHandler]:
 class Fault:
     """What the proxy does to matching calls: `times` of them (None: all), then pass through."""
 
-    kind: str  # "status", "hang", "drop", "lost"
+    kind: str  # "status", "hang", "drop", "lost", "slow" (reaches the emulator after `delay`)
     times: int | None = None
+    delay: float = 0.0
     status: int = 500
     error_type: str = "InternalErrorException"
     seen: int = 0
@@ -240,6 +241,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             state.release.wait(60)
             self.close_connection = True
             return
+        if fault is not None and fault.kind == "slow":
+            # Carried out late: after the caller may have given up, as a call held up on its way.
+            time.sleep(fault.delay)
         if fault is not None and fault.kind == "drop":
             self.close_connection = True  # no response at all: the connection just closes
             return

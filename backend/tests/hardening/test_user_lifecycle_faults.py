@@ -108,6 +108,67 @@ async def test_two_instances_carry_out_each_row_once(
         assert moto_cognito.find(email)["Enabled"] is False  # type: ignore[index]
 
 
+async def test_one_users_changes_converge_across_instances_whatever_cognitos_speed(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    """A slow disable on one instance cannot land after the reactivation another carried out."""
+    settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url)
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    async with (
+        live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as first,
+        live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as second,
+    ):
+        user_id, email = await created(first.client, admin)
+        proxy.fail("AdminDisableUser", Fault("slow", times=1, delay=4.0))
+        response = await first.client.put(
+            f"{USERS}/{user_id}", json={"is_active": False}, headers=admin
+        )
+        assert response.status_code == 200
+        while proxy.count("AdminDisableUser") == 0:  # noqa: ASYNC110 - the proxy's log
+            await asyncio.sleep(0.05)
+        response = await second.client.put(
+            f"{USERS}/{user_id}", json={"is_active": True}, headers=admin
+        )
+        assert response.status_code == 200
+        await directory_caught_up(first.state, within=20)
+        assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
+        shown = await second.client.get(f"{USERS}/{user_id}", headers=admin)
+        assert shown.json()["directory_in_step"] is True
+
+
+async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_never_meet_409(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, cognito_deadline_seconds=2
+    )
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    body = new_user()
+    # AdminCreateUser reaches Cognito 3 s late: after the request gave up at its deadline.
+    proxy.fail("AdminCreateUser", Fault("slow", times=1, delay=3.0))
+    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
+        first = await live.client.post(USERS, json=body, headers=admin)
+        assert first.status_code == 503
+        assert first.headers["Retry-After"]
+        answers = []
+        for _ in range(60):  # what an admin retrying every half second would see
+            response = await live.client.post(USERS, json=body, headers=admin)
+            answers.append(response.status_code)
+            if response.status_code != 503:
+                break
+            assert response.headers["Retry-After"]
+            await asyncio.sleep(0.5)
+        # Until the outcome is known, 503; then the user, created once, is the admin's.
+        assert answers[-1] == 201, answers
+        assert set(answers) == {503, 201} or answers == [201], answers
+        in_cognito = moto_cognito.users_with_email(body["email"])
+        assert len(in_cognito) == 1
+        sub = {a["Name"]: a["Value"] for a in in_cognito[0]["Attributes"]}["sub"]
+        row = await live.client.get(f"{USERS}/{response.json()['id']}", headers=admin)
+        assert row.json()["email"] == body["email"]
+        assert sub  # the one Cognito user is the one the row was made for (the sub is unique)
+
+
 async def test_creates_against_a_hanging_cognito_end_at_the_deadline_and_health_stays_up(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:

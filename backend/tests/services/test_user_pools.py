@@ -20,7 +20,7 @@ from app.models.user import User
 from app.schemas.user import PasswordResetOutcome, UserCreate
 from app.services.cognito import CognitoUserPool, EmailTakenError, UsernameMode
 from app.services.directory_sync import match_user
-from app.services.users import ADOPTABLE_AFTER, create_user
+from app.services.user_creation import ADOPTABLE_AFTER, create_user
 from tests.support.moto_cognito import (
     POOL_KINDS,
     MotoCognito,

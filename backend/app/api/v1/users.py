@@ -22,7 +22,7 @@ from app.schemas.user import (
     UserResponse,
     UserUpdate,
 )
-from app.services import user_list, users
+from app.services import user_creation, user_list, users
 from app.services.directory_sync import DirectorySync
 
 Responses = dict[int | str, dict[str, object]]
@@ -102,7 +102,7 @@ async def create_user(
     response: Response,
 ) -> ManagedUserResponse:
     """Create a user in Cognito (who is emailed an invitation) and in the database."""
-    user = await users.create_user(session, sessions, cognito, data, actor_id=admin.id)
+    user = await user_creation.create_user(session, sessions, cognito, data, actor_id=admin.id)
     response.headers["Location"] = request.app.url_path_for("read_user", user_id=str(user.id))
     return _managed(user, directory_in_step=True)
 

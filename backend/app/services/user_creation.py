@@ -1,0 +1,369 @@
+"""Creating a user, whose outcome is never lost: an intent recorded before Cognito is called.
+
+A create is synchronous (the row stores the sub Cognito returns), and AdminCreateUser is sent
+once (a retry after a lost answer would meet the user the first attempt made). Its outcome can
+still be unknown: the answer is lost, or the call lands after the request gave up at its
+deadline. So, before calling Cognito, the create commits an **intent** (an outbox entry of kind
+`user_creation`, keyed by the email, with what was asked) and holds the email's lease:
+
+1. the email is checked against the table (a clear 409 when a row holds it);
+2. the intent is committed and the lease taken; while another create holds it, 503 with
+   `Retry-After` (never 409 while no row holds the email);
+3. AdminCreateUser, AdminAddUserToGroup, then the row is inserted, and the intent deleted and
+   the lease given back in the request's transaction, fenced by the lease's holder.
+
+A create that fails with its outcome unknown leaves the intent behind; once its lease runs out,
+the outbox worker finishes it (`UserCreations`): the Cognito user that appeared is adopted with
+the role asked for (a row inserted, the group ensured), and an intent under which nothing
+appeared is dropped after `GIVE_UP_AFTER`. A retry of the create after the lease ran out takes
+the intent over and adopts the user itself (201).
+
+**The adoption rule** (`adoptable`), for creates, the worker and the reconcile command alike: a
+Cognito user no row refers to is adopted when it was created under the intent (no earlier than
+the intent began, less `CLOCK_SKEW`), or, left from before intents, when it never signed in and
+is older than `ADOPTABLE_AFTER`. Nothing else is adopted: a user someone else created and
+signed in with is reported by reconcile, never taken over. A Cognito user under a live intent is
+never removed as an orphan (`intent_pending`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.compensation import UndoLog
+from app.core.db import ReadSessions
+from app.core.errors import DomainError, ServiceUnavailableError
+from app.models.outbox import OutboxEntry
+from app.models.user import User
+from app.schemas.user import UserCreate
+from app.services import outbox
+from app.services.audit import audited, undo_and_audit_on_rollback
+from app.services.cognito import (
+    NEVER_SIGNED_IN_STATUS,
+    AnswerLostError,
+    CognitoUser,
+    CognitoUserPool,
+    EmailTakenError,
+)
+from app.services.directory_sync import DirectorySync
+from app.services.outbox import Claim, Finish, OutboxWorker, give_back_lease, take_lease
+from app.services.users import find_user_by_email, sub_is_referenced
+
+logger = logging.getLogger(__name__)
+
+KIND: Final = "user_creation"
+EMAIL_INDEX: Final = "uq_users_lower_email"
+SUB_INDEX: Final = "uq_users_cognito_user_id"
+# Older than any request that may still be creating (or undoing) it: each one's Cognito work is
+# bounded by COGNITO_DEADLINE_SECONDS (at most 20 s), and its undo by as much again.
+ADOPTABLE_AFTER: Final = timedelta(seconds=60)
+# Between the database's clock (the intent's start) and Cognito's (the user's creation date):
+# both keep NTP time.
+CLOCK_SKEW: Final = timedelta(seconds=1)
+# An intent under which no Cognito user appeared this long after it began is dropped: a call
+# held up on its way lands well within it.
+GIVE_UP_AFTER: Final = timedelta(seconds=60)
+
+
+class CreateUnderWayError(ServiceUnavailableError):
+    """Another create of the email holds it (or its outcome is being settled)."""
+
+
+class _OutcomeUnknownError(ServiceUnavailableError):
+    """Cognito may have created the user, and no user is there to adopt yet."""
+
+
+class _NotYetError(DomainError):
+    """The intent's Cognito user has not appeared yet (it may still land): try again later."""
+
+    code = "create_unsettled"
+
+
+def _key(email: str) -> str:
+    return email.lower()
+
+
+def _hold_seconds(cognito: CognitoUserPool) -> float:
+    """How long a create holds its email: its Cognito work, its undo and its commit."""
+    return 2 * cognito.deadline_seconds + 10
+
+
+def adoptable(user: CognitoUser, intent_began: datetime | None, *, referenced: bool) -> bool:
+    """The one adoption rule (see the module docstring)."""
+    if referenced or user.created_at is None:
+        return False
+    if intent_began is not None and user.created_at >= intent_began - CLOCK_SKEW:
+        return True
+    return (
+        user.status == NEVER_SIGNED_IN_STATUS
+        and datetime.now(UTC) - user.created_at >= ADOPTABLE_AFTER
+    )
+
+
+async def intent_pending(read_sessions: ReadSessions, email: str) -> bool:
+    """Whether a create of `email` is under way or being settled (its Cognito user is not an
+    orphan to remove)."""
+    async with read_sessions() as session:
+        found = await session.scalar(
+            select(OutboxEntry.id).where(OutboxEntry.kind == KIND, OutboxEntry.key == _key(email))
+        )
+    return found is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The request
+
+
+async def _record_intent(
+    session: AsyncSession, data: UserCreate, holder: uuid.UUID, hold_seconds: float
+) -> datetime:
+    """Take the email's lease and commit the intent; when the earliest intent began."""
+    key = _key(data.email)
+    async with AsyncSession(session.bind) as own, own.begin():
+        if not await take_lease(own, KIND, key, holder, hold_seconds):
+            raise CreateUnderWayError("A create of this email is under way; try again shortly")
+        began = await own.scalar(
+            select(func.min(OutboxEntry.payload["began"].astext)).where(
+                OutboxEntry.kind == KIND, OutboxEntry.key == key
+            )
+        )
+        now: datetime = await own.scalar(select(func.now()))  # type: ignore[assignment]
+        began_at = datetime.fromisoformat(began) if began else now
+        await own.execute(
+            delete(OutboxEntry).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
+        )
+        outbox.record(
+            own,
+            KIND,
+            key,
+            {**data.model_dump(mode="json"), "began": began_at.isoformat()},
+        )
+    return began_at
+
+
+async def _drop_intent(session: AsyncSession, email: str, holder: uuid.UUID) -> None:
+    """Nothing was created: the intent goes, if this create still holds it."""
+    key = _key(email)
+    async with AsyncSession(session.bind) as own, own.begin():
+        if await give_back_lease(own, KIND, key, holder):
+            await own.execute(
+                delete(OutboxEntry).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
+            )
+
+
+async def _give_back(session: AsyncSession, email: str, holder: uuid.UUID) -> None:
+    async with AsyncSession(session.bind) as own, own.begin():
+        await give_back_lease(own, KIND, _key(email), holder)
+
+
+async def _delete_unless_referenced(
+    read_sessions: ReadSessions,
+    cognito: CognitoUserPool,
+    email: str,
+    sub: str,
+    drop_intent: Callable[[], Awaitable[None]],
+) -> None:
+    """The undo of a create this request made: never when a committed row refers to the user,
+    nor when that cannot be known (the database is down). Once the user is gone, so is the
+    intent; otherwise the intent stays and settles it."""
+    if await sub_is_referenced(read_sessions, sub):
+        logger.warning("not deleting the new Cognito user: a row refers to it")
+        return
+    await cognito.delete_user_if_sub(email, sub)
+    await drop_intent()
+
+
+async def _adopt_existing(
+    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, began: datetime
+) -> CognitoUser | None:
+    existing = await cognito.find_user(email)
+    if existing is None:
+        return None
+    referenced = await sub_is_referenced(read_sessions, existing.sub)
+    return existing if adoptable(existing, began, referenced=referenced) else None
+
+
+async def _cognito_user_for(
+    read_sessions: ReadSessions,
+    cognito: CognitoUserPool,
+    email: str,
+    began: datetime,
+    undo: UndoLog,
+    drop_intent: Callable[[], Awaitable[None]],
+) -> CognitoUser:
+    """Create the Cognito user, or adopt the one this intent (or an old failure) left."""
+    try:
+        created = await cognito.create_user(email)
+    except AnswerLostError:
+        adopted = await _adopt_existing(read_sessions, cognito, email, began)
+        if adopted is None:
+            raise _OutcomeUnknownError(
+                "The user directory (Cognito) did not confirm the creation; it is being "
+                "settled, try again shortly"
+            ) from None
+        logger.info("adopted the Cognito user whose creation answer was lost")
+        return adopted
+    except EmailTakenError:
+        adopted = await _adopt_existing(read_sessions, cognito, email, began)
+        if adopted is None:
+            raise
+        logger.info("adopted a Cognito user created under this email's intent or left unclaimed")
+        return adopted
+    undo.add(
+        "delete the new Cognito user",
+        functools.partial(
+            _delete_unless_referenced, read_sessions, cognito, email, created.sub, drop_intent
+        ),
+    )
+    return created
+
+
+def _violated_constraint(error: IntegrityError) -> str | None:
+    # asyncpg's exception (the DB-API error's cause) names the constraint or index.
+    cause = getattr(error.orig, "__cause__", None)
+    name = getattr(cause, "constraint_name", None) or getattr(error.orig, "constraint_name", None)
+    return str(name) if name else None
+
+
+def _new_user(sub: str, data: UserCreate) -> User:
+    return User(
+        cognito_user_id=sub,
+        email=data.email,
+        full_name=data.full_name,
+        role=data.role,
+        responsible_province=data.responsible_province,
+        is_active=True,
+    )
+
+
+async def create_user(
+    session: AsyncSession,
+    read_sessions: ReadSessions,
+    cognito: CognitoUserPool,
+    data: UserCreate,
+    *,
+    actor_id: uuid.UUID | None,
+) -> User:
+    """Create the user in Cognito (which emails the invitation) and in the users table."""
+    with audited("user.create", actor_id) as audit:
+        async with read_sessions() as read:
+            if await find_user_by_email(read, data.email) is not None:
+                raise EmailTakenError("A user with this email already exists")
+        holder = uuid.uuid4()
+        key = _key(data.email)
+        began = await _record_intent(session, data, holder, _hold_seconds(cognito))
+        undo = UndoLog()
+        drop_intent = functools.partial(_drop_intent, session, data.email, holder)
+        try:
+            with cognito.deadline():
+                try:
+                    cognito_user = await _cognito_user_for(
+                        read_sessions, cognito, data.email, began, undo, drop_intent
+                    )
+                except _OutcomeUnknownError:
+                    # The intent stays, for whoever settles it first: the worker, or a retry,
+                    # which may take the email at once.
+                    await _give_back(session, data.email, holder)
+                    raise
+                except BaseException:
+                    await drop_intent()  # nothing was created
+                    raise
+                # From here on a Cognito user exists: a failure undoes what this request
+                # created and leaves the intent to settle what the undo could not.
+                await cognito.add_to_group(data.email, data.role)
+            user = _new_user(cognito_user.sub, data)
+            session.add(user)
+            try:
+                await session.flush()
+            except IntegrityError as error:
+                if _violated_constraint(error) in (EMAIL_INDEX, SUB_INDEX):
+                    raise EmailTakenError("A user with this email already exists") from error
+                raise
+            if not await give_back_lease(session, KIND, key, holder):
+                # Past its lease: the worker or a retry settles the intent now, and may adopt
+                # the user this request made, so nothing here is undone.
+                undo = UndoLog()
+                raise CreateUnderWayError(
+                    "The create took too long and is being finished; try again shortly"
+                )
+            await session.execute(
+                delete(OutboxEntry).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
+            )
+        except BaseException:
+            await undo.undo()
+            raise
+        audit.target_id = user.id
+        undo_and_audit_on_rollback(session, undo, audit)
+        return user
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+@dataclass(frozen=True, slots=True)
+class _Intent:
+    data: UserCreate
+    began: datetime
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> _Intent:
+        fields = {name: value for name, value in payload.items() if name != "began"}
+        return cls(UserCreate.model_validate(fields), datetime.fromisoformat(payload["began"]))
+
+
+class UserCreations:
+    """The outbox handler that settles the intents creates left behind."""
+
+    def __init__(
+        self, worker: OutboxWorker, cognito: CognitoUserPool, directory: DirectorySync
+    ) -> None:
+        self._read_sessions = worker.read_sessions
+        self._cognito = cognito
+        self._directory = directory
+        worker.register(KIND, self)
+
+    async def handle(self, claim: Claim) -> Finish | None:
+        """Adopt the Cognito user the intent made, or drop the intent (see the docstring)."""
+        intents = [entry for entry in claim.entries if "began" in entry.payload]
+        if not intents:
+            return None
+        intent = _Intent.of(intents[-1].payload)
+        async with self._read_sessions() as read:
+            if await find_user_by_email(read, intent.data.email) is not None:
+                return None  # the create (or a retry) finished it
+        with self._cognito.deadline():
+            found = await self._cognito.find_user(intent.data.email)
+        if found is None:
+            if datetime.now(UTC) - intent.began < GIVE_UP_AFTER:
+                raise _NotYetError("no Cognito user yet under the intent")
+            logger.info("create intent dropped: no Cognito user appeared")
+            return None
+        referenced = await sub_is_referenced(self._read_sessions, found.sub)
+        if not adoptable(found, intent.began, referenced=referenced):
+            logger.warning("create intent dropped: the Cognito user is not this create's")
+            return None
+        return functools.partial(self._adopt, found.sub, intent.data)
+
+    async def _adopt(self, sub: str, data: UserCreate, session: AsyncSession) -> None:
+        with audited("user.create", None) as audit:
+            audit.details["settled"] = "adopted after the request ended"
+            user = _new_user(sub, data)
+            session.add(user)
+            await session.flush()
+            # The group (and enabled state) follow through the directory's own work.
+            self._directory.record(session, user.id, sign_out=False)
+            audit.target_id = user.id
+        logger.info(
+            "create intent settled: adopted the Cognito user", extra={"user_id": str(user.id)}
+        )
