@@ -3,14 +3,19 @@
 The zones keep their committed keys, locations and error handling; only their rates and bursts
 are lowered (1 request a minute), so a limit is reached by the request count alone: a test
 finishes long before a minute has given any allowance back, and no assertion depends on time.
-Each test speaks for client addresses of its own (sent as the ALB would, in X-Forwarded-For
-from loopback), so the tests do not share an allowance.
+Each test speaks for client addresses and bearer tokens of its own (addresses sent as the ALB
+would, in X-Forwarded-For from loopback), so the tests do not share an allowance.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import re
+import secrets
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -26,13 +31,21 @@ from .nginx_harness import (
     run_uvicorn,
 )
 
-# A client's first burst + 1 requests pass and the next is refused (nginx wants burst >= 1).
-API_BURST = 6
+# A key's first burst + 1 requests pass and the next is refused (nginx wants burst >= 1).
+API_BURST = 6  # an address's requests without a bearer token
+USER_BURST = 3  # each bearer token's requests
+# Every /api/ request of an address. Above an office's worth of users' bursts (below), so that
+# only a flood reaches it.
+ADDRESS_BURST = 150
 ACCOUNT_WRITE_BURST = 1
 TEST_LIMITS = {
-    "one_system_api": RateLimit(rate="1r/m", burst=API_BURST),
+    "one_system_api_address": RateLimit(rate="1r/m", burst=ADDRESS_BURST),
+    "one_system_api_user": RateLimit(rate="1r/m", burst=USER_BURST),
+    "one_system_api_anonymous": RateLimit(rate="1r/m", burst=API_BURST),
     "one_system_account_writes": RateLimit(rate="1r/m", burst=ACCOUNT_WRITE_BURST),
 }
+# Staff of one provincial office, behind one NAT address, each on the SPA at once.
+OFFICE_STAFF = 30
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +66,35 @@ def http() -> Iterator[httpx.Client]:
 def as_client(address: str, **headers: str) -> dict[str, str]:
     """Headers of a request the ALB forwards for ``address``."""
     return {"X-Forwarded-For": address, **headers}
+
+
+def bearer_token() -> str:
+    """A fresh token shaped like a Cognito access token: three base64url parts, RS256-long."""
+
+    def part(value: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    header = part({"kid": "test", "alg": "RS256"})
+    claims = part({"sub": str(uuid.uuid4()), "token_use": "access"})
+    # An RS256 signature is 256 bytes: 342 base64url characters.
+    return f"{header}.{claims}.{secrets.token_urlsafe(256)}"
+
+
+def signed_in(address: str, token: str, **headers: str) -> dict[str, str]:
+    """Headers of a signed-in caller's request the ALB forwards for ``address``."""
+    return as_client(address, Authorization=f"Bearer {token}", **headers)
+
+
+def statuses(proxy: RunningNginx, requests: list[dict[str, str]]) -> Counter[int]:
+    """Send one GET /api/v1/echo per header set, all at once; count the answers by status."""
+
+    async def send_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            url = proxy.url("/api/v1/echo")
+            return await asyncio.gather(*(client.get(url, headers=h) for h in requests))
+
+    return Counter(response.status_code for response in asyncio.run(send_all()))
 
 
 def use_up_the_api_allowance(proxy: RunningNginx, http: httpx.Client, address: str) -> None:
@@ -164,10 +206,126 @@ def test_the_apps_own_429_passes_through_with_its_own_retry_after(
     assert response.headers.get_list("retry-after") == ["30"]
 
 
+def test_an_office_behind_one_address_gets_an_allowance_per_signed_in_user(
+    proxy: RunningNginx,
+) -> None:
+    """Each user's burst is answered whoever else shares the address; past it, only theirs ends."""
+    office = "203.0.113.70"
+    tokens = [bearer_token() for _ in range(OFFICE_STAFF)]
+
+    # Interleaved, as a page load of every user at once would arrive.
+    bursts = [signed_in(office, token) for _ in range(USER_BURST + 1) for token in tokens]
+    assert statuses(proxy, bursts) == {200: OFFICE_STAFF * (USER_BURST + 1)}
+
+    assert statuses(proxy, [signed_in(office, token) for token in tokens]) == {429: OFFICE_STAFF}
+    # A colleague signing in now, and the office's anonymous calls, still get theirs.
+    assert statuses(proxy, [signed_in(office, bearer_token())] * (USER_BURST + 1)) == {
+        200: USER_BURST + 1
+    }
+    assert statuses(proxy, [as_client(office)] * (API_BURST + 1)) == {200: API_BURST + 1}
+
+
+def test_one_address_cannot_pass_the_ceiling_with_made_up_tokens(
+    proxy: RunningNginx, http: httpx.Client
+) -> None:
+    flooder, other = "203.0.113.80", "203.0.113.81"
+    flood = [signed_in(flooder, bearer_token()) for _ in range(ADDRESS_BURST + 1 + 40)]
+
+    assert statuses(proxy, flood) == {200: ADDRESS_BURST + 1, 429: 40}
+
+    # The ceiling holds every /api/ request of that address, with a token or without.
+    refused = http.get(proxy.url("/api/v1/echo"), headers=signed_in(flooder, bearer_token()))
+    assert_refused_by_nginx(refused, retry_after="1")
+    assert http.get(proxy.url("/api/v1/echo"), headers=as_client(flooder)).status_code == 429
+    assert http.get(proxy.url("/health"), headers=as_client(flooder)).status_code == 200
+    # Another address is not affected.
+    response = http.get(proxy.url("/api/v1/echo"), headers=signed_in(other, bearer_token()))
+    assert response.status_code == 200
+    assert 'by zone "one_system_api_address"' in proxy.log_text
+
+
+def test_a_token_has_one_allowance_from_any_address(
+    proxy: RunningNginx, http: httpx.Client
+) -> None:
+    address, elsewhere = "203.0.113.90", "203.0.113.91"
+    token = bearer_token()
+    for _ in range(USER_BURST + 1):
+        response = http.get(proxy.url("/api/v1/echo"), headers=signed_in(address, token))
+        assert response.status_code == 200, response.text
+
+    refused = http.get(
+        proxy.url("/api/v1/echo"), headers=signed_in(address, token, **{"X-Request-ID": "user-1"})
+    )
+    assert_refused_by_nginx(refused, retry_after="1")
+    assert refused.json()["request_id"] == "user-1"
+    # Moving to another address does not renew it; "bearer" in any case is the same scheme.
+    moved = http.get(proxy.url("/api/v1/echo"), headers=signed_in(elsewhere, token))
+    assert moved.status_code == 429
+    lower = http.get(
+        proxy.url("/api/v1/echo"), headers=as_client(elsewhere, Authorization=f"bearer {token}")
+    )
+    assert lower.status_code == 429
+    # The address's other users and its anonymous calls keep their allowances.
+    other_user = http.get(proxy.url("/api/v1/echo"), headers=signed_in(address, bearer_token()))
+    assert other_user.status_code == 200
+    assert http.get(proxy.url("/api/v1/echo"), headers=as_client(address)).status_code == 200
+    assert 'by zone "one_system_api_user"' in proxy.log_text
+
+
+def test_a_users_state_is_keyed_on_the_end_of_the_signature_only(
+    proxy: RunningNginx, http: httpx.Client
+) -> None:
+    """43 characters a state instead of the whole ~1 KB token (a zone stores keys verbatim).
+
+    Sharing a tail means sharing a signature, which only the token's holder has.
+    """
+    address = "203.0.113.95"
+    token = bearer_token()
+    header, _, rest = token.partition(".")
+    signature = rest.partition(".")[2]
+    for _ in range(USER_BURST + 1):
+        assert http.get(proxy.url("/api/v1/echo"), headers=signed_in(address, token)).is_success
+
+    same_tail = f"{header}.e30.{signature[-43:]}"
+    response = http.get(proxy.url("/api/v1/echo"), headers=signed_in(address, same_tail))
+    assert response.status_code == 429
+    other_tail = f"{header}.e30.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}"
+    response = http.get(proxy.url("/api/v1/echo"), headers=signed_in(address, other_tail))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("authorization", "address"),
+    [
+        ("Basic b2ZmaWNlcjpwYXNzd29yZA==", "203.0.113.100"),
+        ("Bearer short.token.value", "203.0.113.101"),
+        ("Bearer " + "x" * 400, "203.0.113.102"),
+        ("Bearer header." + "y" * 400, "203.0.113.103"),
+        ("Token " + bearer_token(), "203.0.113.104"),
+        ("Bearer " + bearer_token() + "." + "z" * 64, "203.0.113.105"),
+    ],
+    ids=["basic", "short-signature", "one-part", "two-parts", "other-scheme", "four-parts"],
+)
+def test_an_authorization_that_is_no_bearer_jwt_counts_as_anonymous(
+    proxy: RunningNginx, http: httpx.Client, authorization: str, address: str
+) -> None:
+    """Garbage in Authorization neither escapes the limits nor buys a fresh allowance."""
+    use_up_the_api_allowance(proxy, http, address)
+
+    response = http.get(
+        proxy.url("/api/v1/echo"), headers=as_client(address, Authorization=authorization)
+    )
+    assert_refused_by_nginx(response, retry_after="1")
+
+
 def test_retry_after_is_the_time_one_request_of_allowance_takes() -> None:
     """The committed Retry-After values stay in step with the committed rates."""
     site = SITE_CONF.read_text()
     rates = dict(re.findall(r"limit_req_zone \S+ zone=(\w+):\S+ rate=(\d+r/[sm]);", site))
+    api_block = re.search(r"location /api/ \{([^}]*)\}", site)
+    assert api_block is not None
+    api_zones = set(re.findall(r"limit_req zone=(\w+)", api_block.group(1)))
+    assert api_zones == set(rates)
     retry_map = re.search(r"map \$one_system_account_write \$\w+retry_after \{([^}]*)\}", site)
     assert retry_map is not None
     retry = dict(re.findall(r"^\s*(\S+) (\d+);", retry_map.group(1), re.MULTILINE))
@@ -177,4 +335,7 @@ def test_retry_after_is_the_time_one_request_of_allowance_takes() -> None:
         return max(1, -(-{"s": 1, "m": 60}[unit] // int(count)))
 
     assert int(retry["1"]) == seconds_per_request(rates["one_system_account_writes"])
-    assert int(retry["default"]) == seconds_per_request(rates["one_system_api"])
+    # Any /api/ zone may refuse a request that is not an account write.
+    assert int(retry["default"]) == max(
+        seconds_per_request(rates[zone]) for zone in api_zones - {"one_system_account_writes"}
+    )
