@@ -49,7 +49,7 @@ from app.schemas.user import (
     UserCreate,
     UserUpdate,
 )
-from app.services.audit import audited, undo_and_audit_on_rollback
+from app.services.audit import audit_at_commit, audited
 from app.services.cognito import (
     NEVER_SIGNED_IN_STATUS,
     AnswerLostError,
@@ -189,7 +189,7 @@ async def create_user(
             await undo.undo()
             raise
         audit.target_id = user.id
-        undo_and_audit_on_rollback(session, undo, audit)
+        audit_at_commit(session, audit, undo)
         return user
 
 
@@ -322,6 +322,7 @@ async def update_user(
         if directory_changes:
             directory.record(session, user.id)
         await session.flush()
+        audit_at_commit(session, audit)
         return UpdatedUser(user, directory_in_step=not directory_changes)
 
 
