@@ -79,6 +79,8 @@ def _create_pool(cognito: CognitoIdentityProviderClient) -> tuple[str, str]:
         PoolName="one-system-local",
         UsernameAttributes=["email"],
         AutoVerifiedAttributes=["email"],
+        # Users are created by admins only, as the pool check asks of a real pool.
+        AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},
     )["UserPool"]
     pool_id = pool["Id"]
     client = cognito.create_user_pool_client(

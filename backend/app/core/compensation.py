@@ -85,13 +85,16 @@ async def undo_registered(session: AsyncSession) -> None:
 async def undo_unless_committed(session: AsyncSession) -> AsyncIterator[None]:
     """Wrap a transaction (`async with undo_unless_committed(s), s.begin(): ...`).
 
-    Runs the undo logs registered during the transaction if its body or its commit raises.
+    Runs the undo logs registered during the transaction if its body or its commit raises, and
+    the after-commit callbacks not yet run once it has committed.
     """
     try:
         yield
     except BaseException:
         await undo_registered(session)
         raise
+    else:
+        run_after_commit(session)
     finally:
         session.info.pop(_SESSION_KEY, None)
         session.info.pop(_AFTER_COMMIT_KEY, None)

@@ -26,6 +26,7 @@ from sqlalchemy.util import await_only
 
 from app.core.compensation import run_after_commit, undo_unless_committed
 from app.core.config import ConfigError, DatabaseCredentials, DatabaseSettings
+from app.core.errors import describe_database_error
 from app.core.pool import FairAsyncQueuePool
 from app.core.state import LifespanItem
 
@@ -177,7 +178,7 @@ def _ping_on_checkout(
         # Closed at once: a graceful close would wait for a server that stopped answering
         # (up to 2 s more) before the pool could hand out a fresh connection.
         driver.terminate()
-        raise sqlalchemy.exc.DisconnectionError(type(error).__name__) from error
+        raise sqlalchemy.exc.DisconnectionError(describe_database_error(error)) from error
 
 
 Sessionmaker = async_sessionmaker[AsyncSession]
@@ -235,7 +236,7 @@ async def database_is_reachable(engine: AsyncEngine, within_seconds: float) -> b
         if not isinstance(error, Exception):
             raise
         # Any failure means "not reachable" to the health probe.
-        logger.warning("database check failed: %s", type(error).__name__)
+        logger.warning("database check failed: %s", describe_database_error(error))
         return False
     return True
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
@@ -122,17 +122,60 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 # SQLSTATE classes that say the database cannot serve right now, not that the query is wrong:
 # 08 connection exception, 28 authorization (a rotated password), 40 transaction rollback (a
 # deadlock or serialization failure: the same request may succeed when sent again), 53
-# insufficient resources (too many connections), 57 operator intervention (statement timeout,
-# shutdown, still starting up).
+# insufficient resources (too many connections), 57 operator intervention (shutdown, still
+# starting up; and 57014, a statement timeout, which is answered 503 as well, since the query
+# may pass when the database is less busy, but logged as the bug a slow query is).
 # asyncpg's errors of these classes reach us as plain DBAPIError, so the class is what tells.
 _UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "40", "53", "57"})
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it was raised from, outermost first: SQLAlchemy's DB-API error
+    (`orig`), the driver's error beneath it, and that one's own cause. Only explicit causes: an
+    error raised while another was being handled is not that error."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return chain
+
+
 def _sqlstate(error: BaseException) -> str | None:
-    state = getattr(error, "sqlstate", None) or getattr(
-        getattr(error, "orig", None), "sqlstate", None
-    )
-    return state if isinstance(state, str) else None
+    """The outermost SQLSTATE in the error's chain (None: the server sent none)."""
+    for cause in _causes(error):
+        state = getattr(cause, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state
+    return None
+
+
+# query_canceled, what PostgreSQL raises when a statement runs past `statement_timeout`.
+STATEMENT_TIMEOUT_SQLSTATE: Final = "57014"
+
+
+def describe_database_error(error: BaseException) -> str:
+    """A database error for a log line: its SQLSTATE and the driver's error class, or, when the
+    server said nothing, the connection error beneath it. Never its message, which may quote
+    the data of a row."""
+    causes = _causes(error)
+    states: list[tuple[str, str]] = []
+    for cause in causes:
+        state = getattr(cause, "sqlstate", None)
+        if not (isinstance(state, str) and state):
+            continue
+        if states and states[-1][0] == state:
+            # SQLAlchemy's adapter copies the driver's state: name the driver's class.
+            states[-1] = (state, type(cause).__name__)
+        else:
+            states.append((state, type(cause).__name__))
+    if states:
+        return ", caused by ".join(f"SQLSTATE {state} ({name})" for state, name in states)
+    driver = type(causes[-1]).__name__
+    if isinstance(error, sqlalchemy.exc.TimeoutError):
+        return "no connection free in the pool within its timeout (no SQLSTATE)"
+    return f"connection error {driver} (no SQLSTATE)"
 
 
 # And single states of other classes: 25006 read_only_sql_transaction, what a write meets on an
@@ -209,7 +252,19 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
 async def _dependency_error(request: Request, error: Exception) -> JSONResponse:
     if not _is_database_unavailable(error):
         return await _unexpected_error(request, error)
-    logger.warning("dependency unavailable: %s", type(error).__name__)
+    if _sqlstate(error) == STATEMENT_TIMEOUT_SQLSTATE:
+        # Not an outage: the server is up and cut off a query that ran too long. A slow query
+        # is a bug to find, so it is logged as one, with the route that ran it.
+        logger.error(
+            "statement timeout: a query of %s %s ran past the statement timeout and was "
+            "canceled (SQLSTATE %s); a slow query is a bug",
+            request.method,
+            request.url.path,
+            STATEMENT_TIMEOUT_SQLSTATE,
+        )
+    else:
+        what = "database" if isinstance(error, sqlalchemy.exc.SQLAlchemyError) else "dependency"
+        logger.warning("%s unavailable: %s", what, describe_database_error(error))
     if isinstance(error, sqlalchemy.exc.SQLAlchemyError):
         code, detail = "database_unavailable", "The database is unavailable; try again shortly"
     else:
@@ -221,8 +276,14 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # Runs in Starlette's outermost middleware, after the request context was left: restore it
     # so the traceback's log line names the request.
     token = request_id_var.set(request.scope.get(REQUEST_ID_SCOPE_KEY))
+    state = _sqlstate(error)
     try:
-        logger.error("unhandled error", exc_info=error)
+        if state is None:
+            logger.error("unhandled error", exc_info=error)
+        else:
+            logger.error(
+                "unhandled database error: %s", describe_database_error(error), exc_info=error
+            )
     finally:
         request_id_var.reset(token)
     return error_response(request, 500, "internal_error", "Internal server error")

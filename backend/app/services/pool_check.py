@@ -1,6 +1,7 @@
 """Is the user pool as this system needs it? Checked at startup (logged once) and on demand.
 
-Three reads, no change: DescribeUserPool (how a user's email is addressed: `UsernameMode`),
+Three reads, no change: DescribeUserPool (how a user's email is addressed: `UsernameMode`;
+users created by admins only, never by self sign-up),
 ListGroups (a group per role: ADMIN, DISPATCHER, OFFICER, EXECUTIVE) and DescribeUserPoolClient
 (the SPA's app client: a flow the browser can sign in with, and no client secret, which a
 browser cannot keep). Each problem found names what is wrong and what to change.
@@ -119,6 +120,15 @@ async def _check_pool(check: PoolCheck, cognito: CognitoUserPool) -> bool:
             "users sign in by phone number only (UsernameAttributes: [phone_number]); this "
             "system creates users from their email: use a pool with email as username or as "
             "an alias (a pool's sign-in attributes cannot be changed after it is created)"
+        )
+    # Absent means Cognito's default, false: anyone may call SignUp with the public client id.
+    if not (pool.get("AdminCreateUserConfig") or {}).get("AllowAdminCreateUserOnly"):
+        check.problems.append(
+            "self sign-up is enabled (AdminCreateUserConfig.AllowAdminCreateUserOnly is false): "
+            "anyone can sign up with the SPA's client id, and so pre-register a staff email "
+            "before an admin creates that user: set AllowAdminCreateUserOnly to true (console: "
+            "Sign-up, self-registration off; with UpdateUserPool pass the pool's whole current "
+            "configuration, as every setting left out is reset to its default)"
         )
     if (pool.get("UsernameConfiguration") or {}).get("CaseSensitive"):
         check.notes.append(

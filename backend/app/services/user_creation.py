@@ -47,7 +47,7 @@ from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.schemas.user import UserCreate
 from app.services import outbox
-from app.services.audit import audited, undo_and_audit_on_rollback
+from app.services.audit import audit_at_commit, audited
 from app.services.cognito import (
     NEVER_SIGNED_IN_STATUS,
     AnswerLostError,
@@ -303,7 +303,7 @@ async def create_user(
             await undo.undo()
             raise
         audit.target_id = user.id
-        undo_and_audit_on_rollback(session, undo, audit)
+        audit_at_commit(session, audit, undo)
         return user
 
 
@@ -364,6 +364,7 @@ class UserCreations:
             # The group (and enabled state) follow through the directory's own work.
             self._directory.record(session, user.id, sign_out=False)
             audit.target_id = user.id
+            audit_at_commit(session, audit)
         logger.info(
             "create intent settled: adopted the Cognito user", extra={"user_id": str(user.id)}
         )

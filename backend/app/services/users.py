@@ -38,7 +38,7 @@ from app.schemas.user import (
     PasswordResetOutcome,
     UserUpdate,
 )
-from app.services.audit import audited
+from app.services.audit import audit_at_commit, audited
 from app.services.cognito import (
     CognitoUserPool,
 )
@@ -195,6 +195,7 @@ async def update_user(
         if directory_changes:
             directory.record(session, user.id, sign_out=deactivated)
         await session.flush()
+        audit_at_commit(session, audit)
         return UpdatedUser(user, directory_in_step=not directory_changes)
 
 

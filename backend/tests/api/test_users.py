@@ -890,8 +890,9 @@ async def test_a_failing_commit_of_a_create_deletes_the_cognito_user(
             USERS, json=body(email, full_name="Fail At Commit"), headers=headers
         )
     assert response.status_code == 500
+    # No success line: the create never committed.
     audit = [r.outcome for r in caplog.records if r.name == "app.audit"]  # type: ignore[attr-defined]
-    assert audit == ["success", "rolled_back"]
+    assert audit == ["rolled_back"]
     assert await committed.row(email) is None
     assert moto_cognito.find(email) is None
     # And without the fault the same email goes through: nothing was left behind.
@@ -918,6 +919,37 @@ async def test_a_failing_commit_of_an_update_leaves_no_directory_work_behind(
     assert (row.full_name, row.role, row.is_active) == ("Somchai Jaidee", Role.DISPATCHER, True)
     assert moto_cognito.groups_of(email) == {"DISPATCHER"}
     assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
+
+
+async def test_an_update_whose_commit_fails_is_audited_as_rolled_back_never_as_a_success(
+    committed: CommittedApp, moto_cognito: MotoCognito, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin_id, _, headers = await committed.add_admin(moto_cognito)
+    email = new_email("audit-commit")
+    created = await create(committed.client, headers, email)
+    for statement in FAIL_AT_COMMIT:
+        await committed.execute(statement)
+    with caplog.at_level(logging.INFO, logger="app.audit"):
+        failed = await committed.client.put(
+            f"{USERS}/{created['id']}", json={"full_name": "Fail At Commit"}, headers=headers
+        )
+        assert failed.status_code == 500
+        done = await committed.client.put(
+            f"{USERS}/{created['id']}", json={"full_name": "Committed"}, headers=headers
+        )
+        assert done.status_code == 200
+    lines = [
+        record
+        for record in caplog.records
+        if record.name == "app.audit" and record.action == "user.update"  # type: ignore[attr-defined]
+    ]
+    assert [r.outcome for r in lines] == ["rolled_back", "success"]  # type: ignore[attr-defined]
+    assert {(r.actor_id, r.target_id) for r in lines} == {  # type: ignore[attr-defined]
+        (str(admin_id), created["id"])
+    }
+    row = await committed.row(email)
+    assert row is not None
+    assert row.full_name == "Committed"
 
 
 async def test_twenty_concurrent_creates_of_one_email_make_exactly_one_user(

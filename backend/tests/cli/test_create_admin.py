@@ -67,6 +67,8 @@ async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(
     first = await asyncio.to_thread(run_command, fresh_database_url, moto, tmp_path, *arguments)
     assert first.returncode == 0, first.stderr
     assert f"created ADMIN {email}" in first.stdout
+    # The audit line, written once the transaction committed.
+    assert "user.create success" in first.stderr
     [user] = await users_with_email(engine, email)
     assert (user.role, user.full_name, user.is_active) == (Role.ADMIN, "First Admin", True)
     cognito_user = moto.find(email)

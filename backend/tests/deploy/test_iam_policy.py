@@ -5,6 +5,11 @@ package refers to (called, or handed to a worker thread with `functools.partial`
 API operation by botocore's own service model, for each service the package makes clients for;
 and what `scripts/deploy_backend.sh` runs against ECR.
 
+A secret under a customer-managed KMS key also needs what Secrets Manager does with that key on
+the caller's behalf (`kms:Decrypt` for GetSecretValue), granted on the key only through Secrets
+Manager (`kms:ViaService`) and only for the database secret (the encryption context's
+`SecretARN`); that too is derived from the Secrets Manager operations the code calls.
+
 The package holds its boto3 clients in names ending in `client` (`client`, `self._client`,
 `self._create_client`); a method is an AWS operation when its receiver is so named, so the
 adapter's own `get_user` or a pydantic `SecretStr.get_secret_value` do not count. A test keeps
@@ -26,7 +31,13 @@ from .nginx_harness import REPO_ROOT
 POLICY = REPO_ROOT / "deploy" / "iam" / "instance-role-policy.json"
 APP = REPO_ROOT / "backend" / "app"
 DEPLOY_SCRIPT = REPO_ROOT / "scripts" / "deploy_backend.sh"
-PLACEHOLDERS = {"AWS_REGION", "ACCOUNT_ID", "USER_POOL_ID", "DB_SECRET_NAME"}
+PLACEHOLDERS = {
+    "AWS_REGION",
+    "ACCOUNT_ID",
+    "USER_POOL_ID",
+    "DB_SECRET_NAME",
+    "DB_SECRET_KMS_KEY_ID",
+}
 RESOURCES = {
     "cognito-idp": "arn:aws:cognito-idp:${AWS_REGION}:${ACCOUNT_ID}:userpool/${USER_POOL_ID}",
     "secretsmanager": (
@@ -34,6 +45,18 @@ RESOURCES = {
     ),
 }
 ECR_REPOSITORY = "arn:aws:ecr:${AWS_REGION}:${ACCOUNT_ID}:repository/one-system-backend"
+SECRET_KEY = "arn:aws:kms:${AWS_REGION}:${ACCOUNT_ID}:key/${DB_SECRET_KMS_KEY_ID}"
+# What Secrets Manager asks KMS to do with a customer-managed key when a caller performs each
+# operation, with the caller's permissions (Secrets Manager user guide, "Secret encryption and
+# decryption": GetSecretValue decrypts the version's data key). Operations the code does not
+# call are left out; a test fails if it starts calling a Secrets Manager operation not listed.
+SECRETS_MANAGER_KMS = {"secretsmanager:GetSecretValue": {"kms:Decrypt"}}
+# The only way the key may be used: through Secrets Manager, in the region, for this secret.
+SECRET_KEY_CONDITION = {
+    "StringEquals": {"kms:ViaService": "secretsmanager.${AWS_REGION}.amazonaws.com"},
+    # StringLike: the secret's ARN ends in six random characters.
+    "StringLike": {"kms:EncryptionContext:SecretARN": RESOURCES["secretsmanager"]},
+}
 # What each ECR step of the deploy script needs (the ECR user guide's "required IAM
 # permissions for pushing and pulling images"). GetAuthorizationToken has no resource.
 ECR_STEPS = {
@@ -127,13 +150,19 @@ def policy() -> dict[str, Any]:
 
 
 def granted() -> dict[str, set[str]]:
-    """Actions per resource."""
+    """Actions per resource, of the statements without conditions."""
     grants: dict[str, set[str]] = {}
     for statement in policy()["Statement"]:
         assert statement["Effect"] == "Allow"
+        if "Condition" in statement:
+            continue
         assert set(statement) == {"Sid", "Effect", "Action", "Resource"}, statement
         grants.setdefault(statement["Resource"], set()).update(statement["Action"])
     return grants
+
+
+def conditional() -> list[dict[str, Any]]:
+    return [statement for statement in policy()["Statement"] if "Condition" in statement]
 
 
 def test_every_client_the_package_builds_is_held_in_a_name_ending_in_client() -> None:
@@ -185,9 +214,26 @@ def test_the_policy_grants_exactly_what_the_deploy_script_needs_from_ecr() -> No
     assert grants.get(ECR_REPOSITORY) == needed - {"ecr:GetAuthorizationToken"}
 
 
+def test_the_secret_key_may_be_used_only_by_secrets_manager_for_the_database_secret() -> None:
+    needed = operations_the_code_performs()["signed"]
+    calls = {action for action in needed if action.startswith("secretsmanager:")}
+    assert calls <= set(SECRETS_MANAGER_KMS), (
+        f"what does Secrets Manager do with the secret's key for {sorted(calls)}?"
+    )
+    wanted = set().union(*(SECRETS_MANAGER_KMS[action] for action in calls))
+    assert wanted == {"kms:Decrypt"}
+    [statement] = conditional()
+    assert statement["Effect"] == "Allow"
+    assert set(statement) == {"Sid", "Effect", "Action", "Resource", "Condition"}, statement
+    assert set(statement["Action"]) == wanted
+    assert statement["Resource"] == SECRET_KEY
+    assert statement["Condition"] == SECRET_KEY_CONDITION
+
+
 def test_nothing_else_is_granted() -> None:
     assert policy()["Version"] == "2012-10-17"
     assert set(granted()) == {*RESOURCES.values(), ECR_REPOSITORY, "*"}
+    assert not any(action.startswith("kms:") for action in set().union(*granted().values()))
 
 
 def test_every_placeholder_is_documented() -> None:
@@ -196,3 +242,12 @@ def test_every_placeholder_is_documented() -> None:
     documentation = (POLICY.parent / "README.md").read_text()
     for placeholder in PLACEHOLDERS:
         assert f"`${{{placeholder}}}`" in documentation, placeholder
+
+
+def test_the_readme_says_when_the_key_statement_is_needed() -> None:
+    documentation = " ".join((POLICY.parent / "README.md").read_text().split())
+    [statement] = conditional()
+    # Named, with how to drop it where the secret uses the AWS managed key.
+    assert f'select(.Sid == "{statement["Sid"]}")' in documentation
+    for needed in ("customer-managed key", "`aws/secretsmanager`", "`kms:ViaService`"):
+        assert needed in documentation, needed

@@ -95,6 +95,32 @@ async def test_missing_groups_are_named_with_how_to_create_them(endpoint: str, c
         ), check.problems
 
 
+def pool_open_to_sign_up(client: Any, admin_create_user_config: dict[str, Any] | None) -> str:
+    """A pool as needed but for who may create users (None: Cognito's default, unset)."""
+    settings: dict[str, Any] = {"UsernameAttributes": ["email"]}
+    if admin_create_user_config is not None:
+        settings["AdminCreateUserConfig"] = admin_create_user_config
+    created = client.create_user_pool(PoolName=f"sign-up-{uuid.uuid4().hex[:6]}", **settings)
+    pool_id = str(created["UserPool"]["Id"])
+    for role in Role:
+        client.create_group(UserPoolId=pool_id, GroupName=role.value)
+    return pool_id
+
+
+@pytest.mark.parametrize(
+    "config", [{"AllowAdminCreateUserOnly": False}, None], ids=["false", "unset"]
+)
+async def test_self_sign_up_is_a_problem_saying_to_allow_admins_only(
+    endpoint: str, client: Any, config: dict[str, Any] | None
+) -> None:
+    pool_id = pool_open_to_sign_up(client, config)
+    check = await check_pool(adapter(endpoint, pool_id), spa_client(client, pool_id))
+    assert not check.ok
+    [problem] = check.problems
+    assert "self sign-up is enabled" in problem
+    assert "set AllowAdminCreateUserOnly to true" in problem
+
+
 async def test_a_client_with_a_secret_is_a_problem_and_the_secret_is_never_shown(
     endpoint: str, client: Any
 ) -> None:
@@ -230,6 +256,18 @@ async def test_startup_logs_every_problem_once_at_error(
         assert named in message
     # Said once: the adapter does not log the same misconfiguration again.
     assert started.errors == [line]
+
+
+async def test_startup_logs_self_sign_up_at_error(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str, client: Any, fresh_database_url: str
+) -> None:
+    point_boto3_at(monkeypatch, endpoint)
+    pool_id = pool_open_to_sign_up(client, {"AllowAdminCreateUserOnly": False})
+    started = await start_app(fresh_database_url, pool_id, spa_client(client, pool_id))
+    [line] = started.check_lines
+    assert line.levelno == logging.ERROR
+    assert "self sign-up is enabled" in line.getMessage()
+    assert "AllowAdminCreateUserOnly to true" in line.getMessage()
 
 
 async def test_startup_does_not_wait_for_a_cognito_that_does_not_answer(

@@ -255,7 +255,9 @@ class MotoCognito:
 def create_pool(client: Any, kind: PoolKind = "plain", *, groups: bool = True) -> str:
     """A fresh user pool of `kind` (with one group per role unless not `groups`); its id."""
     pool = client.create_user_pool(
-        PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}", **_POOL_SIGN_IN[kind]
+        PoolName=f"one-system-test-{uuid.uuid4().hex[:8]}",
+        AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},
+        **_POOL_SIGN_IN[kind],
     )
     pool_id: str = pool["UserPool"]["Id"]
     if groups:
