@@ -92,8 +92,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # Warm the key cache without holding up startup: tokens verify once it lands, and a
         # Cognito outage now only means the first requests fetch the keys themselves.
         preload = asyncio.create_task(jwks.preload())
-        # One connection per worker, beside the pool, listens for the changes the in-process
-        # caches must hear of; they stay bypassed until it works, so startup does not wait.
+        # Two connections per worker, beside the pool, listen for the changes the in-process
+        # caches must hear of (and send the heartbeat that proves they arrive); the caches stay
+        # bypassed until it is proven, so startup does not wait.
         listener = NotificationListener(connector.connect) if settings.user_cache else None
         user_cache = UserCache(listener)
         if listener is not None:

@@ -8,14 +8,16 @@ about every change:
   each inserted, updated or deleted row (`'*'` for a mass change or TRUNCATE) when the writing
   transaction commits, whichever process or instance wrote it.
 - The worker's `NotificationListener` (`app.core.listener`) delivers them; the cache is used only
-  while it is listening, and is cleared when it goes down.
+  while it is listening, which it proves with a heartbeat NOTIFY it must receive back: within a
+  few seconds of the last proof (a lost connection, a proxy that drops notifications) every
+  lookup goes to the database, and the cache is cleared before it is used again.
 - A commit through this worker's request sessions evicts the users it wrote before the response
   is sent (`session_class_evicting_from`), so a change applies to this worker's very next request
   without waiting for the notification.
 - A lookup that raced with a change is never stored: `ticket()` is taken before the row is
   read, and `put` refuses if any change was seen in between.
-- Entries also expire after `ttl_seconds`, a bound on staleness should a notification ever be
-  lost on a connection not yet noticed as dead.
+- Entries also expire after `ttl_seconds`, a bound on staleness should a single notification
+  ever be lost on a path that still delivers the heartbeats.
 
 Only active users are stored; an unknown or inactive sub always goes to the database. With the
 `USER_CACHE` setting off (no listener) nothing is cached: every request reads its user.
@@ -105,7 +107,7 @@ class UserCache:
 
     @property
     def trusted(self) -> bool:
-        """Whether what is cached may be served: only while every change is being delivered."""
+        """Whether what is cached may be served: only while delivery is proven (`listening`)."""
         return self._listener is not None and self._listener.listening
 
     @property
@@ -149,6 +151,8 @@ class UserCache:
         self.invalidate([payload])
 
     def _on_listener_lost(self) -> None:
+        # Called when delivery stops being proven and again, if need be, before it is trusted
+        # anew: whatever is held may have missed a change.
         self.invalidate([EVERYONE])
 
 

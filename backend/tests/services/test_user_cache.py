@@ -7,12 +7,15 @@ runs on a database of its own and talks to the app through its real sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
+import math
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +38,9 @@ from tests.api.conftest import (
     served,
     token_for,
 )
+from tests.hardening.harness import RecordingHandler
 from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
+from tests.support.pg_proxy import Drop, PostgresProxy
 
 ME = "/api/v1/users/me"
 
@@ -102,14 +107,16 @@ async def eventually(condition: Any, within: float = 10.0) -> None:
 
 @asynccontextmanager
 async def running_app(
-    database_url: str, jwks_url: str
+    database_url: str, jwks_url: str, *, trusted: bool = True, **overrides: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
-    app = create_app(make_settings(database_url, cognito_jwks_url=jwks_url))
+    """The app with its lifespan; once its cache is trusted unless `trusted` is false."""
+    app = create_app(make_settings(database_url, cognito_jwks_url=jwks_url, **overrides))
     async with app.router.lifespan_context(app) as state:
         transport = httpx.ASGITransport(app=_WithLifespanState(app, state or {}))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             cache: UserCache = state["user_cache"]
-            await eventually(lambda: cache.trusted)
+            if trusted:
+                await eventually(lambda: cache.trusted)
             yield client, dict(state or {})
 
 
@@ -326,8 +333,8 @@ async def test_a_listener_that_stops_answering_is_noticed_within_five_seconds(
         )
         os.kill(backend_pid, signal.SIGSTOP)
         try:
-            # A bound for correctness, not a speed measurement: the ping interval (2 s) plus
-            # its timeout (2 s), with a second to spare on a loaded machine.
+            # A bound for correctness, not a speed measurement: no heartbeat comes back, and
+            # 3 s after the last one that did the cache is bypassed, whatever else is running.
             await eventually(lambda: not cache.trusted, within=5)
         finally:
             os.kill(backend_pid, signal.SIGCONT)
@@ -382,6 +389,212 @@ async def test_mass_updates_tell_listeners_to_forget_everyone(fresh_database_url
     assert payloads == [EVERYONE, "mass-1", EVERYONE, "mass-2"]
 
 
+# --- behind a proxy that drops notifications ------------------------------------------------
+# The app's database connections go through a proxy that passes queries but, when told to,
+# drops the NotificationResponse messages, as RDS Proxy or PgBouncer in transaction mode do.
+# Changes are committed on connections of their own, straight to the database.
+
+
+@asynccontextmanager
+async def proxy_to(database_url: str) -> AsyncIterator[PostgresProxy]:
+    url = make_url(database_url)
+    async with PostgresProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        yield proxy
+
+
+def dsn_through(proxy: PostgresProxy, database_url: str) -> str:
+    url = make_url(database_url).set(drivername="postgresql", host="127.0.0.1", port=proxy.port)
+    return url.render_as_string(False)
+
+
+async def until_listening_through(proxy: PostgresProxy, dsn: str) -> None:
+    """Until a notification committed elsewhere reaches the proxy: a LISTEN through it is up."""
+    seen = proxy.dropped + proxy.delivered
+    async with asyncio.timeout(10):
+        while proxy.dropped + proxy.delivered == seen:
+            await commit_elsewhere(dsn, "NOTIFY users_changed, 'nobody'")
+            await asyncio.sleep(0.05)
+
+
+@contextmanager
+def listener_logs() -> Iterator[RecordingHandler]:
+    """What the listener logs, however the app (re)configures the root logger meanwhile."""
+    handler = RecordingHandler()
+    logger = logging.getLogger("app.core.listener")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def listener_warnings(logs: RecordingHandler) -> list[logging.LogRecord]:
+    return logs.at_least(logging.WARNING)
+
+
+def listener_infos(logs: RecordingHandler, text: str) -> list[logging.LogRecord]:
+    return [r for r in logs.records if r.levelno == logging.INFO and text in r.getMessage()]
+
+
+async def until_status(client: httpx.AsyncClient, user: User, status: int) -> None:
+    while (await client.get(ME, headers=headers_of(user))).status_code != status:  # noqa: ASYNC110 - polls the API
+        await asyncio.sleep(0.05)
+
+
+async def test_when_a_proxy_starts_dropping_notifications_the_cache_is_bypassed_within_5_s(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn, Role.EXECUTIVE)
+    async with (
+        proxy_to(fresh_database_url) as proxy,
+        running_app(
+            fresh_database_url, jwks_server.url, db_host="127.0.0.1", db_port=proxy.port
+        ) as (client, state),
+    ):
+        cache: UserCache = state["user_cache"]
+        with listener_logs() as logs:
+            assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+            assert cache.get(user.cognito_user_id) is not None
+
+            proxy.drop = Drop.ALL_NOTIFICATIONS
+            await commit_elsewhere(dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id)
+            # The deactivation's notification never arrives, nor do the heartbeats: within 5 s
+            # of the last one proven (before the proxy began to drop) the row is read instead.
+            await asyncio.wait_for(until_status(client, user, 401), 5)
+            assert proxy.dropped >= 2, "the change's notification and a heartbeat were dropped"
+
+            # Working uncached: every request reads its user, so every change applies at once.
+            await eventually(lambda: len(listener_warnings(logs)) == 1, within=5)
+            await commit_elsewhere(
+                dsn, "UPDATE users SET is_active = true, role = 'ADMIN' WHERE id = $1", user.id
+            )
+            assert (await client.get(ME, headers=headers_of(user))).json()["role"] == "ADMIN"
+            await commit_elsewhere(
+                dsn, "UPDATE users SET role = 'DISPATCHER' WHERE id = $1", user.id
+            )
+            assert (await client.get(ME, headers=headers_of(user))).json()["role"] == "DISPATCHER"
+            assert not cache.trusted
+            assert len(cache) == 0
+            # The heartbeats go on unanswered, and say so once, not once per heartbeat.
+            dropped = proxy.dropped
+            await eventually(lambda: proxy.dropped >= dropped + 3, within=10)
+            assert len(listener_warnings(logs)) == 1
+            assert "not being delivered" in listener_warnings(logs)[0].getMessage()
+
+            # Delivered again: the cache is used again, starting empty, and hears changes.
+            proxy.drop = Drop.NOTHING
+            await eventually(lambda: cache.trusted)
+            assert len(listener_infos(logs, "delivered again")) == 1
+            assert len(cache) == 0
+            assert (await client.get(ME, headers=headers_of(user))).json()["role"] == "DISPATCHER"
+            assert cache.get(user.cognito_user_id) is not None
+            evicted = asyncio.create_task(cache.wait_for_change())
+            await commit_elsewhere(dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id)
+            await asyncio.wait_for(evicted, 5)
+            assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+            assert len(listener_warnings(logs)) == 1
+
+
+async def test_where_notifications_are_never_delivered_the_app_works_uncached_with_one_warning(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    dsn = asyncpg_dsn(fresh_database_url)
+    user = await insert_user(dsn)
+    async with proxy_to(fresh_database_url) as proxy:
+        proxy.drop = Drop.ALL_NOTIFICATIONS
+        with listener_logs() as logs:
+            async with running_app(
+                fresh_database_url,
+                jwks_server.url,
+                trusted=False,
+                db_host="127.0.0.1",
+                db_port=proxy.port,
+            ) as (client, state):
+                cache: UserCache = state["user_cache"]
+                await until_listening_through(proxy, dsn)
+                assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+                await commit_elsewhere(
+                    dsn, "UPDATE users SET is_active = false WHERE id = $1", user.id
+                )
+                assert (await client.get(ME, headers=headers_of(user))).status_code == 401
+                await eventually(lambda: len(listener_warnings(logs)) == 1, within=10)
+                # Several heartbeats later: still that one line, still nothing cached.
+                dropped = proxy.dropped
+                await eventually(lambda: proxy.dropped >= dropped + 3, within=10)
+                await commit_elsewhere(
+                    dsn, "UPDATE users SET is_active = true WHERE id = $1", user.id
+                )
+                assert (await client.get(ME, headers=headers_of(user))).status_code == 200
+                assert not cache.trusted
+                assert len(cache) == 0
+        assert len(listener_warnings(logs)) == 1
+        assert listener_infos(logs, "delivered") == []
+
+
+async def test_a_notify_the_listening_session_sends_itself_proves_nothing(
+    fresh_database_url: str,
+) -> None:
+    """Behind a pooler, a NOTIFY can run on the very server session that LISTENs, and come back
+    to it while every other session's notification is lost: the heartbeat must come from
+    another session."""
+    dsn = asyncpg_dsn(fresh_database_url)
+    async with proxy_to(fresh_database_url) as proxy:
+        proxy.drop = Drop.NOTIFICATIONS_FROM_OTHER_SESSIONS
+        through_proxy = dsn_through(proxy, fresh_database_url)
+        # The proxy as described: a session hears itself, not the others.
+        heard: list[str] = []
+        connection = await asyncpg.connect(through_proxy)
+        try:
+            await connection.add_listener(
+                "probe", lambda _c, _p, _ch, payload: heard.append(payload)
+            )
+            await commit_elsewhere(dsn, "NOTIFY probe, 'other'")
+            await connection.execute("NOTIFY probe, 'self'")
+            await eventually(lambda: heard == ["self"], within=5)
+        finally:
+            await connection.close()
+
+        listener = NotificationListener(lambda: asyncpg.connect(through_proxy), min_backoff=0.05)
+        lost: list[str] = []
+        listener.subscribe("users_changed", lambda _payload: None, lambda: lost.append("lost"))
+        listener.start()
+        try:
+            # Listening, and a few heartbeats later still nothing proven.
+            await until_listening_through(proxy, dsn)
+            dropped = proxy.dropped
+            with contextlib.suppress(TimeoutError):
+                await eventually(lambda: proxy.dropped >= dropped + 3, within=5)
+            assert not listener.listening
+            assert lost == []  # nothing was ever trusted, so nothing had to be forgotten
+        finally:
+            await listener.aclose()
+
+
+async def test_the_listener_forgets_once_per_gap_in_delivery_and_trusts_again_after_it(
+    fresh_database_url: str,
+) -> None:
+    async with proxy_to(fresh_database_url) as proxy:
+        through_proxy = dsn_through(proxy, fresh_database_url)
+        listener = NotificationListener(lambda: asyncpg.connect(through_proxy))
+        events: list[str] = []
+        listener.subscribe("c", events.append, lambda: events.append("lost"))
+        listener.start()
+        try:
+            await eventually(lambda: listener.listening)
+            proxy.drop = Drop.ALL_NOTIFICATIONS
+            await eventually(lambda: not listener.listening, within=5)
+            dropped = proxy.dropped
+            await eventually(lambda: proxy.dropped >= dropped + 3, within=10)
+            assert events == ["lost"]
+            proxy.drop = Drop.NOTHING
+            await eventually(lambda: listener.listening)
+            await commit_elsewhere(asyncpg_dsn(fresh_database_url), "NOTIFY c, 'after'")
+            await eventually(lambda: events == ["lost", "after"], within=5)
+        finally:
+            await listener.aclose()
+
+
 # --- the cache on its own ---------------------------------------------------------------------
 
 
@@ -408,7 +621,7 @@ async def never_connects() -> asyncpg.Connection:
 def listening_cache() -> UserCache:
     """A cache whose listener says it listens (no connection: for the cache's own rules)."""
     listener = NotificationListener(never_connects)
-    listener._listening = True
+    listener._proven_at = math.inf  # as if every heartbeat came back
     return UserCache(listener)
 
 

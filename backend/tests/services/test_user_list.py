@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 
 import asyncpg
@@ -83,7 +84,7 @@ async def never_connects() -> asyncpg.Connection:
 
 async def test_counts_are_cached_per_filter_until_any_user_changes() -> None:
     listener = NotificationListener(never_connects)
-    listener._listening = True  # as if LISTEN had succeeded
+    listener._proven_at = math.inf  # as if every heartbeat came back
     users = UserCache(listener)
     counts = UserCountCache(users)
     calls: list[str] = []
