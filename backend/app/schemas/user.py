@@ -203,6 +203,7 @@ class UserResponse(BaseModel):
     responsible_province: str | None
     is_active: bool
     created_at: datetime
+    updated_at: datetime = Field(description="When the user's row last changed")
 
 
 class ManagedUserResponse(UserResponse):

@@ -549,6 +549,24 @@ async def test_role_change_moves_the_cognito_group_and_keeps_the_province_rule(
     assert renamed.json()["directory_in_step"] is True
 
 
+async def test_an_update_answers_with_the_new_updated_at_as_stored(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], db_session: AsyncSession
+) -> None:
+    email = new_email("touched")
+    created = await create(client, admin_headers, email)
+
+    renamed = await client.put(
+        f"{USERS}/{created['id']}", json={"full_name": "Renamed"}, headers=admin_headers
+    )
+
+    assert renamed.status_code == 200, renamed.text
+    row = await row_for(db_session, email)
+    assert row is not None
+    updated_at = datetime.fromisoformat(renamed.json()["updated_at"])
+    assert updated_at == row.updated_at
+    assert updated_at > datetime.fromisoformat(created["updated_at"])
+
+
 @pytest.mark.parametrize(
     "payload",
     [
