@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Final, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     MISSING,
@@ -16,11 +16,13 @@ from pydantic import (
     EmailStr,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.config import JsonDict
 from pydantic.json_schema import WithJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.roles import Role
 from app.models.user import PROVINCE_LENGTH
@@ -98,6 +100,9 @@ SearchText = Annotated[
 LowerCaseEmail = Annotated[EmailStr, Field(max_length=EMAIL_LENGTH), AfterValidator(str.lower)]
 
 PROVINCE_ONLY_FOR_OFFICERS = "responsible_province is only for the OFFICER role"
+EMAIL_CANNOT_CHANGE = (
+    "the email cannot change: it is the user's sign-in name (create a user for a new address)"
+)
 PROVINCE_REQUIRED_FOR_OFFICERS = "responsible_province is required for the OFFICER role"
 
 _ROLE_IS_OFFICER: Final[JsonDict] = {
@@ -174,6 +179,23 @@ class UserUpdate(BaseModel):
         "becomes an OFFICER must keep one.",
     )
     is_active: bool | MISSING = MISSING
+
+    @model_validator(mode="before")
+    @classmethod
+    def _email_cannot_change(cls, data: Any) -> Any:
+        # Said as such, at the field: "Extra inputs are not permitted" read as a typo.
+        if isinstance(data, dict) and "email" in data:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("email_immutable", EMAIL_CANNOT_CHANGE),
+                        loc=("email",),
+                        input=data["email"],
+                    )
+                ],
+            )
+        return data
 
     @field_validator("full_name", "role", "is_active", mode="before")
     @classmethod
