@@ -232,9 +232,11 @@ class ManagedUserResponse(UserResponse):
     """A user as the admin endpoints return it: with whether Cognito has caught up yet."""
 
     directory_in_step: bool = Field(
-        description="False while the user directory (Cognito) has yet to follow a change to "
-        "the role or the active state. The API enforces the change at once either way; "
-        "Cognito follows within seconds, or within a minute of coming back after an outage."
+        description="Whether Cognito (the user directory) already reflects the user's role and "
+        "active state. `false` is not an error: the change is saved and the API enforces it "
+        "at once; Cognito follows on its own, within seconds, or within a minute of coming "
+        "back after an outage, and a later GET of the user says `true`. A change of name or "
+        "province does not involve Cognito and answers `true`."
     )
 
 

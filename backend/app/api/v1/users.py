@@ -143,7 +143,7 @@ async def update_user(
 
     The change applies to the API at once (a deactivated user's next request is refused, and
     so is every token issued before the deactivation, for good); `directory_in_step` says
-    whether Cognito has followed yet.
+    whether Cognito has followed yet: `false` is not an error, Cognito follows within a minute.
     """
     updated = await users.update_user(session, directory, user_id, update, actor_id=admin.id)
     return _managed(updated.user, directory_in_step=updated.directory_in_step)
