@@ -1,4 +1,5 @@
-"""A local Cognito for `make run`: moto's server emulating the real Cognito API over HTTP.
+"""A local Cognito for `make run`: the tests' emulator (`devtools.cognito_emulator`: moto's
+server, patched to answer as the real Cognito does) in a child process.
 
 Bootstraps a user pool (email as username), an app client that allows USER_PASSWORD_AUTH, a
 group per role, and a seeded admin. The emulator keeps nothing across restarts while the
@@ -30,7 +31,15 @@ from app.core.config import load_database_settings
 from app.core.roles import Role
 from app.core.secrets import fetch_database_credentials
 from app.models.user import User
-from devtools.processes import OWNER_VARIABLE, LocalPool, shown, stop_child, wait_for_port
+from devtools.processes import (
+    BACKEND,
+    OWNER_VARIABLE,
+    LocalPool,
+    emulator_arguments,
+    shown,
+    stop_child,
+    wait_for_port,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
@@ -47,7 +56,7 @@ class EmulatorError(RuntimeError):
 
 
 def start_emulator(port: int, local_dir: Path) -> subprocess.Popen[bytes]:
-    """Start moto's server on `port` (see `wait_for_emulator`), out of reach of Ctrl-C.
+    """Start the emulator on `port` (see `wait_for_emulator`), out of reach of Ctrl-C.
 
     Its own session: `make run` stops its children itself, in order (API first), and a Ctrl-C
     must not kill the emulator under a still-running API.
@@ -55,12 +64,19 @@ def start_emulator(port: int, local_dir: Path) -> subprocess.Popen[bytes]:
     log_path = local_dir / "cognito-emulator.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", *emulator_arguments(port)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=local_dir,
-            env={**os.environ, OWNER_VARIABLE: str(local_dir)},
+            env={
+                **os.environ,
+                OWNER_VARIABLE: str(local_dir),
+                # It runs in `local_dir`, where a relative PYTHONPATH (the Makefile's) is lost.
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(BACKEND), os.environ.get("PYTHONPATH")])
+                ),
+            },
             start_new_session=True,
         )
     return process

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# Where `app` and `devtools` are imported from.
+BACKEND = ROOT / "backend"
 # Set in the environment of every child, so that /proc tells our processes from others.
 OWNER_VARIABLE = "ONE_SYSTEM_LOCAL_DIR"
 STATE_FILE = "run.json"
@@ -200,7 +202,7 @@ def supervisor_is(pid: int) -> bool:
 
 
 def emulator_arguments(port: int) -> tuple[str, ...]:
-    return ("moto.server", "-p", str(port))
+    return ("devtools.cognito_emulator", "-H", "127.0.0.1", "-p", str(port))
 
 
 def api_arguments(port: int) -> tuple[str, ...]:

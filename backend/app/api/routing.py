@@ -24,7 +24,7 @@ from app.core.rbac import RoleRequirement
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def role_requirements(dependant: Dependant) -> Iterator[RoleRequirement]:
+def role_requirements(dependant: Dependant) -> Iterator[RoleRequirement[Any]]:
     """The role requirements among a route's dependencies, at any depth."""
     for dependency in dependant.dependencies:
         if isinstance(dependency.call, RoleRequirement):

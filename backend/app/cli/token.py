@@ -47,6 +47,16 @@ def _challenge_username(parameters: Mapping[str, str], fallback: str) -> str:
     return parameters.get("USER_ID_FOR_SRP") or parameters.get("USERNAME") or fallback
 
 
+def _refusal(code: str, message: str | None) -> str:
+    """Why Cognito refused, in its own words: NotAuthorizedException alone is both a wrong
+    password ("Incorrect username or password.") and a deactivated user ("User is disabled.")."""
+    if message and "disabled" in message.lower():
+        return f"sign-in refused: the user is deactivated (Cognito: {message})"
+    if message:
+        return f"sign-in refused: {message} ({code})"
+    return f"sign-in refused: {code}"
+
+
 def _client(region: str) -> CognitoIdentityProviderClient:
     # Sign-in calls are public: no AWS credentials are needed or used.
     config = Config(signature_version=UNSIGNED, connect_timeout=2, read_timeout=5)
@@ -96,8 +106,9 @@ def sign_in(
         elif "ChallengeName" in response:
             raise SignInError(f"unsupported challenge {response['ChallengeName']}")
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "unknown")
-        raise SignInError(f"sign-in refused: {code}") from None
+        details = error.response.get("Error", {})
+        refusal = _refusal(details.get("Code", "unknown"), details.get("Message"))
+        raise SignInError(refusal) from None
     except BotoCoreError as error:
         raise SignInError(f"Cognito unreachable: {type(error).__name__}") from None
     return str(response["AuthenticationResult"]["AccessToken"])

@@ -211,12 +211,21 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(request, error.status_code, error.code, error.detail, error.headers)
 
 
+def _message(problem: Mapping[str, Any]) -> str:
+    """The problem's message, without the "Value error, " pydantic puts before what a
+    validator's ValueError says (the type, `value_error`, already says that much)."""
+    message = str(problem.get("msg", ""))
+    if problem.get("type") == "value_error":
+        message = message.removeprefix("Value error, ")
+    return message
+
+
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     # `input` may echo a password or a token back: keep only where and what went wrong.
     everything = error.errors()
     problems = [
-        {"loc": problem.get("loc", ()), "msg": problem.get("msg", ""), "type": problem.get("type")}
+        {"loc": problem.get("loc", ()), "msg": _message(problem), "type": problem.get("type")}
         for problem in everything[:MAX_REPORTED_PROBLEMS]
     ]
     if len(everything) > MAX_REPORTED_PROBLEMS:

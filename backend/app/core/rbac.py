@@ -14,24 +14,18 @@ token. The lookup is given, not imported: the toolkit knows nothing of the users
 from __future__ import annotations
 
 import logging
-from typing import Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar, overload
 
 from fastapi import Request
 from fastapi.security import HTTPBearer
 
 from app.core.errors import ForbiddenError, NotAuthenticatedError, ServiceUnavailableError
+from app.core.principal import Principal
 from app.core.roles import Role
 from app.core.security import AccessTokenVerifier, JWKSUnavailableError, TokenError
 from app.core.state import LifespanItem
 
 logger = logging.getLogger(__name__)
-
-
-class Principal(Protocol):
-    """What authorisation needs of a user; the lookup returns the app's own user type."""
-
-    @property
-    def role(self) -> Role: ...
 
 
 class UserLookup(Protocol):
@@ -53,10 +47,17 @@ BEARER_SCHEME_NAME: Final = "HTTPBearer"
 PRINCIPAL_SCOPE_KEY: Final = "one_system.principal"
 
 
-class RoleRequirement(HTTPBearer):
-    """The authentication dependency, letting through callers with one of `allowed` roles."""
+PrincipalT = TypeVar("PrincipalT", bound=Principal)
 
-    def __init__(self, allowed: frozenset[Role]) -> None:
+
+class RoleRequirement(HTTPBearer, Generic[PrincipalT]):
+    """The authentication dependency, letting through callers with one of `allowed` roles.
+
+    It returns the principal as the lookup gave it, checked to be a `principal_type`, so a
+    route's annotation states what it really receives.
+    """
+
+    def __init__(self, allowed: frozenset[Role], principal_type: type[PrincipalT]) -> None:
         super().__init__(
             scheme_name=BEARER_SCHEME_NAME,
             bearerFormat="JWT",
@@ -64,12 +65,16 @@ class RoleRequirement(HTTPBearer):
             auto_error=False,
         )
         self.allowed = allowed
+        self.principal_type = principal_type
         self._refusal = f"This action requires the role {', '.join(sorted(allowed))}"
 
-    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+    async def __call__(self, request: Request) -> PrincipalT:  # type: ignore[override]
         user: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
         if user is None:
             user = request.scope[PRINCIPAL_SCOPE_KEY] = await _authenticate(request)
+        if not isinstance(user, self.principal_type):
+            # A wiring bug (the lookup returns another type), not the caller's fault.
+            raise TypeError(f"the user lookup returned a {type(user).__name__}")
         if user.role not in self.allowed:
             raise ForbiddenError(self._refusal)
         return user
@@ -97,8 +102,23 @@ async def _authenticate(request: Request) -> Principal:
     return user
 
 
-def require_role(*allowed: Role) -> RoleRequirement:
-    """A dependency that lets through only callers holding one of `allowed` roles (else 403)."""
+@overload
+def require_role(*allowed: Role) -> RoleRequirement[Principal]: ...
+
+
+@overload
+def require_role(
+    *allowed: Role, principal_type: type[PrincipalT]
+) -> RoleRequirement[PrincipalT]: ...
+
+
+def require_role(
+    *allowed: Role, principal_type: type[Principal] = Principal
+) -> RoleRequirement[Any]:
+    """A dependency that lets through only callers holding one of `allowed` roles (else 403).
+
+    It returns a `principal_type`: `Principal` unless a route needs the app's own subclass.
+    """
     if not allowed:
         raise ValueError("require_role needs at least one role")
-    return RoleRequirement(frozenset(allowed))
+    return RoleRequirement(frozenset(allowed), principal_type)

@@ -57,6 +57,17 @@ class CreatedAtMixin:
 
 
 class TimestampMixin:
+    """`created_at` and `updated_at`, both set by the database and readable after a flush.
+
+    The database computes them (`now()`), so without eager defaults the ORM only expires them
+    at a flush, and reading one afterwards is a lazy load, which async sessions refuse
+    (MissingGreenlet). With them, the INSERT or UPDATE returns the new values (RETURNING on
+    PostgreSQL): no extra query. A model that sets `__mapper_args__` of its own must keep
+    `"eager_defaults": True` in it.
+    """
+
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     # onupdate covers ORM updates; bulk SQL updates must set updated_at themselves.
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Final, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     MISSING,
@@ -16,11 +16,13 @@ from pydantic import (
     EmailStr,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.config import JsonDict
 from pydantic.json_schema import WithJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.roles import Role
 from app.models.user import PROVINCE_LENGTH
@@ -98,6 +100,9 @@ SearchText = Annotated[
 LowerCaseEmail = Annotated[EmailStr, Field(max_length=EMAIL_LENGTH), AfterValidator(str.lower)]
 
 PROVINCE_ONLY_FOR_OFFICERS = "responsible_province is only for the OFFICER role"
+EMAIL_CANNOT_CHANGE = (
+    "the email cannot change: it is the user's sign-in name (create a user for a new address)"
+)
 PROVINCE_REQUIRED_FOR_OFFICERS = "responsible_province is required for the OFFICER role"
 
 _ROLE_IS_OFFICER: Final[JsonDict] = {
@@ -175,6 +180,23 @@ class UserUpdate(BaseModel):
     )
     is_active: bool | MISSING = MISSING
 
+    @model_validator(mode="before")
+    @classmethod
+    def _email_cannot_change(cls, data: Any) -> Any:
+        # Said as such, at the field: "Extra inputs are not permitted" read as a typo.
+        if isinstance(data, dict) and "email" in data:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("email_immutable", EMAIL_CANNOT_CHANGE),
+                        loc=("email",),
+                        input=data["email"],
+                    )
+                ],
+            )
+        return data
+
     @field_validator("full_name", "role", "is_active", mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
@@ -203,15 +225,18 @@ class UserResponse(BaseModel):
     responsible_province: str | None
     is_active: bool
     created_at: datetime
+    updated_at: datetime = Field(description="When the user's row last changed")
 
 
 class ManagedUserResponse(UserResponse):
     """A user as the admin endpoints return it: with whether Cognito has caught up yet."""
 
     directory_in_step: bool = Field(
-        description="False while the user directory (Cognito) has yet to follow a change to "
-        "the role or the active state. The API enforces the change at once either way; "
-        "Cognito follows within seconds, or within a minute of coming back after an outage."
+        description="Whether Cognito (the user directory) already reflects the user's role and "
+        "active state. `false` is not an error: the change is saved and the API enforces it "
+        "at once; Cognito follows on its own, within seconds, or within a minute of coming "
+        "back after an outage, and a later GET of the user says `true`. A change of name or "
+        "province does not involve Cognito and answers `true`."
     )
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +39,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.core.db import ReadSessions
 from app.core.listener import NotificationListener
-from app.core.roles import Role
+from app.core.principal import Principal
 from app.models.user import User
 
 CHANNEL: Final = "users_changed"
@@ -49,19 +48,17 @@ _PENDING_KEY: Final = "one_system.users_written"
 
 
 @dataclass(frozen=True, slots=True)
-class AuthenticatedUser:
+class AuthenticatedUser(Principal):
     """The caller, as its users row read at authentication: an immutable snapshot.
 
-    Immutable, so one cached instance can serve every request of that user without requests
-    sharing mutable state, and no ORM object has to be built per request.
+    The principal every protected route receives, with the rest of the row (a profile is
+    answered from it). Immutable, so one cached instance can serve every request of that user
+    without requests sharing mutable state, and no ORM object has to be built per request.
     """
 
-    id: uuid.UUID
     cognito_user_id: str
     email: str
     full_name: str
-    role: Role
-    responsible_province: str | None
     is_active: bool
     created_at: datetime
     updated_at: datetime

@@ -21,6 +21,7 @@ from app.api.deps import COGNITO
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
+from app.schemas.user import EMAIL_CANNOT_CHANGE, PROVINCE_REQUIRED_FOR_OFFICERS
 from app.services.cognito import CognitoUserPool
 from tests.api.conftest import (
     UserFactory,
@@ -224,6 +225,17 @@ async def test_invalid_create_is_422_saying_what_is_wrong(
     assert response.status_code == 422
     assert message in response.text
     assert moto_cognito.find(email) is None
+
+
+async def test_a_validator_message_reads_as_written_without_pydantics_prefix(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    payload = body(new_email("prefix")) | {"role": "OFFICER"}
+    response = await client.post(USERS, json=payload, headers=admin_headers)
+    assert response.status_code == 422
+    assert [problem["msg"] for problem in response.json()["detail"]] == [
+        PROVINCE_REQUIRED_FOR_OFFICERS
+    ]
 
 
 @pytest.mark.parametrize(
@@ -552,6 +564,24 @@ async def test_role_change_moves_the_cognito_group_and_keeps_the_province_rule(
     assert renamed.json()["directory_in_step"] is True
 
 
+async def test_an_update_answers_with_the_new_updated_at_as_stored(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], db_session: AsyncSession
+) -> None:
+    email = new_email("touched")
+    created = await create(client, admin_headers, email)
+
+    renamed = await client.put(
+        f"{USERS}/{created['id']}", json={"full_name": "Renamed"}, headers=admin_headers
+    )
+
+    assert renamed.status_code == 200, renamed.text
+    row = await row_for(db_session, email)
+    assert row is not None
+    updated_at = datetime.fromisoformat(renamed.json()["updated_at"])
+    assert updated_at == row.updated_at
+    assert updated_at > datetime.fromisoformat(created["updated_at"])
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -572,6 +602,21 @@ async def test_invalid_update_is_422(
     user = await make_user(Role.DISPATCHER)
     response = await client.put(f"{USERS}/{user.id}", json=payload, headers=admin_headers)
     assert response.status_code == 422
+
+
+async def test_sending_the_email_in_an_update_says_it_cannot_change(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], make_user: UserFactory
+) -> None:
+    user = await make_user(Role.DISPATCHER)
+    response = await client.put(
+        f"{USERS}/{user.id}",
+        json={"email": "other@example.gov", "full_name": "Other"},
+        headers=admin_headers,
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"loc": ["body", "email"], "msg": EMAIL_CANNOT_CHANGE, "type": "email_immutable"}
+    ]
 
 
 async def test_deactivation_applies_at_once_and_cognito_follows(

@@ -1,4 +1,4 @@
-"""The token command against moto's Cognito server over HTTP, with an app client secret.
+"""The token command against the Cognito emulator over HTTP, with an app client secret.
 
 moto answers USER_PASSWORD_AUTH's NEW_PASSWORD_REQUIRED challenge without USER_ID_FOR_SRP and
 checks no SECRET_HASH on that flow. Real Cognito does both: the challenge names the user by
@@ -26,9 +26,8 @@ import boto3
 import pytest
 from moto.cognitoidp.exceptions import NotAuthorizedError
 from moto.cognitoidp.models import CognitoIdpBackend
-from moto.server import ThreadedMotoServer
 
-from tests.support.net import free_port
+from devtools.cognito_emulator import emulator_server
 
 REGION = "us-east-1"
 EMAIL = "officer@example.gov"
@@ -122,12 +121,8 @@ class Pool:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-    finally:
-        server.stop()
+    with emulator_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -226,6 +221,21 @@ def test_new_password_needed_without_a_terminal_is_a_one_line_error(pool: Pool) 
     for stdin in (subprocess.DEVNULL, subprocess.PIPE):
         result = token_cli(pool, "--password", TEMPORARY_PASSWORD, stdin=stdin)
         assert_one_line_error(result, "pass --new-password")
+
+
+def test_a_deactivated_user_and_a_wrong_password_are_told_apart(pool: Pool) -> None:
+    pool.invite()
+    pool.client.admin_set_user_password(
+        UserPoolId=pool.pool_id, Username=EMAIL, Password=NEW_PASSWORD, Permanent=True
+    )
+    wrong = token_cli(pool, "--password", NEW_PASSWORD + "x")
+    pool.client.admin_disable_user(UserPoolId=pool.pool_id, Username=EMAIL)
+    deactivated = token_cli(pool, "--password", NEW_PASSWORD)
+
+    assert_one_line_error(wrong, "sign-in refused: Incorrect username or password.")
+    assert_one_line_error(
+        deactivated, "sign-in refused: the user is deactivated (Cognito: User is disabled.)"
+    )
 
 
 def test_password_not_given_without_a_terminal_is_a_one_line_error(pool: Pool) -> None:

@@ -205,7 +205,7 @@ def test_a_copied_env_example_runs_on_the_embedded_defaults_and_ctrl_c_stops_it_
     assert not (checkout.local_dir / "run.json").exists()
 
 
-def test_a_user_created_during_the_run_signs_in_and_stopping_the_api_by_pid_stops_it_all(
+def test_users_created_during_the_run_sign_in_and_reset_passwords_and_a_killed_api_stops_all(
     checkout: Checkout,
 ) -> None:
     run = checkout.run()
@@ -213,13 +213,30 @@ def test_a_user_created_during_the_run_signs_in_and_stopping_the_api_by_pid_stop
     children = run.children()
     admin = checkout.module("devtools.token")
     assert admin.returncode == 0, admin.stderr
+    as_admin = {"Authorization": f"Bearer {admin.stdout.strip()}"}
     created = httpx.post(
         f"{checkout.api}/api/v1/users",
-        headers={"Authorization": f"Bearer {admin.stdout.strip()}"},
+        headers=as_admin,
         json={"full_name": "New Dispatcher", "email": "New.One@example.gov", "role": "DISPATCHER"},
         timeout=10,
     )
     assert created.status_code == 201, created.text
+    # Never signed in: Cognito refuses the reset, and the app re-sends the invitation by the
+    # user's real username (a UUID in an email-as-username pool), as real Cognito accepts.
+    invited = httpx.post(
+        f"{checkout.api}/api/v1/users",
+        headers=as_admin,
+        json={"full_name": "Invited", "email": "invited@example.gov", "role": "EXECUTIVE"},
+        timeout=10,
+    )
+    assert invited.status_code == 201, invited.text
+    reset = httpx.post(
+        f"{checkout.api}/api/v1/users/{invited.json()['id']}/reset-password",
+        headers=as_admin,
+        timeout=10,
+    )
+    assert reset.status_code == 202, reset.text
+    assert reset.json() == {"outcome": "invitation_resent"}
 
     signed_in = checkout.module("devtools.token", "--email", "New.One@example.gov")
     me = httpx.get(

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
+from devtools.cognito_emulator import emulator_server
 from tests.api.conftest import make_settings, serve
-from tests.support.servers import moto_server
 
 REGION = "us-east-1"
 EMAIL = "dispatcher@example.gov"
@@ -30,7 +30,7 @@ NEW_PASSWORD = "Chosen-Passw0rd!"
 
 @pytest.fixture(scope="module")
 def cognito_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
+    with emulator_server() as endpoint:
         yield endpoint
 
 

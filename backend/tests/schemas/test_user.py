@@ -18,6 +18,7 @@ from app.schemas.user import (
     TEXT_PATTERN,
     WHITESPACE,
     FullName,
+    ManagedUserResponse,
     UserCreate,
     UserUpdate,
 )
@@ -118,3 +119,9 @@ def test_the_email_limit_is_in_the_schema() -> None:
     assert len(too_long) > 254
     body = {"full_name": "A", "email": too_long, "role": Role.ADMIN}
     assert not accepted(TypeAdapter(UserCreate), body)
+
+
+def test_directory_in_step_says_that_false_is_not_an_error() -> None:
+    field = ManagedUserResponse.model_json_schema()["properties"]["directory_in_step"]
+    assert "`false` is not an error" in field["description"]
+    assert "within a minute" in field["description"]

@@ -4,25 +4,8 @@ A pool is one of three kinds (`PoolKind`), as a real pool's sign-in configuratio
 email as username (`UsernameAttributes: [email]`), email as an alias (`AliasAttributes:
 [email]`), or neither (the email is a plain username).
 
-moto's server emulates Cognito's admin API closely enough for the user service, with these
-differences from the real service that matter here and are patched while a server runs
-(`_cognito_fidelity_patches`):
-- AdminCreateUser checks the username and then stores the user in two steps; with concurrent
-  requests (the server is threaded) two creates of one name can both succeed. Real Cognito's
-  username uniqueness is atomic, so the patch serialises creates.
-- AdminCreateUser with MessageAction=RESEND replaces the user with a new one (new sub, no
-  attributes, no groups); real Cognito keeps the user and only sends a new temporary password.
-- moto does not emulate email-alias pools at all. Real Cognito, in a pool with
-  `AliasAttributes: [email]`:
-  - refuses an email-shaped username in AdminCreateUser with InvalidParameterException
-    "Username cannot be of email format, since user pool is configured for email alias.";
-  - refuses AdminCreateUser with AliasExistsException when `email_verified` is true and
-    another user already has that verified email (ForceAliasCreation defaults to false);
-  - accepts a user's verified email alias wherever an admin call takes a Username ("it can
-    be any of their alias attributes", the AdminGetUser reference); an unverified email is
-    no alias.
-  The patches make moto do the same; moto's email-as-username pools already behave as real
-  ones (the real username is a UUID equal to `sub`, and the email is accepted).
+The server is the emulator `make run` runs too (`devtools.cognito_emulator`), patched where
+moto and the real Cognito differ, so tests and local runs meet the same behaviour.
 """
 
 from __future__ import annotations
@@ -41,16 +24,13 @@ import boto3
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.config import Config
 from moto.backends import get_backend
-from moto.cognitoidp.exceptions import AliasExistsException, InvalidParameterException
-from moto.cognitoidp.models import CognitoIdpBackend, CognitoIdpUser, CognitoIdpUserPool
-from moto.cognitoidp.utils import flatten_attrs, validate_username_format
 from moto.core import DEFAULT_ACCOUNT_ID
 
 from app.core.roles import Role
 from app.services.cognito import CognitoUserPool
+from devtools.cognito_emulator import emulator_server
 from tests.support.jwt_tokens import TEST_REGION
 from tests.support.net import free_port
-from tests.support.servers import moto_server
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
@@ -86,76 +66,6 @@ _POOL_SIGN_IN: Final[dict[PoolKind, dict[str, list[str]]]] = {
     "email_alias": {"AliasAttributes": ["email"]},
     "plain": {},
 }
-
-_patch_lock = threading.Lock()
-_patch_users = 0
-_original_admin_create_user = CognitoIdpBackend.admin_create_user
-_original_get_user = CognitoIdpUserPool._get_user
-
-
-def _email_is_alias(pool: CognitoIdpUserPool) -> bool:
-    return "email" in (pool.extended_config.get("AliasAttributes") or [])
-
-
-def _verified_email_owner(pool: CognitoIdpUserPool, email: str) -> CognitoIdpUser | None:
-    for user in pool.users.values():
-        lookup = user.attribute_lookup
-        if lookup.get("email") == email and lookup.get("email_verified") == "true":
-            return user
-    return None
-
-
-def _get_user_like_cognito(self: CognitoIdpUserPool, username: str) -> CognitoIdpUser | None:
-    user: CognitoIdpUser | None = _original_get_user(self, username)
-    if user is None and _email_is_alias(self):
-        user = _verified_email_owner(self, username)
-    return user
-
-
-def _admin_create_user_like_cognito(
-    self: CognitoIdpBackend,
-    user_pool_id: str,
-    username: str,
-    message_action: str,
-    temporary_password: str,
-    attributes: list[dict[str, str]],
-) -> Any:
-    with _patch_lock:
-        if message_action == "RESEND":
-            return self.admin_get_user(user_pool_id, username)
-        pool = self.describe_user_pool(user_pool_id)
-        if _email_is_alias(pool):
-            if validate_username_format(username, _format="email"):
-                raise InvalidParameterException(
-                    "Username cannot be of email format, since user pool is configured for "
-                    "email alias."
-                )
-            wanted = flatten_attrs(attributes or [])
-            if (
-                wanted.get("email_verified") == "true"
-                and _verified_email_owner(pool, wanted.get("email", "")) is not None
-            ):
-                raise AliasExistsException()
-        return _original_admin_create_user(
-            self, user_pool_id, username, message_action, temporary_password, attributes
-        )
-
-
-@contextmanager
-def _cognito_fidelity_patches() -> Iterator[None]:
-    global _patch_users
-    with _patch_lock:
-        _patch_users += 1
-        CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
-        CognitoIdpUserPool._get_user = _get_user_like_cognito  # type: ignore[assignment,method-assign]
-    try:
-        yield
-    finally:
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0:
-                CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
-                CognitoIdpUserPool._get_user = _original_get_user  # type: ignore[method-assign]
 
 
 class _Body:
@@ -269,7 +179,7 @@ def create_pool(client: Any, kind: PoolKind = "plain", *, groups: bool = True) -
 @contextmanager
 def running_moto_cognito(kind: PoolKind = "plain") -> Iterator[MotoCognito]:
     """A moto server on loopback with a fresh user pool of `kind` and one group per role."""
-    with moto_server() as endpoint_url, _cognito_fidelity_patches():
+    with emulator_server() as endpoint_url:
         client = cognito_client(endpoint_url)
         yield MotoCognito(endpoint_url, create_pool(client, kind), client, kind)
 
@@ -277,7 +187,7 @@ def running_moto_cognito(kind: PoolKind = "plain") -> Iterator[MotoCognito]:
 @contextmanager
 def moto_cognito_server() -> Iterator[str]:
     """A moto server on loopback, patched like real Cognito, with no pool yet; its URL."""
-    with moto_server() as endpoint_url, _cognito_fidelity_patches():
+    with emulator_server() as endpoint_url:
         yield endpoint_url
 
 

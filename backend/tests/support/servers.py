@@ -1,15 +1,12 @@
-"""Test servers on loopback in a background thread: one way to start and stop them."""
+"""Test servers on loopback in a background thread: one way to start and stop them.
+
+(The Cognito emulator is `devtools.cognito_emulator`, which `make run` runs too.)
+"""
 
 from __future__ import annotations
 
 import socketserver
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from moto.server import ThreadedMotoServer
-
-from tests.support.net import free_port
 
 
 class BackgroundServer:
@@ -30,15 +27,3 @@ class BackgroundServer:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's server (the AWS APIs over real HTTP) on a free loopback port; yields its URL."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import CognitoDep, DirectorySyncDep, UserCountsDep
 from app.api.routing import CredentialsFirstRoute
-from app.api.v1.auth import AdminUser, CurrentUser
+from app.api.v1.auth import AdminUser, CurrentProfile
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
 from app.core.db import ReadSessionsDep, SessionDep
@@ -81,7 +81,7 @@ def _managed(user: User, *, directory_in_step: bool) -> ManagedUserResponse:
 
 # Declared before /{user_id}, so "me" is never read as an id.
 @router.get("/me", response_model=UserResponse, responses=AUTH_RESPONSES)
-async def read_own_profile(user: CurrentUser) -> UserResponse:
+async def read_own_profile(user: CurrentProfile) -> UserResponse:
     """The signed-in user's own profile."""
     return UserResponse.model_validate(user)
 
@@ -143,7 +143,7 @@ async def update_user(
 
     The change applies to the API at once (a deactivated user's next request is refused, and
     so is every token issued before the deactivation, for good); `directory_in_step` says
-    whether Cognito has followed yet.
+    whether Cognito has followed yet: `false` is not an error, Cognito follows within a minute.
     """
     updated = await users.update_user(session, directory, user_id, update, actor_id=admin.id)
     return _managed(updated.user, directory_in_step=updated.directory_in_step)

@@ -1,0 +1,174 @@
+"""The Cognito emulator: moto's server, patched where moto and the real Cognito differ.
+
+One emulator for everything that needs a Cognito: the tests run it in their own process
+(`emulator_server`), and `make run` runs it as a child process (`python -m
+devtools.cognito_emulator`, see `devtools.local_cognito`). Both start it here, with the same
+patches, so an admin action that works against one works against the other, and both as
+against the real service.
+
+The differences from the real service that matter here and are patched while a server runs
+(`fidelity_patches`):
+- AdminCreateUser checks the username and then stores the user in two steps; with concurrent
+  requests (the server is threaded) two creates of one name can both succeed. Real Cognito's
+  username uniqueness is atomic, so the patch serialises creates.
+- AdminCreateUser with MessageAction=RESEND replaces the user with a new one (new sub, no
+  attributes, no groups), and in an email-as-username pool refuses the real username (a UUID)
+  with "Username should be either an email or a phone number". Real Cognito keeps the user,
+  accepts any name of it, and only sends a new temporary password.
+- moto does not emulate email-alias pools at all. Real Cognito, in a pool with
+  `AliasAttributes: [email]`:
+  - refuses an email-shaped username in AdminCreateUser with InvalidParameterException
+    "Username cannot be of email format, since user pool is configured for email alias.";
+  - refuses AdminCreateUser with AliasExistsException when `email_verified` is true and
+    another user already has that verified email (ForceAliasCreation defaults to false);
+  - accepts a user's verified email alias wherever an admin call takes a Username ("it can
+    be any of their alias attributes", the AdminGetUser reference); an unverified email is
+    no alias.
+  The patches make moto do the same; moto's email-as-username pools already behave as real
+  ones otherwise (the real username is a UUID equal to `sub`, and the email is accepted).
+
+The patches replace methods of moto's classes only while a server of this module runs in the
+process (counted, so servers may overlap), and never at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from moto.cognitoidp.exceptions import AliasExistsException, InvalidParameterException
+from moto.cognitoidp.models import CognitoIdpBackend, CognitoIdpUser, CognitoIdpUserPool
+from moto.cognitoidp.utils import flatten_attrs, validate_username_format
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+_patch_lock = threading.Lock()
+_patch_users = 0
+_original_admin_create_user = CognitoIdpBackend.admin_create_user
+_original_get_user = CognitoIdpUserPool._get_user
+
+
+def _email_is_alias(pool: CognitoIdpUserPool) -> bool:
+    return "email" in (pool.extended_config.get("AliasAttributes") or [])
+
+
+def _verified_email_owner(pool: CognitoIdpUserPool, email: str) -> CognitoIdpUser | None:
+    for user in pool.users.values():
+        lookup = user.attribute_lookup
+        if lookup.get("email") == email and lookup.get("email_verified") == "true":
+            return user
+    return None
+
+
+def _get_user_like_cognito(self: CognitoIdpUserPool, username: str) -> CognitoIdpUser | None:
+    user: CognitoIdpUser | None = _original_get_user(self, username)
+    if user is None and _email_is_alias(self):
+        user = _verified_email_owner(self, username)
+    return user
+
+
+def _admin_create_user_like_cognito(
+    self: CognitoIdpBackend,
+    user_pool_id: str,
+    username: str,
+    message_action: str,
+    temporary_password: str,
+    attributes: list[dict[str, str]],
+) -> Any:
+    with _patch_lock:
+        if message_action == "RESEND":
+            return self.admin_get_user(user_pool_id, username)
+        pool = self.describe_user_pool(user_pool_id)
+        if _email_is_alias(pool):
+            if validate_username_format(username, _format="email"):
+                raise InvalidParameterException(
+                    "Username cannot be of email format, since user pool is configured for "
+                    "email alias."
+                )
+            wanted = flatten_attrs(attributes or [])
+            if (
+                wanted.get("email_verified") == "true"
+                and _verified_email_owner(pool, wanted.get("email", "")) is not None
+            ):
+                raise AliasExistsException()
+        return _original_admin_create_user(
+            self, user_pool_id, username, message_action, temporary_password, attributes
+        )
+
+
+@contextmanager
+def fidelity_patches() -> Iterator[None]:
+    """moto behaving like real Cognito (see the module docstring) while the block runs."""
+    global _patch_users
+    with _patch_lock:
+        _patch_users += 1
+        CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
+        CognitoIdpUserPool._get_user = _get_user_like_cognito  # type: ignore[assignment,method-assign]
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
+                CognitoIdpUserPool._get_user = _original_get_user  # type: ignore[method-assign]
+
+
+@contextmanager
+def emulator_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """The patched emulator serving in this process (on a free port unless `port`); its URL.
+
+    The port is bound before this returns (an OSError if it is taken). Its pools live in this
+    process's moto backends, so a test can reach into them.
+    """
+    with fidelity_patches():
+        server = make_server(
+            host,
+            port,
+            DomainDispatcherApplication(create_backend_app),
+            threaded=True,
+            request_handler=MotoRequestHandler,
+        )
+        # A short poll keeps the stop quick; the default half second adds up over a test suite.
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        thread.start()
+        try:
+            yield f"http://{host}:{server.server_port}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM, SIGINT or SIGHUP (what `make run` starts as its emulator)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.cognito_emulator", description=main.__doc__
+    )
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    arguments = parser.parse_args(argv)
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    # Blocked before the server's threads start, so they inherit the mask and only the wait
+    # below receives them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    with emulator_server(arguments.host, arguments.port) as url:
+        print(f"Cognito emulator on {url}", flush=True)
+        received = signal.sigwait(stop_signals)
+        print(f"Cognito emulator: {signal.Signals(received).name}, stopping", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
