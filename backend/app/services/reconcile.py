@@ -39,6 +39,7 @@ from app.core.errors import DomainError
 from app.core.roles import Role
 from app.models.directory_outbox import DirectoryOutboxEntry
 from app.models.user import User
+from app.services.adoption import ADOPTABLE_AFTER, sub_is_referenced
 from app.services.audit import audited
 from app.services.cognito import (
     MAX_PAGE_SIZE,
@@ -48,7 +49,7 @@ from app.services.cognito import (
     CognitoUserPool,
 )
 from app.services.directory_sync import DirectorySync
-from app.services.users import ADOPTABLE_AFTER, find_user_by_email, sub_is_referenced
+from app.services.users import find_user_by_email
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ The row is what the API enforces (role, active). Cognito is kept in step two way
   insert the row. When AdminCreateUser's answer is lost, or it reports the name taken while no
   row holds the email, the existing Cognito user is adopted if it never signed in
   (FORCE_CHANGE_PASSWORD) and no row references its sub, so a lost answer leaves no orphan
-  that blocks the email for ever. A user another request may still be creating (younger than
-  `ADOPTABLE_AFTER`) is not adopted: that request owns it, and may still delete it. A request
+  that blocks the email for ever. A user another request may still be creating is not adopted:
+  that request owns it, and may still delete it (the rule, shared with the reconcile command,
+  is `app.services.adoption`). A request
   deletes only a Cognito user it saw itself create, and only while no committed row
   references it: when a later step fails, or the commit does (`app.core.compensation`).
 - **Every later change** (deactivate, reactivate, role) commits an outbox row with the change
@@ -30,7 +31,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import func, or_, select
@@ -49,9 +50,9 @@ from app.schemas.user import (
     UserCreate,
     UserUpdate,
 )
+from app.services.adoption import adoption_refusal, sub_is_referenced
 from app.services.audit import audited, undo_and_audit_on_rollback
 from app.services.cognito import (
-    NEVER_SIGNED_IN_STATUS,
     AnswerLostError,
     CognitoUser,
     CognitoUserPool,
@@ -63,9 +64,6 @@ logger = logging.getLogger(__name__)
 
 EMAIL_INDEX: Final = "uq_users_lower_email"
 SUB_INDEX: Final = "uq_users_cognito_user_id"
-# Older than any request that may still be creating (or undoing) it: each one's Cognito work is
-# bounded by COGNITO_DEADLINE_SECONDS (at most 20 s), and its undo by as much again.
-ADOPTABLE_AFTER: Final = timedelta(seconds=60)
 
 
 async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -78,12 +76,6 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     if user is None:
         raise NotFoundError("No user with this id")
     return user
-
-
-async def sub_is_referenced(read_sessions: ReadSessions, sub: str) -> bool:
-    async with read_sessions() as session:
-        found = await session.scalar(select(User.id).where(User.cognito_user_id == sub))
-    return found is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,13 +106,7 @@ async def _adoptable(
 ) -> CognitoUser | None:
     """The existing Cognito user of `email` if it may be adopted (see the module docstring)."""
     existing = await cognito.find_user(email)
-    if existing is None or existing.status != NEVER_SIGNED_IN_STATUS:
-        return None
-    if await sub_is_referenced(read_sessions, existing.sub):
-        return None
-    if not ours and (
-        existing.created_at is None or datetime.now(UTC) - existing.created_at < ADOPTABLE_AFTER
-    ):
+    if existing is None or await adoption_refusal(read_sessions, existing, ours=ours):
         return None
     return existing
 
