@@ -1,14 +1,18 @@
 """Compare the user pool (Cognito) with the users table and report, or repair, the drift.
 
-    python -m app.cli.reconcile [--apply] [--orphans report|adopt|remove]
+    python -m app.cli.reconcile [--apply] [--orphans report|remove]
+                                [--adopt EMAIL --role ROLE [--province P] [--full-name NAME]]
                                 [--outbox-threshold-minutes 5] [--json]
     python -m app.cli.reconcile --check-pool [--json]
 
 Reads the same settings as the API. Drift: Cognito users without a row, rows without a Cognito
-user, enabled ≠ `is_active`, role groups ≠ role, outbox rows pending longer than the threshold
-(`app.services.reconcile`). `--apply` repairs what is safe: enabled and group mismatches and
-stale outbox rows (Cognito made to match the row); Cognito users without a row that never
-signed in are adopted or removed only as `--orphans` says; rows without a Cognito user are
+user, Cognito enabled while the row is deactivated, Cognito disabled while the row is active,
+role groups ≠ role, outbox rows pending longer than the threshold (`app.services.reconcile`).
+`--apply` repairs what cannot widen access: Cognito made to match the row where that narrows
+it or changes only groups; a user disabled in Cognito has its row deactivated (disabled wins)
+unless a reactivation is pending; a Cognito user without a row that never signed in is
+adopted only as `--adopt` names it, with `--role` (never a role from its Cognito groups), or
+removed with `--orphans remove`, and otherwise reported; rows without a Cognito user are
 reported only. `--check-pool` checks the pool's configuration instead
 (`app.services.pool_check`).
 
@@ -30,6 +34,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
+from pydantic import ValidationError
 
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import (
@@ -40,7 +45,9 @@ from app.core.db import (
 )
 from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
+from app.core.roles import Role
 from app.core.secrets import fetch_database_credentials
+from app.schemas.user import UserCreate
 from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMisconfiguredError
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker
@@ -90,8 +97,12 @@ async def run_reconcile(
     threshold: timedelta,
     as_json: bool,
     page_size: int = MAX_PAGE_SIZE,
+    adoption: UserCreate | None = None,
 ) -> int:
-    """Report (and with `apply`, repair) the drift; returns the exit status."""
+    """Report (and with `apply`, repair) the drift; returns the exit status.
+
+    `adoption`: with `apply`, the Cognito user without a row to adopt, and its role.
+    """
     try:
         credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
     except ConfigError as error:
@@ -110,9 +121,15 @@ async def run_reconcile(
             *(f"drift: {item.line()}" for item in found.drift),
         ]
         remaining = found
-        if apply and found.drift:
+        if apply and (found.drift or adoption is not None):
             repaired = await repair(
-                found, cognito, directory, sessions, read_sessions, orphans=orphans
+                found,
+                cognito,
+                directory,
+                sessions,
+                read_sessions,
+                orphans=orphans,
+                adoption=adoption,
             )
             remaining = await find_drift(
                 cognito, read_sessions, threshold=threshold, page_size=page_size
@@ -136,6 +153,31 @@ async def run_reconcile(
     return EXIT_IN_STEP if in_step else EXIT_DRIFT
 
 
+def _adoption(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> UserCreate | None:
+    """The user --adopt names, checked as a create through the API would check it."""
+    if arguments.adopt is None:
+        if arguments.role or arguments.province or arguments.full_name:
+            parser.error("--role, --province and --full-name go with --adopt")
+        return None
+    if not arguments.apply:
+        parser.error("--adopt needs --apply")
+    if arguments.role is None:
+        parser.error("--adopt needs --role: a role is never read from Cognito's groups")
+    try:
+        return UserCreate(
+            email=arguments.adopt,
+            role=Role(arguments.role),
+            responsible_province=arguments.province,
+            full_name=arguments.full_name or arguments.adopt,
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, problem['loc'])) or 'adopt'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        parser.error(f"--adopt: {problems}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app.cli.reconcile",
@@ -145,12 +187,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check-pool", action="store_true", help="check the pool's configuration only"
     )
-    parser.add_argument("--apply", action="store_true", help="repair what is safe to repair")
+    parser.add_argument(
+        "--apply", action="store_true", help="repair what cannot widen anyone's access"
+    )
     parser.add_argument(
         "--orphans",
         choices=[action.value for action in OrphanAction],
         default=OrphanAction.REPORT.value,
-        help="with --apply, what to do with Cognito users without a row that never signed in",
+        help="with --apply, what to do with Cognito users without a row that never signed in "
+        "(other than the one --adopt names)",
+    )
+    parser.add_argument(
+        "--adopt",
+        metavar="EMAIL",
+        help="with --apply and --role, give the Cognito user without a row that has this email "
+        "a row with that role",
+    )
+    parser.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        help="the role of the user --adopt names (never read from Cognito's groups)",
+    )
+    parser.add_argument(
+        "--province", help="the responsible province of the user --adopt names (OFFICER only)"
+    )
+    parser.add_argument(
+        "--full-name", help="the full name of the user --adopt names (default: the email)"
     )
     parser.add_argument(
         "--outbox-threshold-minutes",
@@ -163,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if not 1 <= arguments.page_size <= MAX_PAGE_SIZE:
         parser.error(f"--page-size must be between 1 and {MAX_PAGE_SIZE}")
+    adoption = _adoption(parser, arguments)
     try:
         settings = load_settings()
     except ConfigError as error:
@@ -182,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threshold=timedelta(minutes=arguments.outbox_threshold_minutes),
                 as_json=arguments.json,
                 page_size=arguments.page_size,
+                adoption=adoption,
             )
         )
     except Exception:

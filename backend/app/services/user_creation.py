@@ -18,12 +18,9 @@ the role asked for (a row inserted, the group ensured), and an intent under whic
 appeared is dropped after `GIVE_UP_AFTER`. A retry of the create after the lease ran out takes
 the intent over and adopts the user itself (201).
 
-**The adoption rule** (`adoptable`), for creates, the worker and the reconcile command alike: a
-Cognito user no row refers to is adopted when it was created under the intent (no earlier than
-the intent began, less `CLOCK_SKEW`), or, left from before intents, when it never signed in and
-is older than `ADOPTABLE_AFTER`. Nothing else is adopted: a user someone else created and
-signed in with is reported by reconcile, never taken over. A Cognito user under a live intent is
-never removed as an orphan (`intent_pending`).
+The adoption rule is `app.services.adoption`'s, shared with the reconcile command: a user
+someone else created and signed in with is reported by reconcile, never taken over, and a
+Cognito user under a pending intent is never removed as an orphan.
 """
 
 from __future__ import annotations
@@ -47,9 +44,9 @@ from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.schemas.user import UserCreate
 from app.services import outbox
+from app.services.adoption import CREATION_KIND, adoption_refusal, sub_is_referenced
 from app.services.audit import audit_at_commit, audited
 from app.services.cognito import (
-    NEVER_SIGNED_IN_STATUS,
     AnswerLostError,
     CognitoUser,
     CognitoUserPool,
@@ -57,19 +54,13 @@ from app.services.cognito import (
 )
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import Claim, Finish, OutboxWorker, give_back_lease, take_lease
-from app.services.users import find_user_by_email, sub_is_referenced
+from app.services.users import find_user_by_email
 
 logger = logging.getLogger(__name__)
 
-KIND: Final = "user_creation"
+KIND: Final = CREATION_KIND
 EMAIL_INDEX: Final = "uq_users_lower_email"
 SUB_INDEX: Final = "uq_users_cognito_user_id"
-# Older than any request that may still be creating (or undoing) it: each one's Cognito work is
-# bounded by COGNITO_DEADLINE_SECONDS (at most 20 s), and its undo by as much again.
-ADOPTABLE_AFTER: Final = timedelta(seconds=60)
-# Between the database's clock (the intent's start) and Cognito's (the user's creation date):
-# both keep NTP time.
-CLOCK_SKEW: Final = timedelta(seconds=1)
 # An intent under which no Cognito user appeared this long after it began is dropped: a call
 # held up on its way lands well within it.
 GIVE_UP_AFTER: Final = timedelta(seconds=60)
@@ -96,28 +87,6 @@ def _key(email: str) -> str:
 def _hold_seconds(cognito: CognitoUserPool) -> float:
     """How long a create holds its email: its Cognito work, its undo and its commit."""
     return 2 * cognito.deadline_seconds + 10
-
-
-def adoptable(user: CognitoUser, intent_began: datetime | None, *, referenced: bool) -> bool:
-    """The one adoption rule (see the module docstring)."""
-    if referenced or user.created_at is None:
-        return False
-    if intent_began is not None and user.created_at >= intent_began - CLOCK_SKEW:
-        return True
-    return (
-        user.status == NEVER_SIGNED_IN_STATUS
-        and datetime.now(UTC) - user.created_at >= ADOPTABLE_AFTER
-    )
-
-
-async def intent_pending(read_sessions: ReadSessions, email: str) -> bool:
-    """Whether a create of `email` is under way or being settled (its Cognito user is not an
-    orphan to remove)."""
-    async with read_sessions() as session:
-        found = await session.scalar(
-            select(OutboxEntry.id).where(OutboxEntry.kind == KIND, OutboxEntry.key == _key(email))
-        )
-    return found is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +158,8 @@ async def _adopt_existing(
     existing = await cognito.find_user(email)
     if existing is None:
         return None
-    referenced = await sub_is_referenced(read_sessions, existing.sub)
-    return existing if adoptable(existing, began, referenced=referenced) else None
+    refusal = await adoption_refusal(read_sessions, existing, intent_began=began)
+    return existing if refusal is None else None
 
 
 async def _cognito_user_for(
@@ -349,9 +318,9 @@ class UserCreations:
                 raise _NotYetError("no Cognito user yet under the intent")
             logger.info("create intent dropped: no Cognito user appeared")
             return None
-        referenced = await sub_is_referenced(self._read_sessions, found.sub)
-        if not adoptable(found, intent.began, referenced=referenced):
-            logger.warning("create intent dropped: the Cognito user is not this create's")
+        refusal = await adoption_refusal(self._read_sessions, found, intent_began=intent.began)
+        if refusal is not None:
+            logger.warning("create intent dropped: the Cognito user is not its own (%s)", refusal)
             return None
         return functools.partial(self._adopt, found.sub, intent.data)
 

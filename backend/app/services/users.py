@@ -59,12 +59,6 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
-async def sub_is_referenced(read_sessions: ReadSessions, sub: str) -> bool:
-    async with read_sessions() as session:
-        found = await session.scalar(select(User.id).where(User.cognito_user_id == sub))
-    return found is not None
-
-
 # ---------------------------------------------------------------------------------------------
 # Update
 

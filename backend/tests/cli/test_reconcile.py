@@ -1,7 +1,9 @@
 """The reconcile command against moto's Cognito and a database of the test's own.
 
 Each test gets a fresh pool, plants drift of each kind, and reads the command's JSON report and
-exit status; pages of two users make every listing take several pages.
+exit status; pages of two users make every listing take several pages. The repairs that could
+widen access (a role from a Cognito group, re-enabling a user disabled in Cognito, removing a
+user a create is adopting) are each tried and must not happen.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ import pytest
 from app.cli.reconcile import run_check_pool, run_reconcile
 from app.core.config import Settings
 from app.core.roles import Role
+from app.schemas.user import UserCreate
+from app.services.adoption import ADOPTABLE_AFTER
 from app.services.cognito import CognitoUserPool
 from app.services.reconcile import DEFAULT_OUTBOX_THRESHOLD, OrphanAction
-from app.services.user_creation import ADOPTABLE_AFTER
 from tests.api.conftest import make_settings
 from tests.hardening.harness import add_user, execute_sql
 from tests.support.app_env import cli_environment, run_cli
@@ -91,6 +94,7 @@ class Rig:
         *,
         apply: bool = False,
         orphans: OrphanAction = OrphanAction.REPORT,
+        adoption: UserCreate | None = None,
         cognito: CognitoUserPool | None = None,
         settings: Settings | None = None,
     ) -> tuple[int, dict[str, Any]]:
@@ -103,9 +107,19 @@ class Rig:
             threshold=DEFAULT_OUTBOX_THRESHOLD,
             as_json=True,
             page_size=PAGE_SIZE,
+            adoption=adoption,
         )
         document: dict[str, Any] = json.loads(capsys.readouterr().out)
         return status, document
+
+    async def row_of(self, email: str) -> Any:
+        """The user's row (role, province, active, sub, revoked), or None."""
+        rows = await execute_sql(
+            self.database_url,
+            "SELECT role, responsible_province, is_active, cognito_user_id, sessions_revoked_at "
+            f"FROM users WHERE email = '{email}'",
+        )
+        return rows[0] if rows else None
 
 
 def kinds(report: dict[str, Any]) -> dict[str, set[str]]:
@@ -132,6 +146,10 @@ async def plant_every_kind(rig: Rig) -> dict[str, str]:
     await add_user(rig.database_url, Role.ADMIN, email=no_cognito, sub=str(uuid.uuid4()))
     _, disabled = await rig.user(label="disabled")
     rig.pool.client.admin_disable_user(UserPoolId=rig.pool.user_pool_id, Username=disabled)
+    enabled_id, enabled = await rig.user(label="enabled")
+    await execute_sql(
+        rig.database_url, f"UPDATE users SET is_active = false WHERE id = '{enabled_id}'"
+    )
     _, regrouped = await rig.user(Role.DISPATCHER, label="regrouped")
     pool_id = rig.pool.user_pool_id
     rig.pool.client.admin_remove_user_from_group(
@@ -149,7 +167,8 @@ async def plant_every_kind(rig: Rig) -> dict[str, str]:
     return {
         "cognito_user_without_row": orphan,
         "row_without_cognito_user": no_cognito,
-        "enabled_mismatch": disabled,
+        "enabled_mismatch": enabled,
+        "disabled_in_cognito": disabled,
         "groups_mismatch": regrouped,
         "stale_outbox": stale,
     }
@@ -196,65 +215,214 @@ async def test_apply_repairs_what_is_safe_and_reports_the_rest(
         "cognito_user_without_row": {planted["cognito_user_without_row"]},
         "row_without_cognito_user": {planted["row_without_cognito_user"]},
     }
-    assert rig.pool.find(planted["enabled_mismatch"])["Enabled"] is True  # type: ignore[index]
+    assert rig.pool.find(planted["enabled_mismatch"])["Enabled"] is False  # type: ignore[index]
+    # Disabled wins: the row is deactivated, the Cognito user stays disabled.
+    assert rig.pool.find(planted["disabled_in_cognito"])["Enabled"] is False  # type: ignore[index]
+    assert (await rig.row_of(planted["disabled_in_cognito"])).is_active is False
     assert rig.pool.groups_of(planted["groups_mismatch"]) == {"DISPATCHER"}
     pending = await execute_sql(rig.database_url, "SELECT count(*) FROM outbox")
-    # The stale row was carried out; the in-flight one is the worker's.
-    assert pending[0][0] == 1
-    assert len(document["repairs"]["done"]) == 3
+    # The stale row was carried out; the in-flight one is the worker's, and so is the one the
+    # deactivation recorded (it signs the user out everywhere).
+    assert pending[0][0] == 2
+    assert len(document["repairs"]["done"]) == 4
     # The orphan is still there, untouched.
     assert rig.pool.find(planted["cognito_user_without_row"]) is not None
 
 
-async def test_orphans_that_never_signed_in_are_adopted_with_their_groups_role(
+async def test_a_user_disabled_in_cognito_is_deactivated_unless_a_reactivation_is_pending(
     rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _, disabled = await rig.user(Role.ADMIN, label="console-disabled")
     await rig.user(Role.ADMIN)
-    adoptable, two_groups, officer, signed_in, young = (
-        new_email(label) for label in ("adoptable", "two-groups", "officer", "signed-in", "young")
-    )
-    rig.pool.create_user(adoptable, role=Role.EXECUTIVE)
-    rig.pool.create_user(two_groups, role=Role.EXECUTIVE)
-    rig.pool.client.admin_add_user_to_group(
-        UserPoolId=rig.pool.user_pool_id, Username=two_groups, GroupName="ADMIN"
-    )
-    rig.pool.create_user(officer, role=Role.OFFICER)
-    rig.pool.create_user(signed_in, role=Role.EXECUTIVE, confirmed=True)
-    for email in (adoptable, two_groups, officer, signed_in):
-        rig.pool.make_older(email, ADOPTABLE_AFTER * 2)
-    rig.pool.create_user(young, role=Role.EXECUTIVE)
+    reactivated_id, reactivated = await rig.user(label="reactivated")
+    for email in (disabled, reactivated):
+        rig.pool.client.admin_disable_user(UserPoolId=rig.pool.user_pool_id, Username=email)
+    # An admin reactivated this user; Cognito has failed to follow for ten minutes.
+    await rig.outbox_row(reactivated_id, minutes_ago=10)
 
-    status, document = await rig.reconcile(capsys, apply=True, orphans=OrphanAction.ADOPT)
+    status, document = await rig.reconcile(capsys)
     assert status == 1
-    assert kinds(document["remaining"]) == {
-        "cognito_user_without_row": {two_groups, officer, signed_in, young}
+    assert kinds(document["found"]) == {
+        "disabled_in_cognito": {disabled, reactivated},
+        "stale_outbox": {reactivated},
     }
-    rows = await execute_sql(
-        rig.database_url,
-        f"SELECT role, is_active, cognito_user_id FROM users WHERE email = '{adoptable}'",
+
+    status, document = await rig.reconcile(capsys, apply=True)
+    # Disabled wins: the row is deactivated and its sessions revoked; Cognito stays disabled.
+    row = await rig.row_of(disabled)
+    assert (row.is_active, row.sessions_revoked_at is not None) == (False, True)
+    assert rig.pool.find(disabled)["Enabled"] is False  # type: ignore[index]
+    # The pending reactivation is the worker's: the row stays active, Cognito untouched here.
+    row = await rig.row_of(reactivated)
+    assert (row.is_active, row.sessions_revoked_at) == (True, None)
+    assert rig.pool.find(reactivated)["Enabled"] is False  # type: ignore[index]
+    assert "a reactivation is pending" in "\n".join(document["repairs"]["skipped"])
+    assert status == 1
+    assert kinds(document["remaining"]) == kinds(
+        {"drift": [i for i in document["found"]["drift"] if i["email"] == reactivated]}
     )
-    assert [(row.role, row.is_active) for row in rows] == [("EXECUTIVE", True)]
-    assert rows[0].cognito_user_id == rig.pool.find(adoptable)["attributes"]["sub"]  # type: ignore[index]
-    skipped = "\n".join(document["repairs"]["skipped"])
-    assert "2 role groups" in skipped
-    assert "OFFICER needs a responsible province" in skipped
-    assert "has signed in" in skipped
-    assert "created moments ago" in skipped
+
+
+async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_operator_names(
+    rig: Rig, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    await rig.user(Role.ADMIN)
+    grouped, officer = new_email("admin-group"), new_email("officer")
+    sub = rig.pool.create_user(grouped, role=Role.ADMIN)
+    rig.pool.create_user(officer, role=Role.ADMIN)
+    for email in (grouped, officer):
+        rig.pool.make_older(email, ADOPTABLE_AFTER * 2)
+
+    # A role from the Cognito group: the command line has no such option any more.
+    by_group = await asyncio.to_thread(
+        command, rig.database_url, rig.pool, tmp_path, "--apply", "--orphans", "adopt", "--json"
+    )
+    assert by_group.returncode == 2, by_group.stdout
+    no_role = await asyncio.to_thread(
+        command, rig.database_url, rig.pool, tmp_path, "--apply", "--adopt", grouped
+    )
+    assert no_role.returncode == 2
+    assert "--adopt needs --role" in no_role.stderr
+    # Without an explicit role: reported, never adopted.
+    status, document = await rig.reconcile(capsys, apply=True)
+    assert status == 1
+    assert await rig.row_of(grouped) is None
+    assert "--adopt EMAIL --role ROLE" in "\n".join(document["repairs"]["skipped"])
+
+    # With one: adopted with that role, whatever the group says; Cognito follows the row.
+    adopted = await asyncio.to_thread(
+        command,
+        rig.database_url,
+        rig.pool,
+        tmp_path,
+        "--apply",
+        "--adopt",
+        grouped.upper(),
+        "--role",
+        "EXECUTIVE",
+        "--json",
+    )
+    assert adopted.returncode == 1, adopted.stdout + adopted.stderr  # the officer is left
+    row = await rig.row_of(grouped)
+    assert (row.role, row.is_active, row.cognito_user_id) == ("EXECUTIVE", True, sub)
+    outbox = await execute_sql(
+        rig.database_url,
+        "SELECT count(*) FROM outbox JOIN users ON users.id::text = outbox.key "
+        f"WHERE users.email = '{grouped}'",
+    )
+    assert outbox[0][0] == 1
+    assert "adopted as EXECUTIVE" in "\n".join(json.loads(adopted.stdout)["repairs"]["done"])
+
+    # An OFFICER needs the province, as a create through the API does.
+    no_province = await asyncio.to_thread(
+        command,
+        rig.database_url,
+        rig.pool,
+        tmp_path,
+        "--apply",
+        "--adopt",
+        officer,
+        "--role",
+        "OFFICER",
+    )
+    assert no_province.returncode == 2
+    assert "responsible_province is required" in no_province.stderr
+    status, document = await rig.reconcile(
+        capsys,
+        apply=True,
+        adoption=UserCreate(
+            email=officer,
+            role=Role.OFFICER,
+            responsible_province="Chiang Mai",
+            full_name="Adopted Officer",
+        ),
+    )
+    assert status == 0, document
+    row = await rig.row_of(officer)
+    assert (row.role, row.responsible_province) == ("OFFICER", "Chiang Mai")
+    # Naming a user that is no orphan adopts nothing, and says so.
+    status, document = await rig.reconcile(
+        capsys,
+        apply=True,
+        adoption=UserCreate(email=new_email("nobody"), role=Role.ADMIN, full_name="Nobody"),
+    )
+    assert "no Cognito user without a row has this email" in document["repairs"]["skipped"][0]
 
 
 async def test_orphans_that_never_signed_in_can_be_removed_and_others_never(
     rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    removable, signed_in = new_email("removable"), new_email("signed-in")
+    removable, signed_in, young = new_email("removable"), new_email("signed-in"), new_email("young")
     rig.pool.create_user(removable, role=Role.DISPATCHER)
     rig.pool.create_user(signed_in, role=Role.DISPATCHER, confirmed=True)
     for email in (removable, signed_in):
         rig.pool.make_older(email, ADOPTABLE_AFTER * 2)
+    # Younger than the adoption rule's age: a create in flight may own it.
+    rig.pool.create_user(young, role=Role.DISPATCHER)
     status, document = await rig.reconcile(capsys, apply=True, orphans=OrphanAction.REMOVE)
     assert status == 1
     assert rig.pool.find(removable) is None
     assert rig.pool.find(signed_in) is not None
-    assert kinds(document["remaining"]) == {"cognito_user_without_row": {signed_in}}
+    assert rig.pool.find(young) is not None
+    assert kinds(document["remaining"]) == {"cognito_user_without_row": {signed_in, young}}
+    skipped = "\n".join(document["repairs"]["skipped"])
+    assert "has signed in" in skipped
+    assert "created moments ago" in skipped
+
+
+def reads_of(
+    adapter: CognitoUserPool, during: int = 0, action: Callable[[], None] | None = None
+) -> dict[str, int]:
+    """Count the adapter's AdminGetUser calls, and those before its first AdminDeleteUser; run
+    `action` while the `during`-th read (1-based) is on its way to Cognito."""
+    counts = {"reads": 0, "before_delete": -1}
+
+    def read(**_: object) -> None:
+        counts["reads"] += 1
+        if action is not None and counts["reads"] == during:
+            action()
+
+    def delete(**_: object) -> None:
+        if counts["before_delete"] < 0:
+            counts["before_delete"] = counts["reads"]
+
+    events = adapter._client.meta.events
+    events.register("before-send.cognito-idp.AdminGetUser", read)  # type: ignore[arg-type]
+    events.register("before-send.cognito-idp.AdminDeleteUser", delete)  # type: ignore[arg-type]
+    return counts
+
+
+async def test_an_orphan_a_create_adopts_meanwhile_is_not_removed(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # How many times the removal reads the Cognito user before it deletes it.
+    first = new_email("first")
+    rig.pool.create_user(first, role=Role.DISPATCHER)
+    rig.pool.make_older(first, ADOPTABLE_AFTER * 2)
+    counts = reads_of(adapter := rig.pool.adapter())
+    await rig.reconcile(capsys, apply=True, orphans=OrphanAction.REMOVE, cognito=adapter)
+    assert rig.pool.find(first) is None
+    assert counts["before_delete"] >= 1
+
+    # A create adopts the orphan (its row commits) while the removal reads it, the last time
+    # before the delete included: the removal sees the row and leaves the user alone.
+    for during in range(1, counts["before_delete"] + 1):
+        email = new_email(f"adopted-during-read-{during}")
+        sub = rig.pool.create_user(email, role=Role.DISPATCHER)
+        rig.pool.make_older(email, ADOPTABLE_AFTER * 2)
+
+        def adopt(email: str = email, sub: str = sub) -> None:
+            # In boto3's thread, with a loop of its own: the row commits before the read ends.
+            asyncio.run(add_user(rig.database_url, Role.DISPATCHER, email=email, sub=sub))
+
+        reads_of(adapter := rig.pool.adapter(), during, adopt)
+        status, document = await rig.reconcile(
+            capsys, apply=True, orphans=OrphanAction.REMOVE, cognito=adapter
+        )
+        assert rig.pool.find(email) is not None, f"removed though adopted during read {during}"
+        assert (await rig.row_of(email)).cognito_user_id == sub
+        assert "a row refers to it now" in "\n".join(document["repairs"]["skipped"])
+        assert status == 0
 
 
 async def test_apply_with_everything_repairable_ends_in_step_with_exit_0(
@@ -264,7 +432,8 @@ async def test_apply_with_everything_repairable_ends_in_step_with_exit_0(
     rig.pool.client.admin_disable_user(UserPoolId=rig.pool.user_pool_id, Username=disabled)
     status, document = await rig.reconcile(capsys, apply=True)
     assert (status, document["status"]) == (0, "in_step")
-    assert rig.pool.find(disabled)["Enabled"] is True  # type: ignore[index]
+    assert rig.pool.find(disabled)["Enabled"] is False  # type: ignore[index]
+    assert (await rig.row_of(disabled)).is_active is False
 
 
 async def test_what_cannot_be_checked_exits_2(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:

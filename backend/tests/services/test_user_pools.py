@@ -18,9 +18,10 @@ from app.core.db import create_read_sessionmaker, create_sessionmaker
 from app.core.roles import Role
 from app.models.user import User
 from app.schemas.user import PasswordResetOutcome, UserCreate
+from app.services.adoption import ADOPTABLE_AFTER
 from app.services.cognito import CognitoUserPool, EmailTakenError, UsernameMode
 from app.services.directory_sync import match_user
-from app.services.user_creation import ADOPTABLE_AFTER, create_user
+from app.services.user_creation import create_user
 from tests.support.moto_cognito import (
     POOL_KINDS,
     MotoCognito,
