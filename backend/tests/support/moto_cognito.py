@@ -23,6 +23,10 @@ differences from the real service that matter here and are patched while a serve
     no alias.
   The patches make moto do the same; moto's email-as-username pools already behave as real
   ones (the real username is a UUID equal to `sub`, and the email is accepted).
+- moto stamps every token with `auth_time` = now, refreshed ones too. Real Cognito's
+  `auth_time` is when the user authenticated: tokens minted from a refresh token keep the
+  `auth_time` of the sign-in that issued it (only `iat` and `exp` are new). The patch remembers
+  each sign-in's time by its `origin_jti` and stamps it on every token of that session.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -91,6 +96,8 @@ _patch_lock = threading.Lock()
 _patch_users = 0
 _original_admin_create_user = CognitoIdpBackend.admin_create_user
 _original_get_user = CognitoIdpUserPool._get_user
+_original_create_refresh_token = CognitoIdpUserPool.create_refresh_token
+_original_create_jwt = CognitoIdpUserPool.create_jwt
 
 
 def _email_is_alias(pool: CognitoIdpUserPool) -> bool:
@@ -141,21 +148,63 @@ def _admin_create_user_like_cognito(
         )
 
 
+def _session_auth_times(pool: CognitoIdpUserPool) -> dict[str, int]:
+    """The sign-in time of each session of `pool`, by the `origin_jti` its tokens carry."""
+    times: dict[str, int] = pool.__dict__.setdefault("_session_auth_times", {})
+    return times
+
+
+def _create_refresh_token_remembering_auth_time(
+    self: CognitoIdpUserPool, client_id: str, username: str
+) -> tuple[str, str]:
+    # A refresh token is made at each sign-in (never at a refresh): the session begins here.
+    refresh_token, origin_jti = _original_create_refresh_token(self, client_id, username)
+    _session_auth_times(self)[origin_jti] = int(time.time())
+    return refresh_token, origin_jti
+
+
+def _create_jwt_keeping_auth_time(
+    self: CognitoIdpUserPool,
+    client_id: str,
+    username: str,
+    token_use: str,
+    expires_in: int = 60 * 60,
+    extra_data: dict[str, Any] | None = None,
+) -> tuple[str, int]:
+    origin_jti = (extra_data or {}).get("origin_jti")
+    auth_time = _session_auth_times(self).get(origin_jti) if origin_jti else None
+    if auth_time is not None:
+        extra_data = {**(extra_data or {}), "auth_time": auth_time}
+    token: tuple[str, int] = _original_create_jwt(
+        self, client_id, username, token_use, expires_in, extra_data
+    )
+    return token
+
+
+_PATCHES: Final = (
+    (CognitoIdpBackend, "admin_create_user", _admin_create_user_like_cognito),
+    (CognitoIdpUserPool, "_get_user", _get_user_like_cognito),
+    (CognitoIdpUserPool, "create_refresh_token", _create_refresh_token_remembering_auth_time),
+    (CognitoIdpUserPool, "create_jwt", _create_jwt_keeping_auth_time),
+)
+_ORIGINALS: Final = tuple(getattr(owner, name) for owner, name, _ in _PATCHES)
+
+
 @contextmanager
 def _cognito_fidelity_patches() -> Iterator[None]:
     global _patch_users
     with _patch_lock:
         _patch_users += 1
-        CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
-        CognitoIdpUserPool._get_user = _get_user_like_cognito  # type: ignore[assignment,method-assign]
+        for owner, name, patched in _PATCHES:
+            setattr(owner, name, patched)
     try:
         yield
     finally:
         with _patch_lock:
             _patch_users -= 1
             if _patch_users == 0:
-                CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
-                CognitoIdpUserPool._get_user = _original_get_user  # type: ignore[method-assign]
+                for (owner, name, _), original in zip(_PATCHES, _ORIGINALS, strict=True):
+                    setattr(owner, name, original)
 
 
 class _Body:
