@@ -203,8 +203,8 @@ def _cognito_fidelity_patches() -> Iterator[None]:
         with _patch_lock:
             _patch_users -= 1
             if _patch_users == 0:
-                for (owner, name, _), original in zip(_PATCHES, _ORIGINALS, strict=True):
-                    setattr(owner, name, original)
+                for (patched_class, name, _), original in zip(_PATCHES, _ORIGINALS, strict=True):
+                    setattr(patched_class, name, original)
 
 
 class _Body:
