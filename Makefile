@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYTHONPATH := backend
 
-.PHONY: help run stop token test lint typecheck migrations-check pytest tools openapi client-check bench fuzz soak clean
+.PHONY: help run stop token test lint typecheck migrations-check pytest tools openapi client-check bench fuzz soak chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ fuzz: $(STAMP) ## Property-based tests of every operation with a large budget (F
 
 soak: $(STAMP) ## 60 s of mixed traffic at 50 connections against uvicorn (SOAK_SECONDS=...)
 	SOAK_SECONDS=$${SOAK_SECONDS:-60} $(VENV)/bin/pytest -p no:cacheprovider -s backend/tests/soak $(PYTEST_ARGS)
+
+chaos: $(STAMP) ## Two instances, mixed traffic, combined faults, then the identity invariants (CHAOS_SECONDS=180)
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-180} $(PY) -m tests.chaos $(CHAOS_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 

@@ -26,6 +26,10 @@ The differences from the real service that matter here and are patched while a s
     no alias.
   The patches make moto do the same; moto's email-as-username pools already behave as real
   ones otherwise (the real username is a UUID equal to `sub`, and the email is accepted).
+- moto stamps every token with `auth_time` = now, refreshed ones too. Real Cognito's
+  `auth_time` is when the user authenticated: tokens minted from a refresh token keep the
+  `auth_time` of the sign-in that issued it (only `iat` and `exp` are new). The patch remembers
+  each sign-in's time by its `origin_jti` and stamps it on every token of that session.
 
 The patches replace methods of moto's classes only while a server of this module runs in the
 process (counted, so servers may overlap), and never at import.
@@ -37,6 +41,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +60,8 @@ _patch_lock = threading.Lock()
 _patch_users = 0
 _original_admin_create_user = CognitoIdpBackend.admin_create_user
 _original_get_user = CognitoIdpUserPool._get_user
+_original_create_refresh_token = CognitoIdpUserPool.create_refresh_token
+_original_create_jwt = CognitoIdpUserPool.create_jwt
 
 
 def _email_is_alias(pool: CognitoIdpUserPool) -> bool:
@@ -105,6 +112,39 @@ def _admin_create_user_like_cognito(
         )
 
 
+def _session_auth_times(pool: CognitoIdpUserPool) -> dict[str, int]:
+    """The sign-in time of each session of `pool`, by the `origin_jti` its tokens carry."""
+    times: dict[str, int] = pool.__dict__.setdefault("_session_auth_times", {})
+    return times
+
+
+def _create_refresh_token_remembering_auth_time(
+    self: CognitoIdpUserPool, client_id: str, username: str
+) -> tuple[str, str]:
+    # A refresh token is made at each sign-in (never at a refresh): the session begins here.
+    refresh_token, origin_jti = _original_create_refresh_token(self, client_id, username)
+    _session_auth_times(self)[origin_jti] = int(time.time())
+    return refresh_token, origin_jti
+
+
+def _create_jwt_keeping_auth_time(
+    self: CognitoIdpUserPool,
+    client_id: str,
+    username: str,
+    token_use: str,
+    expires_in: int = 60 * 60,
+    extra_data: dict[str, Any] | None = None,
+) -> tuple[str, int]:
+    origin_jti = (extra_data or {}).get("origin_jti")
+    auth_time = _session_auth_times(self).get(origin_jti) if origin_jti else None
+    if auth_time is not None:
+        extra_data = {**(extra_data or {}), "auth_time": auth_time}
+    token: tuple[str, int] = _original_create_jwt(
+        self, client_id, username, token_use, expires_in, extra_data
+    )
+    return token
+
+
 @contextmanager
 def fidelity_patches() -> Iterator[None]:
     """moto behaving like real Cognito (see the module docstring) while the block runs."""
@@ -113,6 +153,8 @@ def fidelity_patches() -> Iterator[None]:
         _patch_users += 1
         CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
         CognitoIdpUserPool._get_user = _get_user_like_cognito  # type: ignore[assignment,method-assign]
+        CognitoIdpUserPool.create_refresh_token = _create_refresh_token_remembering_auth_time  # type: ignore[method-assign]
+        CognitoIdpUserPool.create_jwt = _create_jwt_keeping_auth_time  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -121,6 +163,8 @@ def fidelity_patches() -> Iterator[None]:
             if _patch_users == 0:
                 CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
                 CognitoIdpUserPool._get_user = _original_get_user  # type: ignore[method-assign]
+                CognitoIdpUserPool.create_refresh_token = _original_create_refresh_token  # type: ignore[method-assign]
+                CognitoIdpUserPool.create_jwt = _original_create_jwt  # type: ignore[method-assign]
 
 
 @contextmanager
