@@ -57,31 +57,34 @@ def lock_file(level: str, directory: Path = LOCKS) -> Path:
 # -- uv ----------------------------------------------------------------------------------------
 
 
-def pip_setting(name: str) -> str | None:
-    """pip's own value of a setting: its environment variable, else its configuration files."""
-    value = os.environ.get(f"PIP_{name.upper().replace('-', '_')}")
-    if value:
-        return value
+def pip_settings() -> dict[str, str]:
+    """pip's own global settings, from its environment variables and configuration files."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "get", f"global.{name}"],
+        [sys.executable, "-m", "pip", "config", "list"],
         capture_output=True,
         text=True,
         check=False,
     )
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
+    settings: dict[str, str] = {}
+    # Lines such as `global.index-url='...'` and `:env:.cert='...'`; the environment wins.
+    for line in sorted(result.stdout.splitlines(), key=lambda line: line.startswith(":env:")):
+        key, _, value = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if section in {"global", ":env:"}:
+            settings[name] = value.strip().strip("'\"")
+    return settings
 
 
 def uv_environment() -> dict[str, str]:
     """The environment for uv: pip's index and CA bundle unless uv's own settings name them."""
     environment = dict(os.environ)
-    if not any(environment.get(name) for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL")):
-        index = pip_setting("index-url")
-        if index:
-            environment["UV_DEFAULT_INDEX"] = index
-    if not environment.get("SSL_CERT_FILE"):
-        cert = pip_setting("cert")
-        if cert:
-            environment["SSL_CERT_FILE"] = cert
+    pip = pip_settings()
+    uv_index = any(environment.get(name) for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL"))
+    if not uv_index and pip.get("index-url"):
+        # Only the index: pip's extra indexes and find-links are folders of this machine.
+        environment["UV_DEFAULT_INDEX"] = pip["index-url"]
+    if not environment.get("SSL_CERT_FILE") and pip.get("cert"):
+        environment["SSL_CERT_FILE"] = pip["cert"]
     return environment
 
 
@@ -254,21 +257,16 @@ def sync(level: str) -> None:
     locked = lock_file(level)
     print(f"installing {locked.relative_to(ROOT)} into .venv", flush=True)
     RECORD.unlink(missing_ok=True)
-    environment = uv_environment()
-    # sync: exactly the lock (what is not in it is removed); every file checked against its hash.
-    run(
-        [str(uv), "pip", "sync", "--quiet", "--python", str(python), str(locked)],
-        what=f"uv could not install {locked.relative_to(ROOT)}",
-        environment=environment,
-    )
-    run(
-        [
-            *(str(uv), "pip", "install", "--quiet", "--python", str(python)),
-            *("--no-deps", "--editable", str(ROOT)),
-        ],
-        what="uv could not install the project itself",
-        environment=environment,
-    )
+    # Exactly the lock (what is not in it is removed), every file checked against its hash, and
+    # the project itself, editable, in the same pass.
+    with tempfile.TemporaryDirectory(prefix="deps-") as scratch:
+        project = Path(scratch) / "project.txt"
+        project.write_text(f"--editable {ROOT}\n")
+        run(
+            [str(uv), "pip", "sync", "--quiet", "--python", str(python), str(locked), str(project)],
+            what=f"uv could not install {locked.relative_to(ROOT)}",
+            environment=uv_environment(),
+        )
     RECORD.write_text(
         json.dumps({"level": level, "lock_sha256": digest(locked), "uv": UV_VERSION}) + "\n"
     )
