@@ -2,15 +2,20 @@
 
 # Stage 1: build wheels of the project and every dependency, so the runtime stage installs
 # from local files only and never needs a compiler, a cache or network access to an index.
+# The dependencies are requirements/runtime.txt, the lock's runtime part: exact versions, and
+# pip refuses any downloaded file whose hash the lock does not list.
 FROM python:3.12-slim AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN pip wheel --no-cache-dir --require-hashes --no-deps --wheel-dir /wheels \
+    -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY backend/app ./backend/app
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # Stage 2: the runtime image: the installed wheels, the migrations, an unprivileged user.
 FROM python:3.12-slim AS runtime
@@ -29,8 +34,11 @@ RUN groupadd --system --gid 10001 app \
        --shell /usr/sbin/nologin app
 
 # The wheels are bind-mounted from the build stage, so they never become a layer of this image.
+# Exactly those wheels, nothing resolved here (--no-deps); pip check then proves they satisfy
+# one another.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/one_system_backend-*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
+    && pip check
 
 # alembic.ini's script_location is relative, so `alembic upgrade head` runs from here
 # (docker compose run --rm app alembic upgrade head).

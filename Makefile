@@ -5,50 +5,67 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The venv holds exactly one of the lock files in requirements/ (see scripts/deps.py): `local`
+# for make run, `dev` for the checks and tests, `bench` for make bench. Each install target
+# returns at once when the venv already holds that lock, or a larger one, unchanged.
+DEPS := $(PYTHON) scripts/deps.py
 export PYTHONPATH := backend
+# Python's bytecode caches are what make a second start fast: uv installs without compiling
+# (compiling all of a lock up front costs more than a first start), so each module is compiled
+# on its first import and cached in .venv and backend/ (git-ignored), even where the
+# environment asks Python not to write them.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help run stop token test lint typecheck migrations-check pytest tools openapi client-check bench fuzz soak chaos clean
+.PHONY: lock lock-check venv venv-local venv-dev venv-bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed" >&2; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
-	@rm -f $(VENV)/.installed-*; touch $@
+venv-local:
+	@$(DEPS) sync local
 
-venv: $(STAMP)
+venv-dev:
+	@$(DEPS) sync dev
 
-run: $(STAMP) ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + local Cognito unless configured)
+venv-bench:
+	@$(DEPS) sync bench
+
+venv: venv-dev
+
+lock: ## Resolve pyproject.toml again into requirements/*.txt (UPGRADE=1: newest allowed versions)
+	@$(DEPS) lock $(if $(UPGRADE),--upgrade)
+
+lock-check: ## Fail when requirements/*.txt no longer match pyproject.toml (make test runs it first)
+	@$(DEPS) check
+
+run: venv-local ## Serve the API on 127.0.0.1:8000 (embedded PostgreSQL + local Cognito unless configured)
 	@$(PY) -m devtools.run
 
-stop: $(STAMP) ## Stop everything make run started: API, Cognito emulator, embedded PostgreSQL
+stop: venv-local ## Stop everything make run started: API, Cognito emulator, embedded PostgreSQL
 	@$(PY) -m devtools.stop
 
-token: $(STAMP) ## Sign in as any user of the running make run and print a token (EMAIL=...)
+token: venv-local ## Sign in as any user of the running make run and print a token (EMAIL=...)
 	@$(PY) -m devtools.token $(if $(EMAIL),--email '$(EMAIL)')
 
 tools: ## Install the system tools the tests need (nginx, systemd-analyze, Chromium, Node.js) with apt
 	@bash scripts/install_test_tools.sh
 
-lint: $(STAMP) ## ruff check + ruff format --check + import contracts (layers, no cycles)
+lint: venv-dev ## ruff check + ruff format --check + import contracts (layers, no cycles)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
-typecheck: $(STAMP) ## mypy, strict on backend/app
+typecheck: venv-dev ## mypy, strict on backend/app
 	$(VENV)/bin/mypy
 
-migrations-check: $(STAMP) ## alembic check on a throwaway embedded database
+migrations-check: venv-dev ## alembic check on a throwaway embedded database
 	$(PY) -m devtools.migrations_check
 
-pytest: $(STAMP) tools ## The test suite (real PostgreSQL, moto Cognito)
+pytest: venv-dev tools ## The test suite (real PostgreSQL, moto Cognito)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-openapi: $(STAMP) ## Write the app's OpenAPI document to openapi.json (commit it with the change)
+openapi: venv-dev ## Write the app's OpenAPI document to openapi.json (commit it with the change)
 	$(PY) -m devtools.openapi openapi.json
 
 # The SPA's view of the API: a TypeScript client generated from openapi.json with
@@ -64,24 +81,18 @@ $(TS_STAMP): $(TS_CLIENT)/package-lock.json | tools
 client-check: $(TS_STAMP) ## Generate the TypeScript client from openapi.json and type-check it (tsc --strict)
 	cd $(TS_CLIENT) && rm -rf generated && npx --no-install openapi-ts --silent && npx --no-install tsc -p .
 
-test: lint typecheck migrations-check client-check pytest ## Everything CI runs
+test: lock-check lint typecheck migrations-check client-check pytest ## Everything CI runs
 
-fuzz: $(STAMP) ## Property-based tests of every operation with a large budget (FUZZ_EXAMPLES=300)
+fuzz: venv-dev ## Property-based tests of every operation with a large budget (FUZZ_EXAMPLES=300)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(VENV)/bin/pytest -p no:cacheprovider backend/tests/hardening/test_fuzz.py $(PYTEST_ARGS)
 
-soak: $(STAMP) ## 60 s of mixed traffic at 50 connections against uvicorn (SOAK_SECONDS=...)
+soak: venv-dev ## 60 s of mixed traffic at 50 connections against uvicorn (SOAK_SECONDS=...)
 	SOAK_SECONDS=$${SOAK_SECONDS:-60} $(VENV)/bin/pytest -p no:cacheprovider -s backend/tests/soak $(PYTEST_ARGS)
 
-chaos: $(STAMP) ## Two instances, mixed traffic, combined faults, then the identity invariants (CHAOS_SECONDS=180)
+chaos: venv-dev ## Two instances, mixed traffic, combined faults, then the identity invariants (CHAOS_SECONDS=180)
 	CHAOS_SECONDS=$${CHAOS_SECONDS:-180} $(PY) -m tests.chaos $(CHAOS_ARGS)
 
-BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-
-$(BENCH_STAMP): $(STAMP)
-	@$(PY) -m pip install --quiet -e '.[dev,bench]'
-	@rm -f $(VENV)/.bench-installed-*; touch $@
-
-bench: $(BENCH_STAMP) ## Throughput/latency vs a bare baseline at 100k users, 1M cases (BENCH_ARGS=...)
+bench: venv-bench ## Throughput/latency vs a bare baseline at 100k users, 1M cases (BENCH_ARGS=...)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean: ## Remove the venv, caches and local data (stopping make run first)

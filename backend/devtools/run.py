@@ -236,11 +236,21 @@ class LocalRun:
             ) from None
         print(f"database: {where} ({source})", flush=True)
 
+    def launch_local_cognito(self) -> None:
+        """Start the emulator's process; `start_local_cognito` waits for it and bootstraps it.
+
+        Launched first, so that its start-up (a second or two of imports) overlaps the
+        database's start and the migrations instead of following them.
+        """
+        self.emulator = start_emulator(self.emulator_port, self.directory)
+        self.record.emulator = ChildRecord(self.emulator.pid, self.emulator_port)
+        self.save()
+
     def start_local_cognito(self, why: str) -> None:
+        if self.emulator is None:
+            self.launch_local_cognito()
+        assert self.emulator is not None
         try:
-            self.emulator = start_emulator(self.emulator_port, self.directory)
-            self.record.emulator = ChildRecord(self.emulator.pid, self.emulator_port)
-            self.save()
             # Only now, with the child recorded: a Ctrl-C during the wait must find it.
             wait_for_emulator(self.emulator, self.emulator_port, self.directory)
             endpoint = f"http://127.0.0.1:{self.emulator_port}"
@@ -382,6 +392,8 @@ def _start(run: LocalRun) -> int:
     _check_settings(embedded_db=database_source is None, local_cognito=cognito_source is None)
     run.clear_leftovers(database_source is None, cognito_source is None)
     run.save()
+    if cognito_source is None:
+        run.launch_local_cognito()
     if database_source is None:
         run.start_embedded_database(
             f"none of {', '.join(DATABASE_SETTINGS)} is set in the environment or .env"

@@ -1,4 +1,9 @@
-"""The pool serves waiting requests in arrival order; its timeouts stay SQLAlchemy's own."""
+"""The pool serves waiting requests in arrival order; its timeouts stay SQLAlchemy's own.
+
+The fair queue reaches SQLAlchemy's pool through a private class attribute (`_queue_class`), so
+the engine the app builds is checked too: a release that renamed the attribute would leave the
+pool on SQLAlchemy's own queue, and only a look at the live pool would show it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import greenlet_spawn
-from sqlalchemy.util.queue import Empty
+from sqlalchemy.util.queue import Empty, QueueCommon
 
+from app.core.db import DatabaseConnector, create_engine
 from app.core.pool import FairAsyncQueue, FairAsyncQueuePool
+from app.core.secrets import fetch_database_credentials
+from tests.api.conftest import make_settings
 
 
 async def waiting(queue: FairAsyncQueue[str], patience: float = 5) -> asyncio.Task[str]:
@@ -69,5 +77,31 @@ async def test_an_exhausted_pool_still_times_out_with_sqlalchemys_error(
         # Returned, the connection serves the next request.
         async with engine.connect() as connection:
             assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_the_engine_the_app_builds_holds_its_connections_in_the_fair_queue(
+    fresh_database_url: str,
+) -> None:
+    settings = make_settings(fresh_database_url, db_pool_size=2, db_max_overflow=0)
+    # As the lifespan builds it (app/main.py): create_engine on a connector.
+    engine = create_engine(
+        DatabaseConnector(settings, fetch_database_credentials(settings)), settings
+    )
+    try:
+
+        async def select_one() -> int:
+            async with engine.connect() as connection:
+                return int((await connection.execute(text("SELECT 1"))).scalar_one())
+
+        # More checkouts than connections: some wait, and every connection goes back.
+        assert await asyncio.gather(*(select_one() for _ in range(6))) == [1] * 6
+        pool = engine.sync_engine.pool
+        # Whatever SQLAlchemy calls the attribute: the queue objects the live pool holds.
+        queues = [value for value in vars(pool).values() if isinstance(value, QueueCommon)]
+        assert [type(queue) for queue in queues] == [FairAsyncQueue]
+        # And it is the queue in use: both connections came back into it.
+        assert queues[0].qsize() == pool.checkedin() == 2
     finally:
         await engine.dispose()

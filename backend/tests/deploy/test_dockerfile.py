@@ -98,7 +98,13 @@ def test_hadolint_reports_nothing() -> None:
 
 def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
     sources = copy_sources()
-    assert {"pyproject.toml", "backend/app", "alembic.ini", "alembic"} <= set(sources)
+    assert {
+        "pyproject.toml",
+        "requirements/runtime.txt",
+        "backend/app",
+        "alembic.ini",
+        "alembic",
+    } <= set(sources)
     missing = [source for source in sources if not (REPO_ROOT / source).exists()]
     assert missing == [], f"Dockerfile COPYs paths missing from the repo: {missing}"
     ignored = [source for source in sources if dockerignore_excludes(source)]
@@ -139,6 +145,27 @@ def test_build_is_multi_stage_and_runtime_is_slim_non_root_without_compilers() -
     for compiler in ["gcc", "build-essential", "apt-get install", "clang"]:
         assert compiler not in runtime_runs
     assert "--no-index" in runtime_runs, "runtime must install only the wheels built in stage 1"
+
+
+def test_the_image_installs_the_locked_runtime_dependencies_and_resolves_nothing() -> None:
+    instructions = parse_dockerfile()
+    build_runs = [i.args for i in instructions if i.keyword == "RUN" and i.stage == 0]
+    # Every dependency from the lock's runtime part, each download checked against its hashes.
+    (locked,) = [run for run in build_runs if "-r requirements/runtime.txt" in run]
+    assert locked.startswith("pip wheel ")
+    assert "--require-hashes" in locked.split()
+    assert "--no-deps" in locked.split()
+    # The project's own wheel adds nothing the lock does not hold.
+    (project,) = [run for run in build_runs if run.rstrip().endswith(" .")]
+    assert "--no-deps" in project.split()
+    # The runtime stage installs those wheels as they are: no index, no resolution.
+    (install,) = [
+        i.args
+        for i in instructions
+        if i.keyword == "RUN" and i.stage == 1 and "pip install" in i.args
+    ]
+    assert {"--no-index", "--no-deps"} <= set(install.split())
+    assert "pip check" in install
 
 
 def test_cmd_is_exec_form_uvicorn_with_proxy_headers_and_env_driven_workers() -> None:
