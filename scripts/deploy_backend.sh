@@ -88,15 +88,24 @@ check_app_env() {
         die "$APP_ENV does not set DB_SECRET_ID"
 }
 
+# The worker's own health command: its last turn that reached the outbox is recent.
+worker_healthy() {
+    docker compose -f "$COMPOSE_FILE" exec -T worker python -m app.worker --check
+}
+
+# Healthy = the API answers /health 200 and the worker process is turning.
 wait_healthy() {
     if "$dry_run"; then
         printf '+ curl --fail --max-time %q %q  # every %ss until 200, for up to %ss\n' \
             "$CURL_MAX_TIME" "$HEALTH_URL" "$HEALTH_INTERVAL" "$HEALTH_TIMEOUT"
+        printf '+ docker compose -f %q exec -T worker python -m app.worker --check  # likewise\n' \
+            "$COMPOSE_FILE"
         return 0
     fi
     local deadline=$((SECONDS + HEALTH_TIMEOUT))
     while true; do
-        if curl --fail --silent --output /dev/null --max-time "$CURL_MAX_TIME" "$HEALTH_URL"; then
+        if curl --fail --silent --output /dev/null --max-time "$CURL_MAX_TIME" "$HEALTH_URL" &&
+            worker_healthy; then
             return 0
         fi
         if ((SECONDS >= deadline)); then
@@ -169,7 +178,7 @@ if wait_healthy; then
     exit 0
 fi
 
-log "$IMAGE_NAME:$new_tag did not pass $HEALTH_URL within ${HEALTH_TIMEOUT}s"
+log "$IMAGE_NAME:$new_tag did not pass $HEALTH_URL and the worker's check within ${HEALTH_TIMEOUT}s"
 if [[ -z "$previous_tag" ]]; then
     die "no previous release to roll back to"
 fi

@@ -48,7 +48,6 @@ from app.services.user_cache import (
     UserCountCache,
     session_class_evicting_from,
 )
-from app.services.user_creation import UserCreations
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +104,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         cognito = CognitoUserPool.from_settings(settings)
         # Says once whether the pool is as this system needs it, without holding up startup.
         pool_check = start_pool_check(cognito, settings)
-        # The worker's own connection: background work never takes a request's place in the
-        # pool, and requests never hold up the worker.
-        worker_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
-        outbox = OutboxWorker(
-            create_sessionmaker(worker_engine), create_read_sessionmaker(worker_engine)
-        )
-        directory_sync = DirectorySync(outbox, cognito)
-        UserCreations(outbox, cognito, directory_sync)
-        outbox.start()
+        # Requests only record work in the outbox; the worker process (app.worker) does it.
+        directory_sync = DirectorySync(OutboxWorker(sessionmaker, read_sessions), cognito)
         health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
         try:
             state = State(
@@ -138,14 +130,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         finally:
             if pool_check is not None:
                 pool_check.cancel()
-            await outbox.aclose()
             if listener is not None:
                 await listener.aclose()
             preload.cancel()
             await jwks.aclose()
             await engine.dispose()
             await health_engine.dispose()
-            await worker_engine.dispose()
 
     return lifespan
 

@@ -70,6 +70,7 @@ class LocalPool:
 class RunRecord:
     supervisor_pid: int
     api: ChildRecord | None = None
+    worker: ChildRecord | None = None  # port 0: it listens on none
     emulator: ChildRecord | None = None
     pool: LocalPool | None = None
     # Set while `make run` owns an embedded PostgreSQL (it stops it on the way out).
@@ -85,6 +86,7 @@ class RunRecord:
         return cls(
             supervisor_pid=int(document["supervisor_pid"]),
             api=child("api"),
+            worker=child("worker"),
             emulator=child("emulator"),
             pool=LocalPool(**pool) if pool else None,
             postgres_data_dir=document.get("postgres_data_dir"),
@@ -203,6 +205,10 @@ def supervisor_is(pid: int) -> bool:
 
 def emulator_arguments(port: int) -> tuple[str, ...]:
     return ("devtools.cognito_emulator", "-H", "127.0.0.1", "-p", str(port))
+
+
+def worker_arguments() -> tuple[str, ...]:
+    return ("app.worker",)
 
 
 def api_arguments(port: int) -> tuple[str, ...]:

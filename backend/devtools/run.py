@@ -60,6 +60,7 @@ from devtools.processes import (
     stop_child,
     stop_pid,
     wait_for_port,
+    worker_arguments,
     write_record,
 )
 
@@ -138,6 +139,7 @@ class LocalRun:
         self.directory = directory
         self.record = RunRecord(supervisor_pid=os.getpid())
         self.api: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
         self.emulator: subprocess.Popen[bytes] | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.api_port = _port_setting("PORT", 8000)
@@ -159,6 +161,11 @@ class LocalRun:
             if is_ours(api.pid, self.directory, *api_arguments(api.port)):
                 stop_pid(api.pid, API_STOP_SECONDS)
                 done.append(f"stopped its API (pid {api.pid})")
+        if earlier is not None and earlier.worker is not None:
+            worker = earlier.worker
+            if is_ours(worker.pid, self.directory, *worker_arguments()):
+                stop_pid(worker.pid, API_STOP_SECONDS)
+                done.append(f"stopped its worker (pid {worker.pid})")
         if earlier is not None and earlier.emulator is not None:
             emulator = earlier.emulator
             if is_ours(emulator.pid, self.directory, *emulator_arguments(emulator.port)):
@@ -288,9 +295,28 @@ class LocalRun:
         self.save()
         return self.api
 
+    def start_worker(self) -> None:
+        """The background work (`python -m app.worker`), as production runs it beside the API."""
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", *worker_arguments()],
+            stdin=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                OWNER_VARIABLE: str(self.directory),
+                "WORKER_HEARTBEAT_FILE": str(self.directory / "worker.heartbeat"),
+            },
+            start_new_session=True,
+        )
+        self.record.worker = ChildRecord(self.worker.pid, 0)
+        self.save()
+
     def supervise(self) -> int:
-        """Wait until the API or the emulator exits; that ends the run (status 1)."""
-        children = {"the API": self.api, "the local Cognito emulator": self.emulator}
+        """Wait until the API, the worker or the emulator exits; that ends the run (status 1)."""
+        children = {
+            "the API": self.api,
+            "the worker": self.worker,
+            "the local Cognito emulator": self.emulator,
+        }
         while True:
             for name, child in children.items():
                 if child is not None and child.poll() is not None:
@@ -309,6 +335,9 @@ class LocalRun:
         if self.api is not None and self.api.poll() is None:
             stop_child(self.api, API_STOP_SECONDS)
             stopped.append("the API")
+        if self.worker is not None and self.worker.poll() is None:
+            stop_child(self.worker, API_STOP_SECONDS)
+            stopped.append("the worker")
         if self.emulator is not None and self.emulator.poll() is None:
             stop_child(self.emulator, EMULATOR_STOP_SECONDS)
             stopped.append("the Cognito emulator")
@@ -409,6 +438,7 @@ def _start(run: LocalRun) -> int:
     else:
         pool = sources.value("COGNITO_USER_POOL_ID")
         print(f"Cognito: user pool {pool} ({cognito_source})", flush=True)
+    run.start_worker()
     api = run.start_api()
     # The banner comes last, below uvicorn's start-up lines, where it is seen.
     if wait_for_port(run.api_port, API_START_SECONDS, api):

@@ -20,6 +20,7 @@ from devtools.processes import (
     shown,
     stop_pid,
     supervisor_is,
+    worker_arguments,
 )
 
 # make run's own clean-up is bounded by about this (API 10 s, emulator 5 s, pg_ctl stop).
@@ -47,6 +48,11 @@ def stop_all() -> list[str]:
             if is_ours(api.pid, directory, *api_arguments(api.port)):
                 stop_pid(api.pid, 10)
                 stopped.append(f"the API (pid {api.pid})")
+        if record is not None and record.worker is not None:
+            worker = record.worker
+            if is_ours(worker.pid, directory, *worker_arguments()):
+                stop_pid(worker.pid, 10)
+                stopped.append(f"the worker (pid {worker.pid})")
         if record is not None and record.emulator is not None:
             emulator = record.emulator
             if is_ours(emulator.pid, directory, *emulator_arguments(emulator.port)):

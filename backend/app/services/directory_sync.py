@@ -83,7 +83,7 @@ class DirectorySync:
         """Promise, in the session's transaction, that Cognito will be made to match the user
         (and sign them out everywhere, when `sign_out`)."""
         payload = {_SIGN_OUT: True} if sign_out else {}
-        outbox.record(session, KIND, str(user_id), payload, wake=self._worker.wake)
+        outbox.record(session, KIND, str(user_id), payload)
 
     @staticmethod
     async def in_step(session: AsyncSession, user_id: uuid.UUID) -> bool:

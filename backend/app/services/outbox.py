@@ -22,15 +22,14 @@ land later; after any failure, the key's next success is followed by one more pa
 `SETTLE_SECONDS` later, which overwrites such a late landing. A failure that says the outside
 world is unavailable ends the batch early: the other keys would only wait on it too.
 
-No database connection is held while a handler works outside the database. The worker polls
-every `poll_interval` seconds and is woken at once by a commit of this process that recorded
-work.
+No database connection is held while a handler works outside the database. The worker runs in
+a process of its own (`app.worker`) and polls every `poll_interval` seconds; the web processes
+only record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -45,7 +44,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
-from app.core.compensation import after_commit
 from app.core.db import ReadSessions, Sessionmaker
 from app.core.errors import DomainError, ServiceUnavailableError
 from app.core.tasks import BackgroundTask
@@ -96,17 +94,10 @@ class Handler(Protocol):
 
 
 def record(
-    session: AsyncSession,
-    kind: str,
-    key: str,
-    payload: Mapping[str, Any] | None = None,
-    *,
-    wake: asyncio.Event | None = None,
+    session: AsyncSession, kind: str, key: str, payload: Mapping[str, Any] | None = None
 ) -> None:
     """Promise, in the session's transaction, that `kind`'s handler will carry out `payload`."""
     session.add(OutboxEntry(kind=kind, key=key, payload=dict(payload or {})))
-    if wake is not None:
-        after_commit(session, wake.set)
 
 
 async def take_lease(
@@ -146,10 +137,11 @@ class OutboxWorker:
         read_sessions: ReadSessions,
         handlers: Mapping[str, Handler] | None = None,
         *,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.5,
         batch_size: int = 20,
         lease_seconds: float = LEASE_SECONDS,
         settle_seconds: float = SETTLE_SECONDS,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self.read_sessions = read_sessions
@@ -158,11 +150,15 @@ class OutboxWorker:
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
         self._settle_seconds = settle_seconds
-        self.wake = asyncio.Event()
+        self._heartbeat = heartbeat
         self._task = BackgroundTask(self._run_forever, "outbox")
 
     def register(self, kind: str, handler: Handler) -> None:
         self._handlers[kind] = handler
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        return self._handlers
 
     def start(self) -> None:
         self._task.start()
@@ -186,10 +182,10 @@ class OutboxWorker:
             except Exception:
                 # The database is down or refused the claim: nothing was claimed, try later.
                 logger.warning("outbox: cannot reach the outbox", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self.wake.wait()
-            self.wake.clear()
+            else:
+                if self._heartbeat is not None:
+                    self._heartbeat()
+            await asyncio.sleep(self._poll_interval)
 
     async def run_once(self) -> int:
         """Carry out up to a batch of due keys; how many keys were claimed."""

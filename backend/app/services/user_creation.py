@@ -298,7 +298,8 @@ class UserCreations:
         self, worker: OutboxWorker, cognito: CognitoUserPool, directory: DirectorySync
     ) -> None:
         self._read_sessions = worker.read_sessions
-        self._cognito = cognito
+        # Public so that tests can point the worker at their emulator, as they do the requests.
+        self.cognito = cognito
         self._directory = directory
         worker.register(KIND, self)
 
@@ -311,8 +312,8 @@ class UserCreations:
         async with self._read_sessions() as read:
             if await find_user_by_email(read, intent.data.email) is not None:
                 return None  # the create (or a retry) finished it
-        with self._cognito.deadline():
-            found = await self._cognito.find_user(intent.data.email)
+        with self.cognito.deadline():
+            found = await self.cognito.find_user(intent.data.email)
         if found is None:
             if datetime.now(UTC) - intent.began < GIVE_UP_AFTER:
                 raise _NotYetError("no Cognito user yet under the intent")

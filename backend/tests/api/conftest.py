@@ -23,6 +23,8 @@ from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
+from app.services.outbox import OutboxWorker
+from app.worker import background_work
 from devtools.postgres import PsqlAdmin
 from tests.conftest import unique_database_name
 from tests.support.jwt_tokens import (
@@ -74,9 +76,13 @@ class _WithLifespanState:
     """Hands the lifespan state to each request, as an ASGI server does; `overrides` replace
     entries of it (a cache on a fake clock), each test saying why."""
 
-    def __init__(self, app: ASGIApp, state: Mapping[str, Any]) -> None:
+    def __init__(
+        self, app: ASGIApp, state: Mapping[str, Any], background: OutboxWorker | None = None
+    ) -> None:
         self.app = app
         self.state = state
+        # The worker process's background work, run beside the app in tests.
+        self.background = background
         self.overrides: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,9 +91,13 @@ class _WithLifespanState:
 
 @asynccontextmanager
 async def served(app: FastAPI, **overrides: Any) -> AsyncIterator[_WithLifespanState]:
-    """Run the app's lifespan; yield its ASGI entry point, with these state overrides."""
-    async with app.router.lifespan_context(app) as state:
-        asgi = _WithLifespanState(app, state or {})
+    """Run the app's lifespan, and the worker process's background work beside it (as a host
+    runs both); yield the app's ASGI entry point, with these state overrides."""
+    async with (
+        app.router.lifespan_context(app) as state,
+        background_work(state["settings"], cognito=state["cognito"]) as worker,  # type: ignore[index]
+    ):
+        asgi = _WithLifespanState(app, state or {}, worker)
         asgi.overrides.update(overrides)
         yield asgi
 
@@ -286,22 +296,30 @@ def moto_cognito() -> Iterator[MotoCognito]:
 
 @contextmanager
 def using_cognito(
-    app: FastAPI, state: Mapping[str, Any], adapter: CognitoUserPool
+    app: FastAPI,
+    state: Mapping[str, Any],
+    adapter: CognitoUserPool,
+    background: OutboxWorker | None = None,
 ) -> Iterator[None]:
-    """Point the app at `adapter`: its requests (the dependency) and its directory worker."""
-    worker: DirectorySync = state["directory_sync"]
-    original = worker.cognito
+    """Point the app at `adapter`: its requests (the dependency) and the background work's
+    handlers."""
+    handlers: list[Any] = [state["directory_sync"]]
+    if background is not None:
+        handlers += background.handlers.values()
+    originals = [handler.cognito for handler in handlers]
     app.dependency_overrides[COGNITO] = lambda: adapter
-    worker.cognito = adapter
+    for handler in handlers:
+        handler.cognito = adapter
     try:
         yield
     finally:
         app.dependency_overrides.pop(COGNITO, None)
-        worker.cognito = original
+        for handler, original in zip(handlers, originals, strict=True):
+            handler.cognito = original
 
 
 async def directory_caught_up(state: Mapping[str, Any], within: float = 10.0) -> None:
-    """Wait until the app's directory worker has carried out every pending row."""
+    """Wait until the background work has carried out every pending directory entry."""
     worker: DirectorySync = state["directory_sync"]
     async with asyncio.timeout(within):
         while await worker.pending():  # noqa: ASYNC110 - the outbox is a table, not an event
@@ -313,5 +331,5 @@ def cognito(
     app: FastAPI, served_app: _WithLifespanState, moto_cognito: MotoCognito
 ) -> Iterator[CognitoUserPool]:
     adapter = moto_cognito.adapter()
-    with using_cognito(app, served_app.state, adapter):
+    with using_cognito(app, served_app.state, adapter, served_app.background):
         yield adapter

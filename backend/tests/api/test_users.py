@@ -907,7 +907,7 @@ async def committed(
             served(app) as asgi,
             client_of(asgi) as client,
         ):
-            with using_cognito(app, asgi.state, adapter):
+            with using_cognito(app, asgi.state, adapter, asgi.background):
                 yield CommittedApp(client, engine, adapter)
     finally:
         await engine.dispose()

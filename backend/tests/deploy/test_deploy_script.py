@@ -27,6 +27,7 @@ FAKES = {
 if [[ "$1" == login ]]; then read -r password; echo "docker $* <stdin:$password>" >>"$CALLS"
 else echo "docker $* [IMAGE_TAG=${IMAGE_TAG:-}]" >>"$CALLS"; fi
 if [[ "$*" == *"alembic upgrade head"* ]]; then exit "${FAKE_MIGRATE_EXIT:-0}"; fi
+if [[ "$*" == *"app.worker --check"* ]]; then exit "${FAKE_WORKER_EXIT:-0}"; fi
 """,
     "systemctl": 'echo "systemctl $*" >>"$CALLS"',
     "curl": """
@@ -120,9 +121,13 @@ def test_happy_path_runs_every_step_in_order(host: Host) -> None:
     assert result.returncode == 0, result.stderr
     steps = expected_steps("v2")
     assert host.calls[: len(steps)] == steps
-    (health_check,) = host.calls[len(steps) :]
+    health_check, worker_check = host.calls[len(steps) :]
     assert health_check.startswith("curl --fail")
     assert "--max-time 5 http://127.0.0.1/health" in health_check
+    assert worker_check.startswith(
+        "docker compose -f /opt/one-system/docker-compose.prod.yml exec -T worker"
+        " python -m app.worker --check"
+    )
     assert host.release_tag() == "v2"
     # The ECR password went through stdin, never onto a command line.
     assert all(TOKEN not in call for call in host.calls if not call.endswith(f"<stdin:{TOKEN}>"))
@@ -146,9 +151,19 @@ def test_unhealthy_release_is_rolled_back_to_the_previous_tag(host: Host) -> Non
     # Health was polled more than once until the deadline, then again after the rollback.
     after_first_restart = host.calls[host.calls.index(restarts[0]) + 1 :]
     assert sum(call.startswith("curl") for call in after_first_restart) >= 3
-    assert host.calls[-1].startswith("curl")
+    # The rolled-back release passed both checks: the API's /health and the worker's own.
+    assert host.calls[-2].startswith("curl")
+    assert "app.worker --check" in host.calls[-1]
     assert host.release_tag() == "v1"
     assert time.monotonic() - started < 10
+
+
+def test_a_release_whose_worker_never_turns_is_rolled_back(host: Host) -> None:
+    result = host.deploy("v2", FAKE_HEALTHY_TAGS="v1 v2", FAKE_WORKER_EXIT="1")
+    assert "rolling back to one-system-backend:v1" in result.stderr
+    assert any("app.worker --check" in call for call in host.calls)
+    assert result.returncode == 3  # the fake worker never turns, whatever the release
+    assert host.release_tag() == "v1"
 
 
 def test_rollback_that_is_unhealthy_too_exits_distinctly(host: Host) -> None:

@@ -119,6 +119,7 @@ class Run:
         record = self.checkout.record()
         return {
             "api": record["api"]["pid"],
+            "worker": record["worker"]["pid"],
             "emulator": record["emulator"]["pid"],
             "postgres": self.checkout.postgres_pid(),
         }
@@ -199,7 +200,10 @@ def test_a_copied_env_example_runs_on_the_embedded_defaults_and_ctrl_c_stops_it_
     assert "database: embedded PostgreSQL" in output
     assert "Cognito: local emulator" in output
     assert f"sign in as:    {LOCAL_ADMIN_EMAIL} / Local-Passw0rd!" in output
-    assert "make run: stopped the API, the Cognito emulator, the embedded PostgreSQL" in output
+    assert (
+        "make run: stopped the API, the worker, the Cognito emulator, the embedded PostgreSQL"
+        in output
+    )
     assert wait_until_gone(list(children.values())) == []
     assert [port for port in checkout.ports() if not port_is_free(port)] == []
     assert not (checkout.local_dir / "run.json").exists()
@@ -259,7 +263,10 @@ def test_users_created_during_the_run_sign_in_and_reset_passwords_and_a_killed_a
     ]
     assert status == 1, run.output()
     assert "make run: the API exited on SIGTERM; stopping the rest" in run.output()
-    assert "make run: stopped the Cognito emulator, the embedded PostgreSQL" in run.output()
+    assert (
+        "make run: stopped the worker, the Cognito emulator, the embedded PostgreSQL"
+        in run.output()
+    )
     assert wait_until_gone(list(children.values())) == []
     assert [port for port in checkout.ports() if not port_is_free(port)] == []
 
@@ -289,6 +296,7 @@ def test_what_a_killed_run_left_is_taken_over_in_one_line_and_make_stop_ends_it_
     assert takeover == [
         "an earlier make run was not shut down: "
         f"stopped its API (pid {left['api']}), "
+        f"stopped its worker (pid {left['worker']}), "
         f"stopped its Cognito emulator (pid {left['emulator']}), "
         f"reusing its PostgreSQL on 127.0.0.1:{checkout.db_port}"
     ]

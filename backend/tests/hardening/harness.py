@@ -33,6 +33,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool, single_attempt
+from app.worker import background_work
 from tests.api.conftest import using_cognito
 
 if TYPE_CHECKING:
@@ -86,14 +87,18 @@ async def live_app(
     app = create_app(settings)
     if customize is not None:
         customize(app)
-    async with app.router.lifespan_context(app) as state:
-        transport = httpx.ASGITransport(app=_WithState(app, state or {}))
+    async with (
+        app.router.lifespan_context(app) as lifespan_state,
+        background_work(settings, cognito=lifespan_state["cognito"]) as worker,  # type: ignore[index]
+    ):
+        state = lifespan_state or {}
+        transport = httpx.ASGITransport(app=_WithState(app, state))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             if cognito is None:
-                yield LiveApp(app, client, state or {})
+                yield LiveApp(app, client, state)
             else:
-                with using_cognito(app, state or {}, cognito):
-                    yield LiveApp(app, client, state or {})
+                with using_cognito(app, state, cognito, worker):
+                    yield LiveApp(app, client, state)
 
 
 def bearer(sub: str, *, kid: str = SIGNING_KEY_ID, **claims: object) -> dict[str, str]:
