@@ -251,7 +251,7 @@ class OutboxWorker:
         try:
             finish = await handler.handle(claim)
         except DomainError as error:
-            await self._retry_later(claim, error.code)
+            await self._retry_later(claim, error)
             if isinstance(error, ServiceUnavailableError):
                 return _Outcome.UNAVAILABLE
             return _Outcome.FAILED
@@ -279,10 +279,14 @@ class OutboxWorker:
                 )
         return _Outcome.DONE
 
-    async def _retry_later(self, claim: Claim, reason: str) -> None:
-        attempts = max((entry.attempts for entry in claim.entries), default=1)
-        backoff = min(2.0**attempts, MAX_BACKOFF_SECONDS)
-        delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+    async def _retry_later(self, claim: Claim, error: DomainError) -> None:
+        reason = error.code
+        # A handler that knows when to look again says so; otherwise capped exponential backoff.
+        delay: float | None = getattr(error, "retry_after_seconds", None)
+        if delay is None:
+            attempts = max((entry.attempts for entry in claim.entries), default=1)
+            backoff = min(2.0**attempts, MAX_BACKOFF_SECONDS)
+            delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
         async with self._sessions() as session, session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
                 return  # someone else works on the key now

@@ -63,7 +63,9 @@ EMAIL_INDEX: Final = "uq_users_lower_email"
 SUB_INDEX: Final = "uq_users_cognito_user_id"
 # An intent under which no Cognito user appeared this long after it began is dropped: a call
 # held up on its way lands well within it.
-GIVE_UP_AFTER: Final = timedelta(seconds=60)
+GIVE_UP_AFTER: Final = timedelta(seconds=30)
+# How often the worker looks for the Cognito user of an unsettled intent meanwhile.
+LOOK_AGAIN_SECONDS: Final = 5.0
 
 
 class CreateUnderWayError(ServiceUnavailableError):
@@ -75,9 +77,10 @@ class _OutcomeUnknownError(ServiceUnavailableError):
 
 
 class _NotYetError(DomainError):
-    """The intent's Cognito user has not appeared yet (it may still land): try again later."""
+    """The intent's Cognito user has not appeared yet (it may still land): look again soon."""
 
     code = "create_unsettled"
+    retry_after_seconds = LOOK_AGAIN_SECONDS
 
 
 def _key(email: str) -> str:
@@ -162,6 +165,20 @@ async def _adopt_existing(
     return existing if refusal is None else None
 
 
+async def _existing_or_unknown(
+    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, began: datetime
+) -> CognitoUser | None:
+    """The adoptable user of `email`; a failed look-up leaves the outcome unknown (the user may
+    be this intent's), so the intent stays."""
+    try:
+        return await _adopt_existing(read_sessions, cognito, email, began)
+    except Exception as error:  # Cognito or the database: whether it is ours is unknown
+        raise _OutcomeUnknownError(
+            "The user directory (Cognito) could not be asked whether the user exists; the "
+            "create is being settled, try again shortly"
+        ) from error
+
+
 async def _cognito_user_for(
     read_sessions: ReadSessions,
     cognito: CognitoUserPool,
@@ -174,7 +191,7 @@ async def _cognito_user_for(
     try:
         created = await cognito.create_user(email)
     except AnswerLostError:
-        adopted = await _adopt_existing(read_sessions, cognito, email, began)
+        adopted = await _existing_or_unknown(read_sessions, cognito, email, began)
         if adopted is None:
             raise _OutcomeUnknownError(
                 "The user directory (Cognito) did not confirm the creation; it is being "
@@ -183,7 +200,7 @@ async def _cognito_user_for(
         logger.info("adopted the Cognito user whose creation answer was lost")
         return adopted
     except EmailTakenError:
-        adopted = await _adopt_existing(read_sessions, cognito, email, began)
+        adopted = await _existing_or_unknown(read_sessions, cognito, email, began)
         if adopted is None:
             raise
         logger.info("adopted a Cognito user created under this email's intent or left unclaimed")
