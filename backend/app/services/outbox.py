@@ -53,10 +53,12 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS: Final = 30.0
 # Longer than a handler's bounded outside work (the Cognito deadline, at most 20 s) plus the
-# database work around it.
-LEASE_SECONDS: Final = 60.0
-# After a failure, how long the key's next success is checked again for a late landing.
-SETTLE_SECONDS: Final = 15.0
+# database work around it (statement timeouts of seconds); what a killed worker held waits
+# this long.
+LEASE_SECONDS: Final = 30.0
+# After a failure, how long the key's next success is checked again for a late landing: longer
+# than a call can be in flight (connect and read timeouts, 2 + 5 s by default).
+SETTLE_SECONDS: Final = 10.0
 SETTLE_CHECK: Final = "settle_check"
 
 

@@ -360,19 +360,21 @@ async def kill_listeners(database_url: str) -> int:
 
 
 async def pending_background_work(database_url: str) -> dict[str, int]:
-    """Rows of work the apps still owe Cognito, by table: every table named like an outbox.
+    """The work the apps still owe Cognito, by outbox kind (and leases still held).
 
-    The one place the harness reads the apps' internals; it knows no table by name, so a
-    renamed or kind-neutral outbox is found the same way.
+    The one place the harness reads the apps' internals. A settle check (a pass that looks
+    again after a failure, in case a call lands late) is verification, not work owed: what it
+    verifies is judged directly, against Cognito.
     """
     async with harness_connection(database_url) as connection:
-        tables = await connection.fetch(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = 'public' AND table_name LIKE '%outbox%'"
+        rows = await connection.fetch(
+            "SELECT kind, count(*) AS n FROM outbox WHERE NOT payload ? 'settle_check' "
+            "GROUP BY kind"
         )
-        pending = {}
-        for row in tables:
-            name = str(row["table_name"])
-            count = await connection.fetchval(f"SELECT count(*) FROM {quote_identifier(name)}")
-            pending[name] = int(count or 0)
+        pending = {str(row["kind"]): int(row["n"]) for row in rows}
+        leases = await connection.fetchval(
+            "SELECT count(*) FROM outbox_leases WHERE expires_at > now()"
+        )
+        if leases:
+            pending["leases held"] = int(leases)
         return pending
