@@ -1,31 +1,13 @@
 """The Cognito user pool as the user service needs it: a few admin calls, domain errors out.
 
 Every call runs in a worker thread (boto3 blocks) with the bounded timeouts of `aws_client`,
-and within the deadline of the request's Cognito work (`within_deadline`), after which the call
-is abandoned (its thread ends on its own timeouts) and the request answers 503.
-
-Users are addressed by their lower-case email, which is immutable in this system. How the pool
-is configured decides what that email is to Cognito (`UsernameMode`, read once from
-DescribeUserPool):
-- **email as username** (`UsernameAttributes: [email]`): AdminCreateUser takes the email and
-  makes the real username a UUID equal to `sub`; every admin call accepts the email.
-- **email as an alias** (`AliasAttributes: [email]`): AdminCreateUser refuses an email-shaped
-  username, so the user is created with a generated username (a UUID) and a verified email;
-  every admin call accepts the verified email alias. A duplicate email is AliasExists.
-- **neither**: the email is the username.
+and within the deadline of the request's Cognito work (`app.core.deadline`), after which the
+call is abandoned (its thread ends on its own timeouts) and the request answers 503. What the
+errors become is `errors`; what a user's email is to the pool is `records`.
 
 AdminCreateUser is the one call that is not idempotent, so it is sent once, never retried by
 the SDK: a retry after a lost answer would meet the user the first attempt created. Its caller
 resolves a lost answer by looking the user up (`CreateOutcome.UNKNOWN`).
-
-Errors map to what a client of the API can act on:
-- UsernameExists / AliasExists → 409; InvalidParameter / InvalidPassword → 422 with Cognito's
-  message;
-- throttling / limits → 429 with Retry-After; unreachable, timeouts, 5xx → 503 with Retry-After;
-- UserNotFound (the caller has a row for this user) → 409: the directory and the database disagree;
-- our own configuration (no credentials, access denied, unknown pool, client or group) → 503
-  `directory_misconfigured` with a long Retry-After, logged at ERROR with what to change: no
-  retry helps until an operator acts.
 """
 
 from __future__ import annotations
@@ -33,38 +15,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import anyio
-import anyio.to_thread
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from app.core.aws import aws_client, client_config
-from app.core.errors import (
-    ConflictError,
-    DomainError,
-    InvalidInputError,
-    ServiceUnavailableError,
-    TooManyRequestsError,
-)
+from app.core.deadline import run_blocking, within_deadline
+from app.core.errors import DomainError, ServiceUnavailableError
 from app.core.roles import Role
 from app.schemas.user import PasswordResetOutcome
+from app.services.cognito.errors import (
+    UNAVAILABLE_RETRY_AFTER_SECONDS,
+    AnswerLostError,
+    DirectoryMisconfiguredError,
+    DirectoryMismatchError,
+    DirectoryTimeoutError,
+    cognito_code,
+    domain_error,
+    may_have_been_carried_out,
+)
+from app.services.cognito.records import NEVER_SIGNED_IN_STATUS, CognitoUser, UsernameMode
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
@@ -75,235 +48,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-THROTTLED_RETRY_AFTER_SECONDS: Final = 2
 UNDO_DEADLINE_SECONDS: Final = 5.0
-UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
-# A misconfiguration lasts until an operator acts: retrying within seconds cannot help.
-MISCONFIGURED_RETRY_AFTER_SECONDS: Final = 60
 # The largest page ListUsers, ListUsersInGroup and ListGroups return.
 MAX_PAGE_SIZE: Final = 60
-ROLE_GROUPS: Final = tuple(role.value for role in Role)
-POLICY_FILE: Final = "deploy/iam/instance-role-policy.json"
-
-_THROTTLING_CODES = frozenset(
-    {"TooManyRequestsException", "ThrottlingException", "LimitExceededException"}
-)
-_INVALID_INPUT_CODES = frozenset({"InvalidParameterException", "InvalidPasswordException"})
 # How Cognito refuses a password reset for a user still on the temporary password.
 _RESET_REFUSAL_CODES = frozenset({"NotAuthorizedException", "InvalidParameterException"})
-# How an email already taken is refused: as the username (plain and email-as-username pools),
-# or as another user's verified alias (email-alias pools; ForceAliasCreation is never sent).
-_TAKEN_CODES = frozenset({"UsernameExistsException", "AliasExistsException"})
-# AWS refusing the caller rather than the request: the instance's role or credentials.
-_DENIED_CODES = frozenset({"AccessDeniedException"})
-_CREDENTIALS_CODES = frozenset(
-    {
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "ExpiredTokenException",
-        "InvalidClientTokenId",
-        "MissingAuthenticationTokenException",
-    }
-)
-# An unknown pool, group or app client: the settings name something that does not exist.
-_NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
-_CREDENTIALS_ERRORS = (NoCredentialsError, PartialCredentialsError, NoRegionError)
-
-
-class EmailTakenError(ConflictError):
-    code = "email_taken"
-
-
-class DirectoryMismatchError(ConflictError):
-    """The user directory (Cognito) and the users table disagree about a user."""
-
-    code = "directory_mismatch"
-
-
-# The UserStatus of someone invited who has not signed in yet.
-NEVER_SIGNED_IN_STATUS: Final = "FORCE_CHANGE_PASSWORD"
-
-# When the current request's Cognito work must be over (time.monotonic()), if it has a deadline.
-_deadline: ContextVar[float | None] = ContextVar("cognito_deadline", default=None)
-# Set by a caller that reports misconfigurations itself (the pool check), so each is said once.
-_caller_reports_misconfiguration: ContextVar[bool] = ContextVar(
-    "cognito_caller_reports_misconfiguration", default=False
-)
-
-
-class DirectoryTimeoutError(ServiceUnavailableError):
-    code = "directory_timeout"
-
-
-class DirectoryMisconfiguredError(ServiceUnavailableError):
-    """This instance cannot use the user pool as configured; an operator has to act."""
-
-    code = "directory_misconfigured"
-
-    def __init__(
-        self,
-        detail: str = "The user directory (Cognito) is misconfigured; an operator must fix it",
-        *,
-        hint: str = "",
-        retry_after: int = MISCONFIGURED_RETRY_AFTER_SECONDS,
-    ) -> None:
-        super().__init__(detail, retry_after=retry_after)
-        # What is wrong and what to change, for the log and operators' tools; never the client.
-        self.hint = hint
-
-
-class UsernameMode(StrEnum):
-    """What a user's email is to the pool (see the module docstring)."""
-
-    EMAIL_IS_USERNAME_ATTRIBUTE = "email as username"
-    EMAIL_IS_ALIAS = "email as alias"
-    EMAIL_IS_USERNAME = "email is the username"
-    # Sign-in by phone number only: a user cannot be created from an email at all.
-    PHONE_ONLY = "phone number as username"
-
-    @classmethod
-    def of(cls, pool: Any) -> UsernameMode:
-        """The mode of a DescribeUserPool `UserPool`."""
-        username_attributes = pool.get("UsernameAttributes") or []
-        if "email" in username_attributes:
-            return cls.EMAIL_IS_USERNAME_ATTRIBUTE
-        if username_attributes:
-            return cls.PHONE_ONLY
-        if "email" in (pool.get("AliasAttributes") or []):
-            return cls.EMAIL_IS_ALIAS
-        return cls.EMAIL_IS_USERNAME
-
-
-class AnswerLostError(Exception):
-    """A call that may have been carried out although its answer never arrived."""
-
-
-def _may_have_been_carried_out(error: BaseException) -> bool:
-    """Whether a failed call may still have changed Cognito (sent, answer lost or a 5xx)."""
-    if isinstance(error, ClientError):
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return status >= 500
-    # Not connected at all, or not signed: nothing was sent.
-    return not isinstance(
-        error, (EndpointConnectionError, ConnectTimeoutError, *_CREDENTIALS_ERRORS)
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CognitoUser:
-    username: str
-    sub: str
-    status: str
-    enabled: bool
-    email: str | None
-    created_at: datetime | None
-
-
-def _attribute(attributes: list[Any], name: str) -> str | None:
-    for attribute in attributes:
-        if attribute.get("Name") == name:
-            value = attribute.get("Value")
-            return str(value) if value is not None else None
-    return None
-
-
-def _aware(value: object) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def cognito_code(error: DomainError) -> str | None:
-    """The Cognito error code behind a domain error raised by this adapter."""
-    cause = error.__cause__
-    if isinstance(cause, ClientError):
-        return str(cause.response.get("Error", {}).get("Code", ""))
-    return None
-
-
-def misconfiguration_hint(
-    code: str, operation: str, message: str, user_pool_id: str, region: str | None
-) -> str:
-    """What is wrong with this instance's access to the pool, and what to change."""
-    api = operation.split("(", 1)[0]
-    if code in _DENIED_CODES:
-        return (
-            f"the instance's AWS role may not call cognito-idp:{api} on user pool "
-            f"{user_pool_id}: attach {POLICY_FILE} (filled in for this pool) to the role"
-        )
-    if code in _NOT_FOUND_CODES:
-        return (
-            f"{message or 'not found'}: check COGNITO_USER_POOL_ID ({user_pool_id}) and "
-            f"AWS_REGION ({region}), and that the pool has the groups {', '.join(ROLE_GROUPS)} "
-            "(python -m app.cli.reconcile --check-pool names what is missing)"
-        )
-    return (
-        f"no valid AWS credentials ({code}): run on an instance whose role carries "
-        f"{POLICY_FILE}, reachable from containers (IMDSv2 hop limit 2)"
-    )
-
-
-def _misconfiguration_code(error: Exception) -> str | None:
-    """The error's code when it says this instance's configuration is wrong, else None."""
-    if isinstance(error, _CREDENTIALS_ERRORS):
-        return type(error).__name__
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        if code in _DENIED_CODES | _CREDENTIALS_CODES | _NOT_FOUND_CODES:
-            return code
-    return None
-
-
-def _domain_error(
-    operation: str, error: Exception, user_pool_id: str, region: str | None
-) -> DomainError:
-    misconfiguration = _misconfiguration_code(error)
-    if misconfiguration is not None:
-        message = ""
-        if isinstance(error, ClientError):
-            message = str(error.response.get("Error", {}).get("Message", "")).strip()
-        hint = misconfiguration_hint(misconfiguration, operation, message, user_pool_id, region)
-        if not _caller_reports_misconfiguration.get():
-            logger.error(
-                "cognito %s failed: the user directory is misconfigured: %s",
-                operation,
-                hint,
-                extra={"cognito_error": misconfiguration},
-            )
-        return DirectoryMisconfiguredError(hint=hint)
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", "Unknown"))
-        message = str(error.response.get("Error", {}).get("Message", "")).strip()
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _TAKEN_CODES:
-            return EmailTakenError("A user with this email already exists")
-        if code in _INVALID_INPUT_CODES:
-            return InvalidInputError(f"Cognito rejected the request: {message or code}")
-        if code in _THROTTLING_CODES:
-            return TooManyRequestsError(
-                "The user directory is busy; try again shortly",
-                retry_after=THROTTLED_RETRY_AFTER_SECONDS,
-            )
-        if code == "UserNotFoundException":
-            return DirectoryMismatchError(
-                "The user exists in the database but not in the user directory (Cognito)"
-            )
-        if code == "NotAuthorizedException":
-            return DirectoryMismatchError(
-                f"The user directory refused this action in the user's current state: {message}"
-            )
-        if status < 500:
-            # A refusal this adapter does not know: not the caller's request, and not known
-            # to pass. The instance may not manage users until someone looks.
-            logger.error("cognito %s failed: %s (HTTP %s)", operation, code, status)
-        else:
-            logger.warning("cognito %s failed: %s (HTTP %s)", operation, code, status)
-    else:
-        logger.warning("cognito %s failed: %s", operation, type(error).__name__)
-    return ServiceUnavailableError(
-        "The user directory (Cognito) is unavailable; try again shortly",
-        retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
-    )
 
 
 def single_attempt(config: Config) -> Config:
@@ -343,47 +92,15 @@ class CognitoUserPool:
         )
 
     def deadline(self) -> contextlib.AbstractContextManager[None]:
-        """The deadline of one request's (or one outbox row's) Cognito work."""
-        return self.within_deadline(self.deadline_seconds)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def within_deadline(seconds: float, *, replacing: bool = False) -> Iterator[None]:
-        """Bound every call made inside to `seconds` in all.
-
-        An enclosing deadline still holds, unless `replacing`: for an undo, which must run
-        even when the work it undoes ran out of time.
-        """
-        outer = None if replacing else _deadline.get()
-        deadline = time.monotonic() + seconds
-        token = _deadline.set(deadline if outer is None else min(outer, deadline))
-        try:
-            yield
-        finally:
-            _deadline.reset(token)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def reporting_misconfiguration_myself() -> Iterator[None]:
-        """Inside, a misconfiguration is raised (with its `hint`) but not logged here."""
-        token = _caller_reports_misconfiguration.set(True)
-        try:
-            yield
-        finally:
-            _caller_reports_misconfiguration.reset(token)
+        """The deadline of one request's (or one outbox entry's) Cognito work."""
+        return within_deadline(self.deadline_seconds)
 
     async def _call(self, operation: str, call: Callable[[], T]) -> T:
-        deadline = _deadline.get()
         try:
-            if deadline is None:
-                return await anyio.to_thread.run_sync(call)
-            # Abandoned, not interrupted, when time runs out: boto3 cannot be cancelled, and
-            # its thread ends on its own timeouts.
-            with anyio.fail_after(max(deadline - time.monotonic(), 0)):
-                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            return await run_blocking(call)
         except (ClientError, BotoCoreError) as error:
             region = self._client.meta.region_name
-            raise _domain_error(operation, error, self.user_pool_id, region) from error
+            raise domain_error(operation, error, self.user_pool_id, region) from error
         except TimeoutError:
             logger.warning("cognito %s abandoned: the request's deadline passed", operation)
             raise DirectoryTimeoutError(
@@ -453,7 +170,7 @@ class CognitoUserPool:
                 **({"PaginationToken": token} if token else {}),
             ),
         )
-        users = [self._user(user, "Attributes") for user in page.get("Users", [])]
+        users = [CognitoUser.of(user, "Attributes") for user in page.get("Users", [])]
         return users, page.get("PaginationToken") or None
 
     async def group_members_page(
@@ -470,7 +187,7 @@ class CognitoUserPool:
                 **({"NextToken": token} if token else {}),
             ),
         )
-        users = [self._user(user, "Attributes") for user in page.get("Users", [])]
+        users = [CognitoUser.of(user, "Attributes") for user in page.get("Users", [])]
         return users, page.get("NextToken") or None
 
     # -- users ------------------------------------------------------------------------------
@@ -517,10 +234,10 @@ class CognitoUserPool:
         except DirectoryTimeoutError as error:
             raise AnswerLostError("AdminCreateUser abandoned at the deadline") from error
         except ServiceUnavailableError as error:
-            if error.__cause__ is not None and _may_have_been_carried_out(error.__cause__):
+            if error.__cause__ is not None and may_have_been_carried_out(error.__cause__):
                 raise AnswerLostError(type(error.__cause__).__name__) from error
             raise
-        return self._user(response["User"], "Attributes")
+        return CognitoUser.of(response["User"], "Attributes")
 
     async def find_user(self, username: str) -> CognitoUser | None:
         """The user, or None when the pool has no such user."""
@@ -538,21 +255,7 @@ class CognitoUserPool:
                 self._client.admin_get_user, UserPoolId=self.user_pool_id, Username=username
             ),
         )
-        return self._user(response, "UserAttributes")
-
-    def _user(self, description: Any, attributes_key: str) -> CognitoUser:
-        attributes = description.get(attributes_key, [])
-        sub = _attribute(attributes, "sub")
-        if not sub:
-            raise ServiceUnavailableError("The user directory returned a user without an id")
-        return CognitoUser(
-            username=str(description.get("Username", "")),
-            sub=sub,
-            status=str(description.get("UserStatus", "")),
-            enabled=bool(description.get("Enabled", True)),
-            email=_attribute(attributes, "email"),
-            created_at=_aware(description.get("UserCreateDate")),
-        )
+        return CognitoUser.of(response, "UserAttributes")
 
     async def delete_user(self, username: str) -> None:
         await self._call(
@@ -568,7 +271,7 @@ class CognitoUserPool:
         The undo of a create: a concurrent request may have replaced the user under the same
         name (after a delete), and that one must survive.
         """
-        with self.within_deadline(UNDO_DEADLINE_SECONDS, replacing=True):
+        with within_deadline(UNDO_DEADLINE_SECONDS, replacing=True):
             current = await self.find_user(username)
             if current is None or current.sub != sub:
                 logger.warning("not deleting Cognito user %s: the name now belongs to another", sub)
