@@ -6,8 +6,9 @@ call is abandoned (its thread ends on its own timeouts) and the request answers 
 errors become is `errors`; what a user's email is to the pool is `records`.
 
 AdminCreateUser is the one call that is not idempotent, so it is sent once, never retried by
-the SDK: a retry after a lost answer would meet the user the first attempt created. Its caller
-resolves a lost answer by looking the user up (`CreateOutcome.UNKNOWN`).
+the SDK: a retry after a lost answer would meet the user the first attempt created. It raises
+`AnswerLostError` instead, and its caller looks the user up under the create's intent
+(`app.services.user_creation`).
 """
 
 from __future__ import annotations
