@@ -109,6 +109,15 @@ class CognitoUserPool:
                 retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
             ) from None
 
+    async def _on_user(
+        self, operation: str, method: Callable[..., T], username: str, **params: Any
+    ) -> T:
+        """An Admin* call on one user of the pool, addressed by `username`."""
+        return await self._call(
+            operation,
+            functools.partial(method, UserPoolId=self.user_pool_id, Username=username, **params),
+        )
+
     # -- the pool itself -------------------------------------------------------------------
 
     async def describe_pool(self) -> Any:
@@ -217,20 +226,17 @@ class CognitoUserPool:
         # Outside the `try`: a failure here happens before anything was sent to create.
         username = await self._username_for_create(email)
         try:
-            response = await self._call(
+            response = await self._on_user(
                 "AdminCreateUser",
-                functools.partial(
-                    self._create_client.admin_create_user,
-                    UserPoolId=self.user_pool_id,
-                    Username=username,
-                    UserAttributes=[
-                        {"Name": "email", "Value": email},
-                        # The admin vouches for the address: a reset code can then be sent to
-                        # it, and in an email-alias pool only a verified email is an alias.
-                        {"Name": "email_verified", "Value": "true"},
-                    ],
-                    DesiredDeliveryMediums=["EMAIL"],
-                ),
+                self._create_client.admin_create_user,
+                username,
+                UserAttributes=[
+                    {"Name": "email", "Value": email},
+                    # The admin vouches for the address: a reset code can then be sent to
+                    # it, and in an email-alias pool only a verified email is an alias.
+                    {"Name": "email_verified", "Value": "true"},
+                ],
+                DesiredDeliveryMediums=["EMAIL"],
             )
         except DirectoryTimeoutError as error:
             raise AnswerLostError("AdminCreateUser abandoned at the deadline") from error
@@ -250,21 +256,11 @@ class CognitoUserPool:
             raise
 
     async def get_user(self, username: str) -> CognitoUser:
-        response = await self._call(
-            "AdminGetUser",
-            functools.partial(
-                self._client.admin_get_user, UserPoolId=self.user_pool_id, Username=username
-            ),
-        )
+        response = await self._on_user("AdminGetUser", self._client.admin_get_user, username)
         return CognitoUser.of(response, "UserAttributes")
 
     async def delete_user(self, username: str) -> None:
-        await self._call(
-            "AdminDeleteUser",
-            functools.partial(
-                self._client.admin_delete_user, UserPoolId=self.user_pool_id, Username=username
-            ),
-        )
+        await self._on_user("AdminDeleteUser", self._client.admin_delete_user, username)
 
     async def delete_user_if_sub(self, username: str, sub: str) -> None:
         """Delete `username` only while it is still the user with id `sub`.
@@ -280,37 +276,25 @@ class CognitoUserPool:
             await self.delete_user(username)
 
     async def groups_of(self, username: str) -> set[str]:
-        response = await self._call(
-            "AdminListGroupsForUser",
-            functools.partial(
-                self._client.admin_list_groups_for_user,
-                UserPoolId=self.user_pool_id,
-                Username=username,
-                Limit=60,
-            ),
+        response = await self._on_user(
+            "AdminListGroupsForUser", self._client.admin_list_groups_for_user, username, Limit=60
         )
         return {str(group["GroupName"]) for group in response.get("Groups", [])}
 
     async def add_to_group(self, username: str, role: Role) -> None:
-        await self._call(
+        await self._on_user(
             "AdminAddUserToGroup",
-            functools.partial(
-                self._client.admin_add_user_to_group,
-                UserPoolId=self.user_pool_id,
-                Username=username,
-                GroupName=role.value,
-            ),
+            self._client.admin_add_user_to_group,
+            username,
+            GroupName=role.value,
         )
 
     async def remove_from_group(self, username: str, role: Role) -> None:
-        await self._call(
+        await self._on_user(
             "AdminRemoveUserFromGroup",
-            functools.partial(
-                self._client.admin_remove_user_from_group,
-                UserPoolId=self.user_pool_id,
-                Username=username,
-                GroupName=role.value,
-            ),
+            self._client.admin_remove_user_from_group,
+            username,
+            GroupName=role.value,
         )
 
     async def set_enabled(self, username: str, enabled: bool) -> None:
@@ -320,30 +304,15 @@ class CognitoUserPool:
             await self.disable_user(username)
 
     async def disable_user(self, username: str) -> None:
-        await self._call(
-            "AdminDisableUser",
-            functools.partial(
-                self._client.admin_disable_user, UserPoolId=self.user_pool_id, Username=username
-            ),
-        )
+        await self._on_user("AdminDisableUser", self._client.admin_disable_user, username)
 
     async def enable_user(self, username: str) -> None:
-        await self._call(
-            "AdminEnableUser",
-            functools.partial(
-                self._client.admin_enable_user, UserPoolId=self.user_pool_id, Username=username
-            ),
-        )
+        await self._on_user("AdminEnableUser", self._client.admin_enable_user, username)
 
     async def sign_out_everywhere(self, username: str) -> None:
         """Revoke the user's refresh tokens, so no new access tokens are issued to them."""
-        await self._call(
-            "AdminUserGlobalSignOut",
-            functools.partial(
-                self._client.admin_user_global_sign_out,
-                UserPoolId=self.user_pool_id,
-                Username=username,
-            ),
+        await self._on_user(
+            "AdminUserGlobalSignOut", self._client.admin_user_global_sign_out, username
         )
 
     async def reset_password(self, username: str) -> PasswordResetOutcome:
@@ -353,13 +322,8 @@ class CognitoUserPool:
         (FORCE_CHANGE_PASSWORD); for them a fresh invitation is what "reset" means.
         """
         try:
-            await self._call(
-                "AdminResetUserPassword",
-                functools.partial(
-                    self._client.admin_reset_user_password,
-                    UserPoolId=self.user_pool_id,
-                    Username=username,
-                ),
+            await self._on_user(
+                "AdminResetUserPassword", self._client.admin_reset_user_password, username
             )
         except DomainError as refusal:
             if cognito_code(refusal) not in _RESET_REFUSAL_CODES:
@@ -373,13 +337,10 @@ class CognitoUserPool:
         return PasswordResetOutcome.RESET
 
     async def resend_invitation(self, username: str) -> None:
-        await self._call(
+        await self._on_user(
             "AdminCreateUser(RESEND)",
-            functools.partial(
-                self._client.admin_create_user,
-                UserPoolId=self.user_pool_id,
-                Username=username,
-                MessageAction="RESEND",
-                DesiredDeliveryMediums=["EMAIL"],
-            ),
+            self._client.admin_create_user,
+            username,
+            MessageAction="RESEND",
+            DesiredDeliveryMediums=["EMAIL"],
         )
