@@ -31,12 +31,13 @@ from app.core.db import (
 )
 from app.core.errors import ErrorResponse, register_error_handlers
 from app.core.gc_tuning import startup_heap_frozen
+from app.core.jwks import JWKSCache
 from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.rbac import UserLookup
 from app.core.secrets import fetch_database_credentials
-from app.core.security import AccessTokenVerifier, JWKSCache
+from app.core.tokens import AccessTokenVerifier
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker

@@ -577,7 +577,8 @@ def mint_tokens(
 
 async def verify_micro(jwks_url: str, token: str, rounds: int = 2000) -> dict[str, float]:
     """Mean cost of AccessTokenVerifier.verify with and without its verified-claims cache."""
-    from app.core.security import AccessTokenVerifier, JWKSCache
+    from app.core.jwks import JWKSCache
+    from app.core.tokens import AccessTokenVerifier
     from tests.support.jwt_tokens import TEST_CLIENT_ID, TEST_ISSUER
 
     jwks = JWKSCache(jwks_url)

@@ -7,7 +7,7 @@
 
 Reads the same settings as the API. Drift: Cognito users without a row, rows without a Cognito
 user, Cognito enabled while the row is deactivated, Cognito disabled while the row is active,
-role groups ≠ role, outbox rows pending longer than the threshold (`app.services.reconcile`).
+role groups ≠ role, outbox entries pending longer than the threshold (`app.services.reconcile`).
 `--apply` repairs what cannot widen access: Cognito made to match the row where that narrows
 it or changes only groups; a user disabled in Cognito has its row deactivated (disabled wins)
 unless a reactivation is pending; a Cognito user without a row that never signed in is

@@ -181,15 +181,23 @@ def _ping_on_checkout(
         raise sqlalchemy.exc.DisconnectionError(describe_database_error(error)) from error
 
 
-Sessionmaker = async_sessionmaker[AsyncSession]
-ReadSessions = async_sessionmaker[AsyncSession]
+class Sessionmaker(async_sessionmaker[AsyncSession]):
+    """Sessions for the request's transaction (`create_sessionmaker`)."""
+
+
+class ReadSessions(async_sessionmaker[AsyncSession]):
+    """Sessions for reads outside it (`create_read_sessionmaker`).
+
+    Two classes for one job each, so that passing one where the other belongs fails type
+    checking.
+    """
 
 
 def create_sessionmaker(
     engine: AsyncEngine, session_class: type[Session] = Session
 ) -> Sessionmaker:
     """Sessions for the request's transaction; `session_class` carries per-app commit hooks."""
-    return async_sessionmaker(
+    return Sessionmaker(
         engine, expire_on_commit=False, autoflush=False, sync_session_class=session_class
     )
 
@@ -201,7 +209,7 @@ def create_read_sessionmaker(engine: AsyncEngine) -> ReadSessions:
     and read-only endpoints: a miss costs its statements only, with no BEGIN and COMMIT round
     trips, and a hit costs no session at all. Whatever writes uses the request's transaction.
     """
-    return async_sessionmaker(
+    return ReadSessions(
         engine.execution_options(isolation_level="AUTOCOMMIT"),
         expire_on_commit=False,
         autoflush=False,

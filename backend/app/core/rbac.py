@@ -1,7 +1,7 @@
 """Who may call: the bearer access token, verified, mapped to an active user, role-checked.
 
 `require_role(*roles)` builds the one dependency a protected route declares: it reads the bearer
-token, verifies it (`app.core.security`), asks the lifespan's `UserLookup` for the active user
+token, verifies it (`app.core.tokens`), asks the lifespan's `UserLookup` for the active user
 whose Cognito sub it carries, and lets the caller through only with one of `roles` (403 for any
 other role). Doing all of it in one callable is both the OpenAPI security scheme (`HTTPBearer`)
 and the check, and FastAPI resolves one dependency per request instead of a chain.
@@ -20,10 +20,11 @@ from fastapi import Request
 from fastapi.security import HTTPBearer
 
 from app.core.errors import ForbiddenError, NotAuthenticatedError, ServiceUnavailableError
+from app.core.jwks import JWKSUnavailableError, TokenError
 from app.core.principal import Principal
 from app.core.roles import Role
-from app.core.security import AccessTokenVerifier, JWKSUnavailableError, TokenError
 from app.core.state import LifespanItem
+from app.core.tokens import AccessTokenVerifier
 
 logger = logging.getLogger(__name__)
 

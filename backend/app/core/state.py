@@ -3,7 +3,7 @@
 The lifespan (`app.main`) yields a `State` TypedDict; Starlette hands a shallow copy of it to
 every request. Each item that code below the routers needs is named once, as a `LifespanItem`
 with its type, and reaches routes through an `Annotated` alias built on it, e.g.
-`SessionmakerDep = Annotated[Sessionmaker, Depends(SESSIONMAKER)]`. Dependencies that need an
+`ReadSessionsDep = Annotated[ReadSessions, Depends(READ_SESSIONMAKER)]`. Dependencies that need an
 item inside their own body (authentication, which must stay one dependency per request) call
 `ITEM.of(request)`. A test checks that every item names a key the lifespan yields, with the
 type the lifespan declares for it.

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from app.core.deadline import within_deadline
 from app.core.errors import DomainError
 from app.services.cognito import (
     ROLE_GROUPS,
@@ -26,6 +27,7 @@ from app.services.cognito import (
     DirectoryMisconfiguredError,
     UsernameMode,
     cognito_code,
+    reporting_misconfiguration_myself,
 )
 
 if TYPE_CHECKING:
@@ -215,7 +217,7 @@ async def check_pool(
     """The pool as this system needs it; raises `PoolCheckUnavailable` if Cognito cannot say."""
     check = PoolCheck(cognito.user_pool_id, app_client_id)
     try:
-        with cognito.reporting_misconfiguration_myself():
+        with reporting_misconfiguration_myself():
             if await _check_pool(check, cognito):
                 await _check_groups(check, cognito)
                 await _check_client(check, cognito, hosted_ui)
@@ -228,7 +230,7 @@ async def check_pool(
 
 async def check_configured_pool(cognito: CognitoUserPool, settings: Settings) -> PoolCheck:
     """`check_pool` of the pool and app client `settings` name, within the Cognito deadline."""
-    with cognito.within_deadline(settings.cognito_deadline_seconds):
+    with within_deadline(settings.cognito_deadline_seconds):
         return await check_pool(
             cognito, settings.cognito_app_client_id, hosted_ui=settings.cognito_domain is not None
         )

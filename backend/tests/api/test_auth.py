@@ -1,6 +1,6 @@
 """Authentication over HTTP: every crafted token is a 401 with a challenge, never a 500.
 
-The verifier's rules are tested one by one in tests/core/test_security.py; here each class of
+The verifier's rules are tested one by one in tests/core/test_tokens.py; here each class of
 bad token goes through the whole app (bearer extraction, verification, user lookup).
 """
 

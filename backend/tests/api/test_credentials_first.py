@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
 from app.core.roles import Role
-from app.core.security import AccessClaims, AccessTokenVerifier
+from app.core.tokens import AccessClaims, AccessTokenVerifier
 from tests.api.conftest import UserFactory, _WithLifespanState, auth_headers
 
 PATH_VALUES = {"user_id": str(uuid.uuid4())}

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from app.core.security import JWKSCache, JWKSUnavailableError, TokenError
+from app.core.jwks import JWKSCache, JWKSUnavailableError, TokenError
 from tests.support.jwt_tokens import (
     FakeClock,
     JWKSServer,

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import app.main
+from app.core.jwks import JWKSCache
 from app.core.roles import Role
-from app.core.security import JWKSCache
 from tests.api.conftest import make_settings
 from tests.hardening.harness import LiveApp, add_user, bearer, live_app, timed
 from tests.support.jwt_tokens import JWKSServer, shared_rsa_key

@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from app.core.deadline import within_deadline
 from app.core.errors import (
     ConflictError,
     InvalidInputError,
@@ -229,7 +230,7 @@ async def test_the_deadline_cuts_a_call_that_would_wait_longer(
             monkeypatch, endpoint, aws_read_timeout_seconds=10, aws_max_attempts=1
         )
         started = time.monotonic()
-        with cognito.within_deadline(0.5), pytest.raises(DirectoryTimeoutError):
+        with within_deadline(0.5), pytest.raises(DirectoryTimeoutError):
             await cognito.get_user(new_email())
     # A bound for correctness: the call's own timeout (10 s) never came into play.
     assert time.monotonic() - started < 5

@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.db import ReadSessions
 from app.core.listener import NotificationListener
@@ -25,7 +25,7 @@ PAGE_SIZE = 4
 def read(db_session: AsyncSession) -> ReadSessions:
     """Sessions that see the test's uncommitted rows: savepoints on its connection."""
     assert isinstance(db_session.bind, AsyncConnection)
-    return async_sessionmaker(bind=db_session.bind, join_transaction_mode="create_savepoint")
+    return ReadSessions(bind=db_session.bind, join_transaction_mode="create_savepoint")
 
 
 async def list_users(sessions: ReadSessions, params: UserListParams) -> UserList:

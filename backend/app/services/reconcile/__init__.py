@@ -2,7 +2,7 @@
 
 The table is what the API enforces and Cognito follows it through the outbox
 (`app.services.directory_sync`), so drift means something went wrong outside that path: an
-outbox row dropped because Cognito did not know the user, a change made by hand in the AWS
+outbox entry dropped because Cognito did not know the user, a change made by hand in the AWS
 console, a create whose undo failed. One module per job:
 
 - `snapshot`: reading both sides, whole (page by page) or one user afresh;

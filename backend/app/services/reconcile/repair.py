@@ -1,6 +1,6 @@
 """Repairing the drift a report found, only where the repair cannot widen anyone's access.
 
-- Cognito enabled while the row is deactivated, groups ≠ role, stale outbox rows: Cognito is
+- Cognito enabled while the row is deactivated, groups ≠ role, stale outbox entries: Cognito is
   made to match the row, by the worker's own step (`DirectorySync.carry_out`).
 - Cognito disabled while the row is active: disabled wins. The row is deactivated and its
   sessions revoked, as a deactivation through the API does, unless directory work for the user
@@ -74,7 +74,7 @@ async def deactivate_row(
         with audited("user.reconcile_deactivate", None, item.user_id):
             async with sessions() as session, session.begin():
                 # Locked as an update through the API locks it, so a reactivation committed
-                # before this is seen (its outbox row), and one after it comes after it.
+                # before this is seen (its outbox entry), and one after it comes after it.
                 user = await session.scalar(
                     select(User).where(User.id == item.user_id).with_for_update()
                 )

@@ -94,7 +94,7 @@ async def read_rows(read_sessions: ReadSessions) -> dict[str, Row]:
 
 
 async def read_pending(read_sessions: ReadSessions) -> dict[uuid.UUID, PendingWork]:
-    """Each user's pending outbox rows, with the age of the oldest (the database's clock)."""
+    """Each user's pending outbox entries, with the age of the oldest (the database's clock)."""
     async with read_sessions() as session:
         result = await session.execute(
             select(
@@ -125,7 +125,7 @@ async def read_pending(read_sessions: ReadSessions) -> dict[uuid.UUID, PendingWo
 
 
 async def directory_work_pending(session: AsyncSession, user_id: uuid.UUID) -> bool:
-    """Whether Cognito has yet to follow a change of the user (an outbox row waits).
+    """Whether Cognito has yet to follow a change of the user (an outbox entry waits).
 
     For an active row whose Cognito user is disabled, that change is a reactivation (or one
     made while active): the worker will enable the Cognito user.

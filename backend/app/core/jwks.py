@@ -1,30 +1,23 @@
-"""Verification of Cognito access tokens against the user pool's JWKS.
+"""The user pool's signing keys (its JWKS), fetched over HTTPS and cached.
 
-`AccessTokenVerifier.verify` accepts a token only when every check of the auth contract passes and
-raises `TokenError` for anything else. `JWKSCache` fetches the pool's signing keys over HTTPS,
-builds each key object once per fetch, and bounds how often untrusted input (an unknown `kid`) can
-make it go back to the network.
-
-Nothing here knows about FastAPI: the request dependency maps `JWKSUnavailableError` to 503 and any
-other `TokenError` to 401. `str(error)` is written for logs; it never contains token contents.
+`JWKSCache` builds each key object once per fetch, keeps the last good keys when a refresh
+fails, and bounds how often untrusted input (an unknown `kid`) can make it go back to the
+network. `TokenError` is here because a key lookup is the first check a token can fail.
+`str(error)` is written for logs; it never contains token contents.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
-import hashlib
 import json
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
-from cachetools import LRUCache
 
 # python-jose ships no type information; the ignore is marked so it stays quiet if a mypy override
 # for jose is added to the project config later.
@@ -32,8 +25,8 @@ from jose.backends import RSAKey  # type: ignore[import-untyped, unused-ignore]
 from jose.exceptions import JWKError  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = [
-    "AccessClaims",
-    "AccessTokenVerifier",
+    "ALGORITHM",
+    "MAX_KID_LENGTH",
     "JWKSCache",
     "JWKSUnavailableError",
     "TokenError",
@@ -48,11 +41,7 @@ logger = logging.getLogger(__name__)
 # accepting a second algorithm is how algorithm-confusion bugs start.
 ALGORITHM: Final = "RS256"
 _MIN_RSA_BITS: Final = 2048
-_MAX_KID_LENGTH: Final = 256
-_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
-
-
-_KEY_CARRYING_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
+MAX_KID_LENGTH: Final = 256
 
 
 class TokenError(Exception):
@@ -73,26 +62,6 @@ def cognito_issuer(region: str, user_pool_id: str) -> str:
 
 def cognito_jwks_url(region: str, user_pool_id: str) -> str:
     return f"{cognito_issuer(region, user_pool_id)}/.well-known/jwks.json"
-
-
-@dataclass(frozen=True, slots=True)
-class AccessClaims:
-    sub: str
-    username: str | None
-    client_id: str
-    token_use: str
-    exp: int
-    iat: int
-    # When the user signed in: Cognito keeps it across refreshes, while `iat` is new with each
-    # refreshed token. None where a token carries none.
-    auth_time: int | None
-    jti: str | None
-    groups: tuple[str, ...]
-
-    @property
-    def session_started_at(self) -> int:
-        """When the token's session began: `auth_time`, or `iat` for a token without one."""
-        return self.iat if self.auth_time is None else self.auth_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +112,7 @@ def _build_key(jwk: object) -> VerificationKey:
     if not isinstance(jwk, dict):
         raise _InvalidJWKSError("not an object")
     kid = jwk.get("kid")
-    if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+    if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
         raise _InvalidJWKSError("kid missing or not a short string")
     if jwk.get("kty") != "RSA":
         raise _InvalidJWKSError(f"kid {kid!r}: kty is not RSA")
@@ -297,167 +266,3 @@ class JWKSCache:
                     if len(body) > self._max_bytes:
                         raise _InvalidJWKSError(f"body exceeds {self._max_bytes} bytes")
         return _build_keys(bytes(body))
-
-
-def _b64url_decode(segment: str, part: str) -> bytes:
-    # The stdlib decoder silently drops characters outside the alphabet; a token is either
-    # well-formed base64url or rejected.
-    if len(segment) % 4 == 1 or not _BASE64URL.fullmatch(segment):
-        raise TokenError(f"{part} is not base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _json_object(data: bytes, part: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise TokenError(f"{part} is not JSON") from None
-    if not isinstance(value, dict):
-        raise TokenError(f"{part} is not a JSON object")
-    return value
-
-
-def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TokenError(f"{name} is not an integer")
-    return value
-
-
-def _optional_str_claim(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    if value is not None and not isinstance(value, str):
-        raise TokenError(f"{name} is not a string")
-    return value
-
-
-class AccessTokenVerifier:
-    """Checks Cognito access tokens for one user pool and one app client.
-
-    Time rules: `exp` gets no leeway (a token is dead at its expiry on our clock; our hosts keep
-    NTP time, and a grace period would only lengthen a stolen token's life), while `iat` and `nbf`
-    may be up to `leeway` seconds ahead of our clock, since a fresh token from a slightly fast IdP
-    clock must not be rejected.
-
-    Verified claims are cached by the token's SHA-256 (bounded LRU, `claims_cache_size`, 0 turns it
-    off), which skips the RSA check and the parsing on repeat requests. A hit is honoured only
-    while `exp` is still in the future and the signing key is still in the JWKS.
-    """
-
-    def __init__(
-        self,
-        jwks: JWKSCache,
-        *,
-        issuer: str,
-        client_id: str,
-        leeway: int = 60,
-        max_token_bytes: int = 8192,
-        clock: Callable[[], float] = time.time,
-        claims_cache_size: int = 1024,
-    ) -> None:
-        self._jwks = jwks
-        self._issuer = issuer
-        self._client_id = client_id
-        self._leeway = leeway
-        self._max_token_bytes = max_token_bytes
-        self._clock = clock
-        self._verified: LRUCache[bytes, tuple[AccessClaims, str]] | None = (
-            LRUCache(maxsize=claims_cache_size) if claims_cache_size > 0 else None
-        )
-
-    async def verify(self, token: str) -> AccessClaims:
-        # Size first: nothing below (hashing, splitting, decoding) runs on an oversized input.
-        if not isinstance(token, str) or len(token) > self._max_token_bytes:
-            raise TokenError("token missing or larger than the size limit")
-        if not token.isascii():
-            raise TokenError("token has non-ASCII characters")
-
-        cache_key = hashlib.sha256(token.encode("ascii")).digest()
-        if self._verified is not None:
-            hit = self._verified.get(cache_key)
-            if hit is not None:
-                claims, kid = hit
-                if claims.exp > self._clock() and self._jwks.holds(kid):
-                    return claims
-                del self._verified[cache_key]
-
-        claims, kid = await self._verify_uncached(token)
-        if self._verified is not None:
-            self._verified[cache_key] = (claims, kid)
-        return claims
-
-    async def _verify_uncached(self, token: str) -> tuple[AccessClaims, str]:
-        segments = token.split(".")
-        if len(segments) != 3:
-            raise TokenError(f"token has {len(segments)} segments, expected 3")
-        header_b64, payload_b64, signature_b64 = segments
-        header = _json_object(_b64url_decode(header_b64, "header"), "header")
-        payload_bytes = _b64url_decode(payload_b64, "payload")
-        signature = _b64url_decode(signature_b64, "signature")
-
-        # Header checks come before any key lookup so junk never triggers a JWKS fetch. Keys
-        # come only from the configured JWKS URL; Cognito never sets a key-carrying header, so
-        # a token that does is someone else's and is refused without following it.
-        if header.get("alg") != ALGORITHM:
-            raise TokenError(f"header alg is not {ALGORITHM}")
-        if "crit" in header:
-            raise TokenError("header has crit")
-        if not _KEY_CARRYING_HEADERS.isdisjoint(header):
-            raise TokenError("header carries its own key or key URL")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
-            raise TokenError("header kid missing or not a short string")
-
-        key = await self._jwks.get_key(kid)
-        if key.alg is not None and key.alg != header["alg"]:
-            raise TokenError("header alg differs from the JWK alg")
-        signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
-        if not key.verify(signing_input, signature):
-            raise TokenError("signature verification failed")
-
-        return self._check_claims(_json_object(payload_bytes, "payload")), kid
-
-    def _check_claims(self, claims: Mapping[str, Any]) -> AccessClaims:
-        now = self._clock()
-        exp = _int_claim(claims, "exp")
-        if exp is None:
-            raise TokenError("exp missing")
-        if exp <= now:
-            raise TokenError("token expired")
-        iat = _int_claim(claims, "iat")
-        if iat is None:
-            raise TokenError("iat missing")
-        if iat > now + self._leeway:
-            raise TokenError("iat in the future")
-        auth_time = _int_claim(claims, "auth_time")
-        if auth_time is not None and auth_time > iat + self._leeway:
-            raise TokenError("auth_time after iat")
-        nbf = _int_claim(claims, "nbf")
-        if nbf is not None and nbf > now + self._leeway:
-            raise TokenError("token not yet valid (nbf)")
-        if claims.get("iss") != self._issuer:
-            raise TokenError("issuer mismatch")
-        kind = claims.get("token_use")
-        if kind != "access":
-            raise TokenError("token_use is not access")
-        if claims.get("client_id") != self._client_id:
-            raise TokenError("client_id mismatch")
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise TokenError("sub missing or empty")
-        groups = claims.get("cognito:groups", [])
-        if not isinstance(groups, list) or not all(isinstance(group, str) for group in groups):
-            raise TokenError("cognito:groups is not a list of strings")
-        return AccessClaims(
-            sub=sub,
-            username=_optional_str_claim(claims, "username"),
-            client_id=self._client_id,
-            token_use=kind,
-            exp=exp,
-            iat=iat,
-            auth_time=auth_time,
-            jti=_optional_str_claim(claims, "jti"),
-            groups=tuple(groups),
-        )

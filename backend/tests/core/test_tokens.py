@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from app.core.security import (
-    AccessClaims,
-    AccessTokenVerifier,
+from app.core.jwks import (
     JWKSCache,
     JWKSUnavailableError,
     TokenError,
     cognito_issuer,
     cognito_jwks_url,
 )
+from app.core.tokens import AccessClaims, AccessTokenVerifier
 from tests.support.jwt_tokens import (
     OMIT,
     TEST_CLIENT_ID,
