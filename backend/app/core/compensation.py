@@ -17,7 +17,7 @@ leave a half-undone change behind), and each failure is logged rather than raise
 failing action neither hides the original error nor stops the others.
 
 The other way round, `after_commit` runs a callback once the transaction has committed (e.g. to
-wake the worker that carries out what the transaction promised).
+write the audit line of a change only once it has committed).
 """
 
 from __future__ import annotations

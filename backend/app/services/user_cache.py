@@ -7,11 +7,11 @@ about every change:
 - A trigger on `users` (migration 0002) sends `NOTIFY users_changed, '<cognito_user_id>'` for
   each inserted, updated or deleted row (`'*'` for a mass change or TRUNCATE) when the writing
   transaction commits, whichever process or instance wrote it.
-- The worker's `NotificationListener` (`app.core.listener`) delivers them; the cache is used only
-  while it is listening, which it proves with a heartbeat NOTIFY it must receive back: within a
+- The web worker's `NotificationListener` (`app.core.listener`) delivers them; the cache is used
+  only while it is listening, which it proves with a heartbeat NOTIFY it must receive back: within a
   few seconds of the last proof (a lost connection, a proxy that drops notifications) every
   lookup goes to the database, and the cache is cleared before it is used again.
-- A commit through this worker's request sessions evicts the users it wrote before the response
+- A commit through this web worker's request sessions evicts the users it wrote before the response
   is sent (`session_class_evicting_from`), so a change applies to this worker's very next request
   without waiting for the notification.
 - A lookup that raced with a change is never stored: `ticket()` is taken before the row is

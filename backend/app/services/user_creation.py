@@ -75,6 +75,8 @@ class CreateUnderWayError(ServiceUnavailableError):
 class _OutcomeUnknownError(ServiceUnavailableError):
     """Cognito may have created the user, and no user is there to adopt yet."""
 
+    code = "create_unsettled"
+
 
 class _NotYetError(DomainError):
     """The intent's Cognito user has not appeared yet (it may still land): look again soon."""

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,14 +82,21 @@ async def live_app(
     *,
     cognito: CognitoUserPool | None = None,
     customize: Callable[[FastAPI], None] | None = None,
+    background: bool = True,
 ) -> AsyncIterator[LiveApp]:
-    """`create_app(settings)`, its lifespan run here as a server would, and a client."""
+    """`create_app(settings)`, its lifespan run here as a server would, and a client; with the
+    worker process's background work beside it unless `background` is false (a test of the web
+    process alone, e.g. of how often it reads the secret)."""
     app = create_app(settings)
     if customize is not None:
         customize(app)
     async with (
         app.router.lifespan_context(app) as lifespan_state,
-        background_work(settings, cognito=lifespan_state["cognito"]) as worker,  # type: ignore[index]
+        (
+            background_work(settings, cognito=lifespan_state["cognito"])  # type: ignore[index]
+            if background
+            else nullcontext()
+        ) as worker,
     ):
         state = lifespan_state or {}
         transport = httpx.ASGITransport(app=_WithState(app, state))

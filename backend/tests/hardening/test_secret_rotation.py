@@ -164,7 +164,7 @@ async def test_rotation_is_followed_with_one_read_of_the_secret_and_no_restart(
     settings = make_settings(
         own_database, db_secret_id=secret.secret_id, cognito_jwks_url=jwks_server.url
     )
-    async with live_app(settings) as live:
+    async with live_app(settings, background=False) as live:
         with recorded_logs() as logs:
             assert (await live.client.get(ME, headers=headers)).status_code == 200
             assert secrets_proxy.count("GetSecretValue") == 1  # at startup
@@ -207,7 +207,7 @@ async def test_wrong_or_unreadable_secret_is_503_with_bounded_reads_then_heals(
     settings = make_settings(
         own_database, db_secret_id=secret.secret_id, cognito_jwks_url=jwks_server.url
     )
-    async with live_app(settings) as live:
+    async with live_app(settings, background=False) as live:
         with recorded_logs() as logs:
             assert (await live.client.get(ME, headers=headers)).status_code == 200
             # The password changes but the secret does not (a rotation that went half-way).

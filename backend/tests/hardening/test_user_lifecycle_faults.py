@@ -197,7 +197,8 @@ async def test_creates_against_a_hanging_cognito_end_at_the_deadline_and_health_
         proxy.heal()
     for response, seconds in results:
         assert response.status_code == 503, response.text
-        assert response.json()["code"] == "directory_timeout"
+        # Cognito may still create the user: the create's intent settles it.
+        assert response.json()["code"] == "create_unsettled"
         assert int(response.headers["Retry-After"]) > 0
         assert seconds < deadline + 2, seconds
     assert len(probes) >= 5

@@ -2,7 +2,7 @@
 
 `get_current_user` admits any signed-in role; `require_role(...)` (from `app.core.rbac`) admits
 only the roles it names. Both verify the bearer access token and load the caller's active user
-row (from the worker's user cache while it can vouch for it), so a role change or a
+row (from the web worker's user cache while it can vouch for it), so a role change or a
 deactivation applies on the caller's next request.
 
 Routes receive a `Principal` (`app.core.principal`: id, role, responsible province); the one
