@@ -190,10 +190,9 @@ class FixedRateLoad:
         if self._outstanding == 0:
             self._all_answered.set()
         if connection is None or connection.transport is None:
-            if self._waiting:  # the failed connection's place: a new one for the next waiter
+            self._opened -= 1  # it failed; the next waiter, if any, gets a new one
+            if self._waiting:
                 self._spawn(self._open_and_send(self._waiting.popleft()))
-            else:
-                self._opened -= 1
             return
         if self._waiting:
             self._send(connection, self._waiting.popleft())

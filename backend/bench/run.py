@@ -211,6 +211,9 @@ class Bench:
         wanted = [CONTROL_SCENARIO, *FIXED_RATE_SCENARIOS]
         names = [name for name in wanted if any(s.name == name for s in self.chosen)]
         capacities = BenchReport({}, {}, self.measurements, [])
+        if not capacities.saturated_levels():
+            print("no saturated level measured: no capacity, so no fixed-rate rounds")
+            return
         loads = [load for load, _ in FIXED_RATE_LIMITS]
         own = self.args.rate_basis == "own"
         for name, load, rate in fixed_rate_plan(capacities, names, loads, own_capacity=own):
@@ -282,7 +285,10 @@ def run(bench: Bench) -> BenchReport:
         started = time.monotonic()
         loaded = asyncio.run(data.load(dsn, users=args.users, cases=args.cases))
         load_seconds = time.monotonic() - started
-        print(f"loaded {loaded.users:,} users, {loaded.cases:,} cases in {load_seconds:.0f} s")
+        print(
+            f"loaded {loaded.users:,} users, {loaded.cases:,} cases in {load_seconds:.0f} s",
+            flush=True,
+        )
         with_cold = any(scenario.tokens == "cold" for scenario in bench.chosen)
         bench.tokens = mint_tokens(bench.run_dir, loaded.admin_sub, args.users, with_cold=with_cold)
         micro = asyncio.run(verify_micro(jwks.url, bench.tokens["admin"].read_text().strip()))

@@ -190,3 +190,19 @@ async def test_the_generator_sends_every_scheduled_request_and_counts_every_answ
     assert sorted(set(state.tokens)) == ["t1", "t2", "t3"]
     unauthenticated = summarize(await fixed_rate(url, 200, 0.05, [], connections=2))
     assert unauthenticated.non2xx == 10
+
+
+async def test_requests_whose_connection_fails_count_as_socket_errors() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    listening = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        run = await fixed_rate(f"http://127.0.0.1:{port}/", 200, 0.1, connections=2)
+    finally:
+        listening.close()
+        await listening.wait_closed()
+    result = summarize(run)
+    assert (result.scheduled, result.answered, result.socket_errors) == (20, 0, 20)
