@@ -10,6 +10,8 @@ HTTP/1.1 keep-alive connections, one request in flight per connection:
   `max_connections`), so a slow server never holds back the schedule, and beyond that cap the
   request waits for the first connection to come free (its latency still runs from its due
   time);
+- it asks for a real-time priority (`keep_time_first`), so that on a busy box it is not the
+  one left waiting for a core;
 - every time is `time.perf_counter()`, and `bench.fixed_rate.summarize` turns the timeline
   into figures: latency from the due time, and how late the generator itself got to each
   request, so a run in which it could not keep the rate says so.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import sys
 import time
@@ -36,6 +39,7 @@ from urllib.parse import urlsplit
 from bench.fixed_rate import Timeline, format_result_line, summarize
 
 CONNECTIONS = 32
+REALTIME_PRIORITY = 10  # low among real-time ones: above every ordinary process
 TIMEOUT_S = 10.0  # as wrk's --timeout in the closed-loop runs
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)")
 
@@ -225,6 +229,21 @@ def _run(coroutine: Coroutine[Any, Any, Timeline]) -> Timeline:
     return uvloop.run(coroutine)
 
 
+def keep_time_first() -> bool:
+    """Ask for a real-time (FIFO) priority, so other work on the box does not delay a send.
+
+    The generator sleeps between sends, so it takes only the CPU its rate needs; at an
+    ordinary priority, on a box busy with other work, it waited its turn for 10-20 ms and fell
+    behind its schedule. Needs root (or CAP_SYS_NICE); without it the run goes on as it is,
+    and its lag says how well it kept time.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url")
@@ -232,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--tokens-file", type=Path, help="bearer tokens, one a line")
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument(
+        "--ordinary-priority", action="store_true", help="do not ask for a real-time priority"
+    )
     args = parser.parse_args(argv)
+    if not args.ordinary_priority:
+        keep_time_first()
     tokens = (
         [line for line in args.tokens_file.read_text().splitlines() if line]
         if args.tokens_file

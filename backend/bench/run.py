@@ -15,11 +15,12 @@ same server and flags), each with the same number of workers. Then, in order:
 4. unless `--no-scaling`: the main scenarios on 2 workers and on 2 instances, and the
    coherence trials between two instances.
 
-The API worker's RSS is sampled through steps 1-3. `bench.report` says how rounds become
-figures, `bench.targets` how they are judged. Results go to `bench-results/<timestamp>/`
-(results.json, table.md, chart.png, the server logs); the tables and a verdict per target are
-printed; the exit status is 0 if every target passed, 1 if any failed, 3 if none failed but
-the box was too disturbed to tell some (inconclusive).
+The API worker's RSS is sampled through steps 1-2 (its halves alike in work). `bench.report`
+says how rounds become figures, `bench.targets` how they are judged. Results go to
+`bench-results/<timestamp>/` (results.json, table.md, chart.png, the server logs); the tables
+and a verdict per target are printed; the exit status is 0 if every target passed, 1 if any
+failed, 3 if none failed but the box was too disturbed to tell some (inconclusive). Through
+make, 1 and 3 show as "Error 1" and "Error 3" (make itself then exits 2).
 
     PYTHONPATH=backend python -m bench.run [--users N] [--cases N] [--duration S] ...
 """
@@ -260,11 +261,12 @@ def serve_and_measure(bench: Bench, env: dict[str, str]) -> Served:
             bench.warm_up(servers)
             split_at = time.monotonic()
             bench.closed_loop_rounds(servers, api_workers)
-            if not args.no_fixed_rate:
-                bench.fixed_rate_rounds(servers)
-            if args.hold:
-                input(f"API at {api.base_url}, pids {api_workers}; Enter to finish ")
+        # The RSS halves stay warm-up against closed-loop rounds, alike in work, as before.
         high_water = {pid: proc_status_bytes(pid, "VmHWM") or 0 for pid in api_workers}
+        if not args.no_fixed_rate:
+            bench.fixed_rate_rounds(servers)
+        if args.hold:
+            input(f"API at {api.base_url}, pids {api_workers}; Enter to finish ")
         if not args.no_scaling and not args.only and args.workers == 1:
             two_workers(bench, env)
             two_instances(bench, api, env)
