@@ -14,7 +14,7 @@ How rounds become figures (written down so nobody has to guess):
   others: its ratios are what the box alone does to a ratio (the control);
 - closed-loop (wrk) rounds at each concurrency level give throughput; at a *saturated* level
   (>= 16 connections) one worker is busy all the time, so req/s is the cost of a request, and
-  the largest median req/s over the saturated levels is a scenario's capacity;
+  the lowest median req/s over the saturated levels is a scenario's capacity;
 - fixed-rate rounds (`bench.openloop`) run at a share of a capacity (`load`) and give tails
   measured from each request's scheduled send time.
 """
@@ -238,11 +238,13 @@ class BenchReport:
         return [level for level in self.levels() if level >= SATURATED_CONNECTIONS]
 
     def capacity(self, scenario: str) -> float:
-        """req/s at saturation: the largest median over the saturated levels."""
+        """req/s at saturation: the lowest median over the saturated levels, what the server
+        sustained however many connections waited (a share of the highest could be beyond
+        what it serves at another level, and an overloaded server's tail is its backlog)."""
         levels = self.saturated_levels()
         if not levels:
             raise KeyError("no saturated level measured: no capacity")
-        return max(self.find(scenario, level).rps for level in levels)
+        return min(self.find(scenario, level).rps for level in levels)
 
     # -- fixed rate ----------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ measures how far, at the same level or rate and for the same figure. That factor
 - PASS when the ratio meets the target even if the box moved it by the control's factor
   against it, FAIL when it misses even if the box moved it by that factor in its favour, and
   INCONCLUSIVE in between: the box could have made either;
-- INCONCLUSIVE whenever the control is off by more than `BOX_TOO_DISTURBED` (either way):
-  beyond that one control is no bound on what the box did to the scenario's own rounds;
+- never PASS when the control is off by more than `BOX_TOO_DISTURBED` (either way): beyond
+  that one control is no bound on what the box did to the scenario's own rounds, so only a
+  miss by more than the control's factor still counts (as FAIL), and the rest is
+  INCONCLUSIVE;
 - a fixed-rate target is INCONCLUSIVE when the generator fell behind its schedule in any of
   its rounds, its baseline's or the control's (`FixedRateResult.held`).
 
@@ -91,13 +93,11 @@ def box_noise(control: float | None) -> float:
 
 def judge(ratio: float, bound: float, noise: float, *, at_most: bool) -> Verdict:
     """`ratio` against `bound` (an upper one if `at_most`), with the box's factor as margin."""
-    if noise > BOX_TOO_DISTURBED:
-        return Verdict.INCONCLUSIVE
     best, worst = (ratio / noise, ratio * noise) if at_most else (ratio * noise, ratio / noise)
-    if (worst <= bound) if at_most else (worst >= bound):
-        return Verdict.PASS
     if (best > bound) if at_most else (best < bound):
         return Verdict.FAIL
+    if noise <= BOX_TOO_DISTURBED and ((worst <= bound) if at_most else (worst >= bound)):
+        return Verdict.PASS
     return Verdict.INCONCLUSIVE
 
 

@@ -7,6 +7,7 @@ and is checked by what the server saw, not by how fast anything was.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -206,3 +207,14 @@ async def test_requests_whose_connection_fails_count_as_socket_errors() -> None:
         await listening.wait_closed()
     result = summarize(run)
     assert (result.scheduled, result.answered, result.socket_errors) == (20, 0, 20)
+
+
+def test_capacity_is_what_the_server_sustained_at_every_saturated_level() -> None:
+    report = report_of(PASSING)
+    at_16 = [m for m in report.measurements if m.connections == 16]
+    slower = [dataclasses.replace(m, connections=64) for m in at_16 if m.scenario != "users/me"]
+    me = next(m for m in at_16 if m.scenario == "users/me")
+    fewer = dataclasses.replace(me.result, requests=me.result.requests // 2)
+    report.measurements += [*slower, dataclasses.replace(me, connections=64, result=fewer)]
+    assert report.capacity("users/me") == pytest.approx(1200)  # not 2,400 at 16
+    assert report.capacity("baseline") == pytest.approx(4000)

@@ -71,8 +71,9 @@ def with_closed_control(report: BenchReport, rps_ratio: float, p50_ratio: float)
         (1.8, 1.3, Verdict.INCONCLUSIVE),  # 1.38 .. 2.34: the box could have made either
         (2.7, 1.3, Verdict.FAIL),  # 2.08 at best: a miss whatever the box did
         (2.1, 1.0, Verdict.FAIL),
-        (1.0, 1.6, Verdict.INCONCLUSIVE),  # the box too disturbed to judge at all
-        (9.0, 1.6, Verdict.INCONCLUSIVE),
+        (1.0, 1.6, Verdict.INCONCLUSIVE),  # the box too disturbed for any pass
+        (3.0, 1.6, Verdict.INCONCLUSIVE),
+        (9.0, 1.6, Verdict.FAIL),  # 5.6 at best: a miss beyond even that much noise
     ],
 )
 def test_an_upper_bound_is_judged_with_the_box_noise_as_margin(
@@ -88,6 +89,7 @@ def test_an_upper_bound_is_judged_with_the_box_noise_as_margin(
         (0.72, 1.1, Verdict.INCONCLUSIVE),
         (0.58, 1.09, Verdict.FAIL),  # the service-types: 0.63 at best, below 0.7
         (0.8, 1.6, Verdict.INCONCLUSIVE),
+        (0.3, 1.6, Verdict.FAIL),
     ],
 )
 def test_a_lower_bound_is_judged_the_same_way(
