@@ -92,7 +92,7 @@ soak: venv-dev ## 60 s of mixed traffic at 50 connections against uvicorn (SOAK_
 chaos: venv-dev ## Two instances, mixed traffic, combined faults, then the identity invariants (CHAOS_SECONDS=180)
 	CHAOS_SECONDS=$${CHAOS_SECONDS:-180} $(PY) -m tests.chaos $(CHAOS_ARGS)
 
-bench: venv-bench ## Throughput/latency vs a bare baseline at 100k users, 1M cases (BENCH_ARGS=...)
+bench: venv-bench ## Throughput and fixed-rate tails vs a bare baseline, 100k users, 1M cases; exits 0 pass, 1 fail, 3 inconclusive (BENCH_ARGS=...)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean: ## Remove the venv, caches and local data (stopping make run first)

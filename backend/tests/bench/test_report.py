@@ -1,4 +1,7 @@
-"""The bench's arithmetic on canned wrk output: parsing, targets, table. No timing is asserted."""
+"""The bench's arithmetic on canned wrk output: parsing, rounds, the closed-loop targets, tables.
+
+No timing is asserted. `test_targets.py` holds the verdicts and the fixed-rate targets.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,10 @@ import dataclasses
 
 import pytest
 
-from bench.report import (
-    CONTROL_SCENARIO,
-    BenchReport,
-    CoherenceFigures,
-    Measurement,
-    RssSummary,
-    SqlTiming,
-    WrkOutputError,
-    WrkResult,
-    evaluate_targets,
-    format_table,
-    format_tails,
-    parse_wrk_output,
-)
+from bench.report import BenchReport, CoherenceFigures, Measurement, RssSummary, SqlTiming
+from bench.tables import format_table, format_tails
+from bench.wrk import WrkOutputError, WrkResult, parse_wrk_output
+from tests.bench.reports import PASSING, failed, report_of, result
 
 WRK_OUTPUT = """\
 Running 4s test @ http://127.0.0.1:41234/api/v1/users/me
@@ -52,57 +45,6 @@ def test_parses_the_summary_line_of_the_lua_script() -> None:
 def test_output_without_a_summary_is_an_error() -> None:
     with pytest.raises(WrkOutputError):
         parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
-
-
-def result(rps: float, p50_ms: float, errors: int = 0) -> WrkResult:
-    return WrkResult(
-        requests=int(rps * 4),
-        duration_s=4.0,
-        non2xx=errors,
-        socket_errors=0,
-        p50_ms=p50_ms,
-        p90_ms=p50_ms * 1.5,
-        p99_ms=p50_ms * 3,
-        max_ms=p50_ms * 5,
-        mean_ms=p50_ms,
-    )
-
-
-# scenario -> (req/s, p50 ms) at 1 and at 16 connections
-PASSING = {
-    "baseline": ((1000, 1.0), (4000, 4.0)),
-    "health/live": ((900, 1.1), (3900, 4.2)),
-    "users/me": ((600, 1.6), (2400, 6.6)),
-    "users/me cold": ((200, 4.0), (1100, 14.0)),
-    "service-types": ((800, 1.2), (3400, 4.7)),
-    "users first page": ((300, 3.0), (1000, 16.0)),
-    "users last page": ((250, 4.0), (900, 18.0)),
-    "provinces": ((600, 2.0), (2000, 8.0)),
-}
-
-
-def report_of(
-    figures: dict[str, tuple[tuple[float, float], tuple[float, float]]],
-    *,
-    errors: int = 0,
-    rss: RssSummary | None = None,
-) -> BenchReport:
-    measurements = [
-        Measurement(name, level, result(rps, p50, errors if name == "users/me" else 0))
-        for name, by_level in figures.items()
-        for level, (rps, p50) in zip((1, 16), by_level, strict=True)
-    ]
-    return BenchReport(
-        machine={},
-        settings={},
-        measurements=measurements,
-        rss=[rss or RssSummary(peak_mib=110, first_half_peak_mib=108, second_half_peak_mib=109)],
-        sql=[SqlTiming("naive DISTINCT", 150.0, 10), SqlTiming("loose index scan", 0.5, 200)],
-    )
-
-
-def failed(report: BenchReport) -> list[str]:
-    return [outcome.name for outcome in evaluate_targets(report) if not outcome.passed]
 
 
 def test_every_target_passes_on_good_figures() -> None:
@@ -158,27 +100,6 @@ def with_p99(report: BenchReport, scenario: str, connections: int, p99_ms: float
             changed = dataclasses.replace(measurement.result, p99_ms=p99_ms)
             report.measurements[index] = dataclasses.replace(measurement, result=changed)
     return report
-
-
-def test_tails_are_judged_against_the_baseline_p99_at_the_same_level() -> None:
-    # The baseline's p99 at 16 connections is 12 ms (3 x its 4 ms p50).
-    assert failed(with_p99(report_of(PASSING), "health/live", 16, 18.0)) == []
-    assert failed(with_p99(report_of(PASSING), "health/live", 16, 18.5)) == [
-        "health/live p99 <= 1.5 x baseline p99"
-    ]
-    assert failed(with_p99(report_of(PASSING), "service-types", 16, 37.0)) == [
-        "service-types p99 <= 3 x baseline p99"
-    ]
-    # A slow tail at one connection is service time, not a tail under load: not judged.
-    assert failed(with_p99(report_of(PASSING), "users/me", 1, 500.0)) == []
-
-
-def test_the_first_page_tail_is_judged_against_the_users_me_tail() -> None:
-    # /users/me p99 at 16 connections: 19.8 ms.
-    assert failed(with_p99(report_of(PASSING), "users first page", 16, 190.0)) == []
-    assert failed(with_p99(report_of(PASSING), "users first page", 16, 205.0)) == [
-        "users first page p99 <= 10 x users/me p99"
-    ]
 
 
 def test_the_cold_path_needs_a_quarter_of_the_baseline_throughput() -> None:
@@ -248,45 +169,3 @@ def test_rounds_combine_into_summed_counts_and_median_latencies() -> None:
     assert combined.errors == 3
     assert combined.p99_ms == 4.0
     assert combined.max_ms == 90.0
-
-
-def with_level(report: BenchReport, level: int, scale_p99: dict[str, float]) -> BenchReport:
-    """A copy of every measurement at 16 connections as `level`, p99s scaled per scenario."""
-    for measurement in [m for m in report.measurements if m.connections == 16]:
-        factor = scale_p99.get(measurement.scenario, 1.0)
-        changed = dataclasses.replace(measurement.result, p99_ms=measurement.result.p99_ms * factor)
-        report.measurements.append(
-            dataclasses.replace(measurement, connections=level, result=changed)
-        )
-    return report
-
-
-def test_a_tail_is_not_judged_where_the_baseline_cannot_measure_itself() -> None:
-    figures = {**PASSING, CONTROL_SCENARIO: PASSING["baseline"]}
-    # At 64 connections the box made the baseline's own p99 four times its neighbours', and
-    # /health/live's twice: that level cannot tell whether /health/live stays within 1.5 x.
-    report = with_level(report_of(figures), 64, {CONTROL_SCENARIO: 4.0, "health/live": 2.0})
-    outcomes = {outcome.name: outcome for outcome in evaluate_targets(report)}
-    health = outcomes["health/live p99 <= 1.5 x baseline p99"]
-    assert health.passed
-    assert "at 16 connections" in health.detail
-    assert "not judged at 64 (the baseline against itself: 4.00)" in health.detail
-    # The same level is judged where the control stays within the limit.
-    report = with_level(report_of(figures), 64, {CONTROL_SCENARIO: 1.2, "health/live": 2.0})
-    assert failed(report) == ["health/live p99 <= 1.5 x baseline p99"]
-
-
-def test_a_tail_fails_when_the_box_resolved_no_level() -> None:
-    figures = {**PASSING, CONTROL_SCENARIO: PASSING["baseline"]}
-    report = report_of(figures)
-    for index, measurement in enumerate(report.measurements):
-        if measurement.scenario == CONTROL_SCENARIO:
-            noisy = dataclasses.replace(measurement.result, p99_ms=measurement.result.p99_ms * 0.5)
-            report.measurements[index] = dataclasses.replace(measurement, result=noisy)
-    outcomes = {outcome.name: outcome for outcome in evaluate_targets(report)}
-    assert not outcomes["health/live p99 <= 1.5 x baseline p99"].passed
-    assert outcomes["health/live p99 <= 1.5 x baseline p99"].detail.startswith(
-        "the box resolved no level"
-    )
-    # A 3 x limit tolerates the same control (0.5 is within 1/3 .. 3).
-    assert outcomes["users/me p99 <= 3 x baseline p99"].passed

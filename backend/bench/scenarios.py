@@ -1,0 +1,49 @@
+"""What the bench asks for: each scenario's server, path and tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from bench import data
+from bench.database import PAGE_SIZE
+from bench.report import COLD_ME_SCENARIO, CONTROL_SCENARIO
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    server: str  # "api" or "baseline"
+    path: str
+    tokens: str  # "admin", "users" or "none"
+
+
+def scenarios(users: int) -> list[Scenario]:
+    last_page = math.ceil(users / PAGE_SIZE)
+    users_path = "/api/v1/users?"
+    return [
+        Scenario("baseline", "baseline", "/", "admin"),
+        # The baseline against its own neighbouring rounds: how far this box alone moves a ratio.
+        Scenario(CONTROL_SCENARIO, "baseline", "/", "admin"),
+        Scenario("health/live", "api", "/health/live", "admin"),
+        Scenario("users/me", "api", "/api/v1/users/me", "users"),
+        Scenario(COLD_ME_SCENARIO, "api", "/api/v1/users/me", "cold"),
+        Scenario("service-types", "api", "/api/v1/reference/service-types", "users"),
+        Scenario("users first page", "api", users_path + urlencode({"page": 1}), "admin"),
+        Scenario(
+            "users middle page",
+            "api",
+            users_path + urlencode({"page": max(1, last_page // 2)}),
+            "admin",
+        ),
+        Scenario("users last page", "api", users_path + urlencode({"page": last_page}), "admin"),
+        Scenario(
+            "users role+province",
+            "api",
+            users_path + urlencode({"role": "OFFICER", "province": data.province_name(7)}),
+            "admin",
+        ),
+        Scenario("users q", "api", users_path + urlencode({"q": "user1234"}), "admin"),
+        Scenario("provinces", "api", "/api/v1/reference/provinces", "users"),
+    ]

@@ -1,0 +1,200 @@
+"""Verdicts: every target passes, fails or is inconclusive, and the run's exit status says which.
+
+Made-up reports only (`reports.py`); no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement
+from bench.targets import (
+    EXIT_FAIL,
+    EXIT_INCONCLUSIVE,
+    EXIT_PASS,
+    TargetOutcome,
+    Verdict,
+    evaluate_targets,
+    exit_status,
+    format_targets,
+    format_verdict,
+    judge,
+)
+from tests.bench.reports import PASSING, at_rate, report_of
+
+ME_AT_80 = "users/me p99 at 80% load <= 3 x baseline p99 at the same rate"
+FIRST_PAGE_AT_50 = "users first page p99 at 50% load <= 2 x baseline p99 at the same rate"
+
+
+def verdicts(report: BenchReport) -> dict[str, Verdict]:
+    return {outcome.name: outcome.verdict for outcome in evaluate_targets(report)}
+
+
+def not_passed(report: BenchReport) -> dict[str, Verdict]:
+    return {name: v for name, v in verdicts(report).items() if v is not Verdict.PASS}
+
+
+def set_fixed(
+    report: BenchReport, scenario: str, load: float, p99_ms: float, *, lag_p99_ms: float = 0.5
+) -> BenchReport:
+    """`scenario`'s rounds at `load` with this p99 (their baselines keep 3 ms)."""
+    report.fixed_rate = [
+        dataclasses.replace(r, result=at_rate(r.result.target_rps, p99_ms, lag_p99_ms=lag_p99_ms))
+        if (r.scenario, r.load) == (scenario, load)
+        else r
+        for r in report.fixed_rate
+    ]
+    return report
+
+
+def with_closed_control(report: BenchReport, rps_ratio: float, p50_ratio: float) -> BenchReport:
+    """`baseline A/A` at every level, its req/s and p50 these factors of its baseline's."""
+    for measurement in [m for m in report.measurements if m.scenario == "baseline"]:
+        own = dataclasses.replace(
+            measurement.result,
+            requests=int(measurement.result.requests * rps_ratio),
+            p50_ms=measurement.result.p50_ms * p50_ratio,
+        )
+        report.measurements.append(
+            Measurement(CONTROL_SCENARIO, measurement.connections, own, baseline=measurement.result)
+        )
+    return report
+
+
+@pytest.mark.parametrize(
+    ("ratio", "noise", "expected"),
+    [
+        (1.5, 1.0, Verdict.PASS),
+        (1.5, 1.3, Verdict.PASS),  # 1.95: within 2 even if the box flattered it by 1.3
+        (1.8, 1.3, Verdict.INCONCLUSIVE),  # 1.38 .. 2.34: the box could have made either
+        (2.7, 1.3, Verdict.FAIL),  # 2.08 at best: a miss whatever the box did
+        (2.1, 1.0, Verdict.FAIL),
+        (1.0, 1.6, Verdict.INCONCLUSIVE),  # the box too disturbed for any pass
+        (3.0, 1.6, Verdict.INCONCLUSIVE),
+        (9.0, 1.6, Verdict.FAIL),  # 5.6 at best: a miss beyond even that much noise
+    ],
+)
+def test_an_upper_bound_is_judged_with_the_box_noise_as_margin(
+    ratio: float, noise: float, expected: Verdict
+) -> None:
+    assert judge(ratio, 2.0, noise, at_most=True) is expected
+
+
+@pytest.mark.parametrize(
+    ("ratio", "noise", "expected"),
+    [
+        (0.8, 1.1, Verdict.PASS),
+        (0.72, 1.1, Verdict.INCONCLUSIVE),
+        (0.58, 1.09, Verdict.FAIL),  # the issue's service-types: 0.63 at best, below 0.7
+        (0.8, 1.6, Verdict.INCONCLUSIVE),
+        (0.3, 1.6, Verdict.FAIL),
+    ],
+)
+def test_a_lower_bound_is_judged_the_same_way(
+    ratio: float, noise: float, expected: Verdict
+) -> None:
+    assert judge(ratio, 0.7, noise, at_most=False) is expected
+
+
+def test_a_good_run_passes_and_exits_zero() -> None:
+    report = report_of(PASSING)
+    outcomes = evaluate_targets(report)
+    assert not_passed(report) == {}
+    assert exit_status(outcomes) == EXIT_PASS
+    assert format_verdict(outcomes).startswith("PASS")
+
+
+def test_fixed_rate_tails_are_ratios_to_the_baseline_at_the_same_rate() -> None:
+    # The baselines' p99 is 3 ms: 6 ms is 2 x (the bound at 50 %), 6.3 ms beyond it.
+    assert not_passed(set_fixed(report_of(PASSING), "users first page", 0.5, 6.0)) == {}
+    report = set_fixed(report_of(PASSING), "users first page", 0.5, 6.3)
+    assert not_passed(report) == {FIRST_PAGE_AT_50: Verdict.FAIL}
+    # At 80 % the bound is 3 x.
+    assert not_passed(set_fixed(report_of(PASSING), "users/me", 0.8, 9.0)) == {}
+    assert not_passed(set_fixed(report_of(PASSING), "users/me", 0.8, 9.3)) == {
+        ME_AT_80: Verdict.FAIL
+    }
+
+
+def test_a_control_below_one_no_longer_drops_a_miss() -> None:
+    # The issue's run: /users/me 5.65 x the baseline's p99 beside a control below 1. A control
+    # of 0.8 means a ratio beside it may be off by 1.25 either way: 5.65 misses 3 regardless.
+    report = set_fixed(report_of(PASSING), CONTROL_SCENARIO, 0.8, 2.4)
+    report = set_fixed(report, "users/me", 0.8, 3.0 * 5.65)
+    assert not_passed(report) == {ME_AT_80: Verdict.FAIL}
+    assert exit_status(evaluate_targets(report)) == EXIT_FAIL
+
+
+def test_a_disturbed_control_makes_the_run_inconclusive_never_a_pass() -> None:
+    # The baseline against itself at 0.15 (the box, not the code): nothing beside it at that
+    # load can be judged, however good it looks.
+    report = set_fixed(report_of(PASSING), CONTROL_SCENARIO, 0.8, 0.45)
+    unresolved = not_passed(report)
+    assert set(unresolved.values()) == {Verdict.INCONCLUSIVE}
+    assert ME_AT_80 in unresolved
+    outcomes = evaluate_targets(report)
+    assert exit_status(outcomes) == EXIT_INCONCLUSIVE
+    assert format_verdict(outcomes).startswith("INCONCLUSIVE")
+    assert "PASS" not in format_verdict(outcomes)
+    detail = next(o.detail for o in outcomes if o.name == ME_AT_80)
+    assert "too disturbed" in detail
+
+
+def test_a_run_whose_generator_fell_behind_is_inconclusive() -> None:
+    report = report_of(PASSING)
+    rounds = report.fixed_rate
+    index = next(i for i, r in enumerate(rounds) if (r.scenario, r.load) == ("users/me", 0.5))
+    late_baseline = at_rate(rounds[index].result.target_rps, 3.0, lag_p99_ms=8.0)
+    rounds[index] = dataclasses.replace(rounds[index], baseline=late_baseline)
+    outcome = next(o for o in evaluate_targets(report) if o.name.startswith("users/me p99 at 50%"))
+    assert outcome.verdict is Verdict.INCONCLUSIVE
+    assert "fell behind its schedule in 1 round" in outcome.detail
+
+
+def test_every_fixed_rate_round_counts_none_is_left_out() -> None:
+    # Five rounds, two of them far beyond the bound: the median of the rounds decides.
+    report = report_of(PASSING)
+    rate = 400.0
+    report.fixed_rate = [r for r in report.fixed_rate if (r.scenario, r.load) != ("users/me", 0.5)]
+    for p99 in (3.0, 30.0, 3.3, 30.0, 3.6):
+        report.fixed_rate.append(
+            FixedRateRound("users/me", 0.5, at_rate(rate, p99), at_rate(rate, 3.0))
+        )
+    assert report.fixed_ratio("users/me", 0.5) == pytest.approx(1.2)
+    assert not_passed(report) == {}
+    report.fixed_rate[-1] = FixedRateRound("users/me", 0.5, at_rate(rate, 30.0), at_rate(rate, 3.0))
+    assert "users/me p99 at 50% load <= 2 x baseline p99 at the same rate" in not_passed(report)
+
+
+def test_throughput_misses_are_failures_when_the_control_is_quiet() -> None:
+    # The issue's run: service-types 0.58 x baseline at 64 connections; beside a control of
+    # 0.92 it fails, beside one of 0.6 the box could have done it.
+    figures = dict(PASSING)
+    figures["service-types"] = ((800, 1.2), (0.58 * 4000, 4.7))
+    quiet = with_closed_control(report_of(figures), rps_ratio=0.92, p50_ratio=1.0)
+    assert not_passed(quiet) == {"service-types throughput >= 0.7 x baseline": Verdict.FAIL}
+    noisy = with_closed_control(report_of(figures), rps_ratio=0.6, p50_ratio=1.0)
+    assert not_passed(noisy)["service-types throughput >= 0.7 x baseline"] is (Verdict.INCONCLUSIVE)
+    assert exit_status(evaluate_targets(noisy)) == EXIT_INCONCLUSIVE
+
+
+def test_the_first_page_p50_against_users_me_fails_beyond_the_box() -> None:
+    # The issue's fresh clone: the first page's p50 8.1 x /users/me's (target 6).
+    figures = dict(PASSING)
+    figures["users first page"] = ((300, 1.6 * 8.1), (1000, 16.0))
+    report = with_closed_control(report_of(figures), rps_ratio=1.0, p50_ratio=1.05)
+    assert not_passed(report)["users first page p50 <= 6 x users/me p50"] is Verdict.FAIL
+
+
+def test_the_exit_status_is_the_worst_verdict() -> None:
+    def outcome(verdict: Verdict) -> TargetOutcome:
+        return TargetOutcome("t", verdict, "")
+
+    assert exit_status([outcome(Verdict.PASS)] * 3) == EXIT_PASS
+    assert exit_status([outcome(Verdict.PASS), outcome(Verdict.INCONCLUSIVE)]) == 3
+    assert exit_status([outcome(Verdict.INCONCLUSIVE), outcome(Verdict.FAIL)]) == EXIT_FAIL
+    mixed = [outcome(Verdict.INCONCLUSIVE), outcome(Verdict.FAIL)]
+    assert format_verdict(mixed) == "FAIL: 1 of 2 targets missed (1 more inconclusive)"
+    assert format_targets(mixed).splitlines()[0].startswith("INCONCLUSIVE")
