@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 KIND: Final = CREATION_KIND
 EMAIL_INDEX: Final = "uq_users_lower_email"
 SUB_INDEX: Final = "uq_users_cognito_user_id"
-# An intent under which no Cognito user appeared this long after it began is dropped: a call
+# An intent under which no Cognito user appeared this long after its last try is dropped: a call
 # held up on its way lands well within it.
 GIVE_UP_AFTER: Final = timedelta(seconds=30)
 # How often the worker looks for the Cognito user of an unsettled intent meanwhile.
@@ -120,7 +120,13 @@ async def _record_intent(
             own,
             KIND,
             key,
-            {**data.model_dump(mode="json"), "began": began_at.isoformat()},
+            # `began`: the earliest try, which a user created under the intent postdates;
+            # `tried`: the latest, which a call still on its way may land after.
+            {
+                **data.model_dump(mode="json"),
+                "began": began_at.isoformat(),
+                "tried": now.isoformat(),
+            },
         )
     return began_at
 
@@ -303,11 +309,16 @@ async def create_user(
 class _Intent:
     data: UserCreate
     began: datetime
+    tried: datetime
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> _Intent:
-        fields = {name: value for name, value in payload.items() if name != "began"}
-        return cls(UserCreate.model_validate(fields), datetime.fromisoformat(payload["began"]))
+        fields = {name: value for name, value in payload.items() if name not in ("began", "tried")}
+        return cls(
+            UserCreate.model_validate(fields),
+            datetime.fromisoformat(payload["began"]),
+            datetime.fromisoformat(payload["tried"]),
+        )
 
 
 class UserCreations:
@@ -334,7 +345,7 @@ class UserCreations:
         with self.cognito.deadline():
             found = await self.cognito.find_user(intent.data.email)
         if found is None:
-            if datetime.now(UTC) - intent.began < GIVE_UP_AFTER:
+            if datetime.now(UTC) - intent.tried < GIVE_UP_AFTER:
                 raise _NotYetError("no Cognito user yet under the intent")
             logger.info("create intent dropped: no Cognito user appeared")
             return None
