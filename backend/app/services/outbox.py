@@ -253,9 +253,15 @@ class OutboxWorker:
         try:
             finish = await handler.handle(claim)
         except DomainError as error:
-            await self._retry_later(claim, error)
+            await self._retry_later(claim, error.code, getattr(error, "retry_after_seconds", None))
             if isinstance(error, ServiceUnavailableError):
                 return _Outcome.UNAVAILABLE
+            return _Outcome.FAILED
+        except Exception as error:
+            # A bug (or an entry it cannot read): said loudly, and retried with backoff rather
+            # than holding the key until the lease runs out, again and again.
+            logger.exception("outbox: the %s handler failed", claim.kind)
+            await self._retry_later(claim, type(error).__name__, None)
             return _Outcome.FAILED
         async with self._sessions() as session, session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
@@ -281,10 +287,9 @@ class OutboxWorker:
                 )
         return _Outcome.DONE
 
-    async def _retry_later(self, claim: Claim, error: DomainError) -> None:
-        reason = error.code
-        # A handler that knows when to look again says so; otherwise capped exponential backoff.
-        delay: float | None = getattr(error, "retry_after_seconds", None)
+    async def _retry_later(self, claim: Claim, reason: str, delay: float | None) -> None:
+        """Put the claim's entries back; after `delay` (a handler that knows when to look
+        again says so), else after capped exponential backoff."""
         if delay is None:
             attempts = max((entry.attempts for entry in claim.entries), default=1)
             backoff = min(2.0**attempts, MAX_BACKOFF_SECONDS)
