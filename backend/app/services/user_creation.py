@@ -12,11 +12,12 @@ deadline. So, before calling Cognito, the create commits an **intent** (an outbo
 3. AdminCreateUser, AdminAddUserToGroup, then the row is inserted, and the intent deleted and
    the lease given back in the request's transaction, fenced by the lease's holder.
 
-A create that fails with its outcome unknown leaves the intent behind; once its lease runs out,
-the outbox worker finishes it (`UserCreations`): the Cognito user that appeared is adopted with
-the role asked for (a row inserted, the group ensured), and an intent under which nothing
-appeared is dropped after `GIVE_UP_AFTER`. A retry of the create after the lease ran out takes
-the intent over and adopts the user itself (201).
+A create that fails with its outcome unknown leaves the intent behind, and so does a retry that
+fails after it, whatever its own failure (the first try's call may still land); once its lease
+is given back or runs out, the outbox worker finishes it (`UserCreations`): the Cognito user that
+appeared is adopted with the role asked for (a row inserted, the group ensured), and an intent
+under which nothing appeared is dropped after `GIVE_UP_AFTER`. A retry of the create after the
+lease ran out takes the intent over and adopts the user itself (201).
 
 The adoption rule is `app.services.adoption`'s, shared with the reconcile command: a user
 someone else created and signed in with is reported by reconcile, never taken over, and a
@@ -100,8 +101,12 @@ def _hold_seconds(cognito: CognitoUserPool) -> float:
 
 async def _record_intent(
     session: AsyncSession, data: UserCreate, holder: uuid.UUID, hold_seconds: float
-) -> datetime:
-    """Take the email's lease and commit the intent; when the earliest intent began."""
+) -> tuple[datetime, bool]:
+    """Take the email's lease and commit the intent.
+
+    Returns when the earliest try under the intent began, and whether an earlier try's outcome
+    is still unknown (its intent was left unsettled; its call may yet land).
+    """
     key = _key(data.email)
     async with AsyncSession(session.bind) as own, own.begin():
         if not await take_lease(own, KIND, key, holder, hold_seconds):
@@ -128,14 +133,20 @@ async def _record_intent(
                 "tried": now.isoformat(),
             },
         )
-    return began_at
+    return began_at, began is not None
 
 
-async def _drop_intent(session: AsyncSession, email: str, holder: uuid.UUID) -> None:
-    """Nothing was created: the intent goes, if this create still holds it."""
+async def _drop_intent(
+    session: AsyncSession, email: str, holder: uuid.UUID, *, earlier_try: bool
+) -> None:
+    """Nothing this try made is left in Cognito: the intent goes, if this create still holds it.
+
+    Unless an earlier try's outcome is unknown (`earlier_try`): its AdminCreateUser may still
+    land, so the intent stays for the worker or a retry to settle, and only the lease goes back.
+    """
     key = _key(email)
     async with AsyncSession(session.bind) as own, own.begin():
-        if await give_back_lease(own, KIND, key, holder):
+        if await give_back_lease(own, KIND, key, holder) and not earlier_try:
             await own.execute(
                 delete(OutboxEntry).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
             )
@@ -255,9 +266,11 @@ async def create_user(
                 raise EmailTakenError("A user with this email already exists")
         holder = uuid.uuid4()
         key = _key(data.email)
-        began = await _record_intent(session, data, holder, _hold_seconds(cognito))
+        began, earlier_try = await _record_intent(session, data, holder, _hold_seconds(cognito))
         undo = UndoLog()
-        drop_intent = functools.partial(_drop_intent, session, data.email, holder)
+        drop_intent = functools.partial(
+            _drop_intent, session, data.email, holder, earlier_try=earlier_try
+        )
         try:
             with cognito.deadline():
                 try:
@@ -270,7 +283,7 @@ async def create_user(
                     await _give_back(session, data.email, holder)
                     raise
                 except BaseException:
-                    await drop_intent()  # nothing was created
+                    await drop_intent()  # nothing of this try was created
                     raise
                 # From here on a Cognito user exists: a failure undoes what this request
                 # created and leaves the intent to settle what the undo could not.

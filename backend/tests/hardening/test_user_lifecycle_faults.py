@@ -169,6 +169,43 @@ async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_ne
         assert sub  # the one Cognito user is the one the row was made for (the sub is unique)
 
 
+async def test_a_retry_refused_outright_keeps_the_intent_an_earlier_late_create_lands_under(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    """Found by `make chaos`: a retry whose own AdminCreateUser was throttled (nothing done)
+    dropped the intent while the first try's call was still on its way; when it landed, the
+    user was an orphan and every later create of the email answered 409 email_taken."""
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, cognito_deadline_seconds=2
+    )
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    body = new_user()
+    proxy.fail("AdminCreateUser", Fault("slow", times=1, delay=3.0))
+    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
+        first = await live.client.post(USERS, json=body, headers=admin)
+        assert first.status_code == 503
+        throttled = proxy.fail(
+            "AdminCreateUser",
+            Fault("status", times=1, status=400, error_type="TooManyRequestsException"),
+        )
+        retried: list[int] = []
+        while throttled.seen == 0 and len(retried) < 20:  # the worker may hold the email a moment
+            retried.append((await live.client.post(USERS, json=body, headers=admin)).status_code)
+        assert throttled.seen == 1, retried
+        assert set(retried) <= {429, 503}, retried
+        await asyncio.sleep(2.0)  # the first try's call lands meanwhile (3 s after it was sent)
+        assert len(moto_cognito.users_with_email(body["email"])) == 1
+        answers = []
+        for _ in range(60):
+            response = await live.client.post(USERS, json=body, headers=admin)
+            answers.append(response.status_code)
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(0.5)
+        assert answers[-1] == 201, answers
+        assert len(moto_cognito.users_with_email(body["email"])) == 1
+
+
 async def test_creates_against_a_hanging_cognito_end_at_the_deadline_and_health_stays_up(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:
