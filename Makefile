@@ -62,8 +62,13 @@ typecheck: venv-dev ## mypy, strict on backend/app
 migrations-check: venv-dev ## alembic check on a throwaway embedded database
 	$(PY) -m devtools.migrations_check
 
-pytest: venv-dev tools ## The test suite (real PostgreSQL, moto Cognito)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+# One pytest worker per core (pytest-xdist): most tests wait on real servers, timeouts and
+# processes rather than compute, so two workers on two cores halve the wait. Each worker has
+# its own PostgreSQL server and Cognito emulator. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= auto
+
+pytest: venv-dev tools ## The test suite (real PostgreSQL, moto Cognito), one worker per core
+	$(VENV)/bin/pytest --numprocesses=$(PYTEST_WORKERS) --dist=worksteal $(PYTEST_ARGS)
 
 openapi: venv-dev ## Write the app's OpenAPI document to openapi.json (commit it with the change)
 	$(PY) -m devtools.openapi openapi.json

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from devtools.postgres import EmbeddedPostgres
 from tests.chaos.proxy import COGNITO_FAULTS
 from tests.chaos.run import FAULT_KINDS
@@ -55,6 +57,7 @@ def _stop_leftover_postgres(output: str) -> None:
         EmbeddedPostgres(Path(found.group(1)) / "pg").stop()
 
 
+@pytest.mark.long
 def test_a_chaos_run_holds_every_invariant_and_fires_every_fault(tmp_path: Path) -> None:
     report = tmp_path / "chaos.json"
     result = _run_chaos(report)

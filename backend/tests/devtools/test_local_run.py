@@ -183,6 +183,7 @@ def checkout() -> Iterator[Checkout]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@pytest.mark.long
 def test_a_copied_env_example_runs_on_the_embedded_defaults_and_ctrl_c_stops_it_all(
     checkout: Checkout,
 ) -> None:
@@ -209,6 +210,7 @@ def test_a_copied_env_example_runs_on_the_embedded_defaults_and_ctrl_c_stops_it_
     assert not (checkout.local_dir / "run.json").exists()
 
 
+@pytest.mark.long
 def test_users_created_during_the_run_sign_in_and_reset_passwords_and_a_killed_api_stops_all(
     checkout: Checkout,
 ) -> None:
@@ -271,6 +273,7 @@ def test_users_created_during_the_run_sign_in_and_reset_passwords_and_a_killed_a
     assert [port for port in checkout.ports() if not port_is_free(port)] == []
 
 
+@pytest.mark.long
 def test_what_a_killed_run_left_is_taken_over_in_one_line_and_make_stop_ends_it_all(
     checkout: Checkout,
 ) -> None:

@@ -227,6 +227,7 @@ async def app_connections(database_url: str) -> list[str]:
     return [str(row["state"]) for row in rows]
 
 
+@pytest.mark.long
 async def test_soak_mixed_traffic_at_fifty_connections(server: Server, soak_database: str) -> None:
     admin = await add_user(
         soak_database, Role.ADMIN, email=f"soak-admin-{uuid.uuid4().hex[:8]}@example.gov"
