@@ -6,7 +6,6 @@ Starlette's router answers a wrong method from the first route whose path matche
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 
 import httpx
@@ -17,7 +16,9 @@ from fastapi.routing import iter_route_contexts
 from app.core.roles import Role
 from tests.api.conftest import UserFactory, auth_headers
 
-PATH_VALUES = {"user_id": str(uuid.uuid4()), "name": "swagger-ui.css"}
+# Fixed, not random: parametrized ids must be the same in every pytest-xdist worker.
+SOME_USER_ID = "5f0c3d8e-2b1a-4c6d-9e7f-0a1b2c3d4e5f"
+PATH_VALUES = {"user_id": SOME_USER_ID, "name": "swagger-ui.css"}
 UNUSED_METHOD = "DELETE"  # no route of the API serves it
 
 
@@ -68,8 +69,8 @@ async def test_every_path_lists_all_its_methods_in_allow(
     ("method", "path", "allow"),
     [
         ("PATCH", "/api/v1/users", "GET, POST"),
-        ("DELETE", f"/api/v1/users/{uuid.uuid4()}", "GET, PUT"),
-        ("GET", f"/api/v1/users/{uuid.uuid4()}/reset-password", "POST"),
+        ("DELETE", f"/api/v1/users/{SOME_USER_ID}", "GET, PUT"),
+        ("GET", f"/api/v1/users/{SOME_USER_ID}/reset-password", "POST"),
         ("PUT", "/health/live", "GET"),
     ],
 )

@@ -148,7 +148,11 @@ async def test_expiry_is_enforced_on_cached_claims(
     await rejected(verifier, token, "expired")
 
 
-@pytest.mark.parametrize("exp", [OMIT, None, str(int(NOW) + 600), NOW + 600.5, True])
+@pytest.mark.parametrize(
+    "exp",
+    [OMIT, None, str(int(NOW) + 600), NOW + 600.5, True],
+    ids=["missing", "null", "a string", "a float", "a boolean"],
+)
 async def test_exp_must_be_an_integer(
     verifier: AccessTokenVerifier, key: RSAKeyPair, exp: object
 ) -> None:
@@ -188,7 +192,9 @@ async def test_auth_time_after_iat(verifier: AccessTokenVerifier, key: RSAKeyPai
     await rejected(verifier, token, "auth_time after iat")
 
 
-@pytest.mark.parametrize("auth_time", [str(int(NOW)), NOW - 0.5, True])
+@pytest.mark.parametrize(
+    "auth_time", [str(int(NOW)), NOW - 0.5, True], ids=["a string", "a float", "a boolean"]
+)
 async def test_auth_time_must_be_an_integer(
     verifier: AccessTokenVerifier, key: RSAKeyPair, auth_time: object
 ) -> None:
