@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
+
 # ---------------------------------------------------------------------------------------------
 # Database
 #
