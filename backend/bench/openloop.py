@@ -11,7 +11,8 @@ HTTP/1.1 keep-alive connections, one request in flight per connection:
   request waits for the first connection to come free (its latency still runs from its due
   time);
 - it asks for a real-time priority (`keep_time_first`), so that on a busy box it is not the
-  one left waiting for a core;
+  one left waiting for a core, and for no deep CPU idle while it runs (`keep_cpus_awake`), so
+  that on a quiet virtual machine an idle vCPU does not wake late for its next send;
 - every time is `time.perf_counter()`, and `bench.fixed_rate.summarize` turns the timeline
   into figures: latency from the due time, and how late the generator itself got to each
   request, so a run in which it could not keep the rate says so.
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import re
+import struct
 import sys
 import time
 from collections import deque
@@ -244,6 +246,27 @@ def keep_time_first() -> bool:
     return True
 
 
+def keep_cpus_awake() -> int | None:
+    """Ask the kernel to keep every CPU out of deep idle states while this process lives.
+
+    A PM QoS request (`/dev/cpu_dma_latency` held at 0 µs, as latency tools such as cyclictest
+    do): the CPUs poll instead of halting, so a timer wakes the generator on time. On a virtual
+    machine a halted vCPU was woken milliseconds late, on a quiet box more than a busy one.
+    Both sides of every ratio run under it. Needs root; without it nothing changes. The request
+    lasts while the returned descriptor is open (until the process exits).
+    """
+    try:
+        descriptor = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError:
+        return None
+    try:
+        os.write(descriptor, struct.pack("i", 0))
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url")
@@ -252,11 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens-file", type=Path, help="bearer tokens, one a line")
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
     parser.add_argument(
-        "--ordinary-priority", action="store_true", help="do not ask for a real-time priority"
+        "--ordinary-priority",
+        action="store_true",
+        help="do not ask for a real-time priority nor for CPUs kept out of deep idle",
     )
     args = parser.parse_args(argv)
     if not args.ordinary_priority:
         keep_time_first()
+        keep_cpus_awake()
     tokens = (
         [line for line in args.tokens_file.read_text().splitlines() if line]
         if args.tokens_file
