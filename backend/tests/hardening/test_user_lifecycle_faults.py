@@ -136,6 +136,22 @@ async def test_one_users_changes_converge_across_instances_whatever_cognitos_spe
         assert shown.json()["directory_in_step"] is True
 
 
+async def retried_until_settled(
+    client: httpx.AsyncClient, body: dict[str, str], headers: dict[str, str]
+) -> tuple[list[int], httpx.Response]:
+    """What an admin retrying a create every half second sees: each status until one is not a
+    503 (every 503 with `Retry-After`), and that last answer."""
+    answers: list[int] = []
+    for _ in range(60):
+        response = await client.post(USERS, json=body, headers=headers)
+        answers.append(response.status_code)
+        if response.status_code != 503:
+            break
+        assert response.headers["Retry-After"]
+        await asyncio.sleep(0.5)
+    return answers, response
+
+
 async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_never_meet_409(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:
@@ -150,14 +166,7 @@ async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_ne
         first = await live.client.post(USERS, json=body, headers=admin)
         assert first.status_code == 503
         assert first.headers["Retry-After"]
-        answers = []
-        for _ in range(60):  # what an admin retrying every half second would see
-            response = await live.client.post(USERS, json=body, headers=admin)
-            answers.append(response.status_code)
-            if response.status_code != 503:
-                break
-            assert response.headers["Retry-After"]
-            await asyncio.sleep(0.5)
+        answers, response = await retried_until_settled(live.client, body, admin)
         # Until the outcome is known, 503; then the user, created once, is the admin's.
         assert answers[-1] == 201, answers
         assert set(answers) == {503, 201} or answers == [201], answers
@@ -195,13 +204,7 @@ async def test_a_retry_refused_outright_keeps_the_intent_an_earlier_late_create_
         assert set(retried) <= {429, 503}, retried
         await asyncio.sleep(2.0)  # the first try's call lands meanwhile (3 s after it was sent)
         assert len(moto_cognito.users_with_email(body["email"])) == 1
-        answers = []
-        for _ in range(60):
-            response = await live.client.post(USERS, json=body, headers=admin)
-            answers.append(response.status_code)
-            if response.status_code != 503:
-                break
-            await asyncio.sleep(0.5)
+        answers, _ = await retried_until_settled(live.client, body, admin)
         assert answers[-1] == 201, answers
         assert len(moto_cognito.users_with_email(body["email"])) == 1
 
