@@ -39,6 +39,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 #
 #   db_session           most tests: a session in a transaction rolled back after the test
 #   fresh_database_url   tests needing real commits seen by other connections or processes
+#   fresh_engine         an engine on such a database
 #   empty_database_url   migration tests
 # ---------------------------------------------------------------------------------------------
 
@@ -149,6 +150,16 @@ async def fresh_database_url(pg: PsqlAdmin, migrated_template: str) -> AsyncIter
         yield pg.url(name)
     finally:
         await asyncio.to_thread(pg.drop_database, name)
+
+
+@pytest.fixture
+async def fresh_engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a migrated database of this test's own (`fresh_database_url`)."""
+    engine = create_async_engine(fresh_database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

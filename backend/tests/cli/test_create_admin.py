@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.cli.create_admin import create_admin
 from app.core.roles import Role
@@ -30,15 +30,6 @@ from tests.support.moto_cognito import (
 def moto() -> Iterator[MotoCognito]:
     with running_moto_cognito() as running:
         yield running
-
-
-@pytest.fixture
-async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(fresh_database_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def users_with_email(engine: AsyncEngine, email: str) -> list[User]:
@@ -60,7 +51,7 @@ def run_command(
 
 
 async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(
-    fresh_database_url: str, engine: AsyncEngine, moto: MotoCognito, tmp_path: Path
+    fresh_database_url: str, fresh_engine: AsyncEngine, moto: MotoCognito, tmp_path: Path
 ) -> None:
     email = new_email()
     arguments = ("--email", email.upper(), "--name", "First Admin")
@@ -69,7 +60,7 @@ async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(
     assert f"created ADMIN {email}" in first.stdout
     # The audit line, written once the transaction committed.
     assert "user.create success" in first.stderr
-    [user] = await users_with_email(engine, email)
+    [user] = await users_with_email(fresh_engine, email)
     assert (user.role, user.full_name, user.is_active) == (Role.ADMIN, "First Admin", True)
     cognito_user = moto.find(email)
     assert cognito_user is not None
@@ -79,13 +70,13 @@ async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(
     again = await asyncio.to_thread(run_command, fresh_database_url, moto, tmp_path, *arguments)
     assert again.returncode == 0, again.stderr
     assert "already exists" in again.stdout
-    assert len(await users_with_email(engine, email)) == 1
+    assert len(await users_with_email(fresh_engine, email)) == 1
     assert len(moto.users_with_email(email)) == 1
 
 
 async def test_an_email_known_only_to_cognito_is_reported_and_fails(
     fresh_database_url: str,
-    engine: AsyncEngine,
+    fresh_engine: AsyncEngine,
     moto: MotoCognito,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -96,13 +87,13 @@ async def test_an_email_known_only_to_cognito_is_reported_and_fails(
     settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
     assert await create_admin(settings, email, "Someone", moto.adapter()) == 1
     assert "disagree" in capsys.readouterr().err
-    assert await users_with_email(engine, email) == []
+    assert await users_with_email(fresh_engine, email) == []
     assert moto.find(email)["attributes"]["sub"] == sub  # type: ignore[index]
 
 
 async def test_a_failure_half_way_leaves_nothing_behind(
     fresh_database_url: str,
-    engine: AsyncEngine,
+    fresh_engine: AsyncEngine,
     moto: MotoCognito,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -116,7 +107,7 @@ async def test_a_failure_half_way_leaves_nothing_behind(
     settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
     assert await create_admin(settings, email, "Someone", cognito) == 1
     assert "unavailable" in capsys.readouterr().err
-    assert await users_with_email(engine, email) == []
+    assert await users_with_email(fresh_engine, email) == []
     assert moto.find(email) is None
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.db import create_read_sessionmaker, create_sessionmaker
 from app.services import outbox
@@ -33,15 +32,6 @@ class RecordingHandler:
         return None
 
 
-@pytest.fixture
-async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(fresh_database_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
 def worker_on(engine: AsyncEngine, handler: RecordingHandler) -> OutboxWorker:
     worker = OutboxWorker(create_sessionmaker(engine), create_read_sessionmaker(engine))
     worker.register(KIND, handler)
@@ -60,46 +50,46 @@ async def rows(engine: AsyncEngine, sql: str) -> list[tuple[object, ...]]:
 
 
 async def test_a_keys_entries_are_handed_over_together_and_deleted_once_done(
-    engine: AsyncEngine,
+    fresh_engine: AsyncEngine,
 ) -> None:
     handler = RecordingHandler()
-    await record(engine, "user-1", count=2)
-    assert await worker_on(engine, handler).run_once() == 1
+    await record(fresh_engine, "user-1", count=2)
+    assert await worker_on(fresh_engine, handler).run_once() == 1
     assert [(key, len(ids)) for key, ids in handler.handled] == [("user-1", 2)]
-    assert await rows(engine, "SELECT count(*) FROM outbox") == [(0,)]
-    assert await rows(engine, "SELECT count(*) FROM outbox_leases") == [(0,)]
+    assert await rows(fresh_engine, "SELECT count(*) FROM outbox") == [(0,)]
+    assert await rows(fresh_engine, "SELECT count(*) FROM outbox_leases") == [(0,)]
 
 
-async def test_a_key_held_by_one_worker_is_not_taken_by_another(engine: AsyncEngine) -> None:
-    await record(engine, "user-1")
-    async with AsyncSession(engine) as session, session.begin():
+async def test_a_key_held_by_one_worker_is_not_taken_by_another(fresh_engine: AsyncEngine) -> None:
+    await record(fresh_engine, "user-1")
+    async with AsyncSession(fresh_engine) as session, session.begin():
         held = await outbox.take_lease(session, KIND, "user-1", outbox.uuid.uuid4(), 30)
     assert held
     handler = RecordingHandler()
-    assert await worker_on(engine, handler).run_once() == 0
+    assert await worker_on(fresh_engine, handler).run_once() == 0
     assert handler.handled == []
 
 
 async def test_a_worker_that_lost_its_lease_deletes_nothing_and_records_the_key_afresh(
-    engine: AsyncEngine,
+    fresh_engine: AsyncEngine,
 ) -> None:
-    await record(engine, "user-1")
+    await record(fresh_engine, "user-1")
     # Paused past its lease while it worked: another holder has the key now.
-    steal = rows(engine, "UPDATE outbox_leases SET holder = gen_random_uuid() RETURNING 1")
+    steal = rows(fresh_engine, "UPDATE outbox_leases SET holder = gen_random_uuid() RETURNING 1")
     handler = RecordingHandler(meanwhile=lambda: steal)
-    assert await worker_on(engine, handler).run_once() == 1
-    remaining = await rows(engine, "SELECT key FROM outbox ORDER BY id")
+    assert await worker_on(fresh_engine, handler).run_once() == 1
+    remaining = await rows(fresh_engine, "SELECT key FROM outbox ORDER BY id")
     # Its entry stays for the holder, and one more is recorded for what it did late.
     assert remaining == [("user-1",), ("user-1",)]
 
 
 async def test_an_unexpected_handler_error_gives_the_key_back_for_a_later_try(
-    engine: AsyncEngine,
+    fresh_engine: AsyncEngine,
 ) -> None:
-    await record(engine, "user-1")
+    await record(fresh_engine, "user-1")
     handler = RecordingHandler(failure=KeyError("tried"))
-    assert await worker_on(engine, handler).run_once() == 1
-    assert await rows(engine, "SELECT count(*) FROM outbox_leases") == [(0,)]
+    assert await worker_on(fresh_engine, handler).run_once() == 1
+    assert await rows(fresh_engine, "SELECT count(*) FROM outbox_leases") == [(0,)]
     assert await rows(
-        engine, "SELECT last_error, next_attempt_at > now(), attempts FROM outbox"
+        fresh_engine, "SELECT last_error, next_attempt_at > now(), attempts FROM outbox"
     ) == [("KeyError", True, 1)]

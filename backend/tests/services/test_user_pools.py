@@ -7,12 +7,12 @@ the fidelity patches of `tests.support.moto_cognito` (guarded by the first tests
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.db import create_read_sessionmaker, create_sessionmaker
 from app.core.roles import Role
@@ -51,15 +51,6 @@ def pools() -> Iterator[dict[PoolKind, MotoCognito]]:
 @pytest.fixture(params=POOL_KINDS)
 def pool(request: pytest.FixtureRequest, pools: dict[PoolKind, MotoCognito]) -> MotoCognito:
     return pools[request.param]
-
-
-@pytest.fixture
-async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(fresh_database_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def new_email() -> str:
@@ -174,16 +165,16 @@ async def rows_with_email(engine: AsyncEngine, email: str) -> list[User]:
 
 
 async def test_create_stores_the_sub_and_the_role_group(
-    pool: MotoCognito, engine: AsyncEngine
+    pool: MotoCognito, fresh_engine: AsyncEngine
 ) -> None:
     email = new_email()
-    user = await service_create(engine, pool.adapter(), email)
+    user = await service_create(fresh_engine, pool.adapter(), email)
     assert pool.find(email)["attributes"]["sub"] == user.cognito_user_id  # type: ignore[index]
     assert pool.groups_of(email) == {"EXECUTIVE"}
 
 
 async def test_a_lost_create_answer_adopts_the_user_cognito_made(
-    pool: MotoCognito, engine: AsyncEngine
+    pool: MotoCognito, fresh_engine: AsyncEngine
 ) -> None:
     email = new_email()
     cognito = pool.adapter()
@@ -197,7 +188,7 @@ async def test_a_lost_create_answer_adopts_the_user_cognito_made(
     cognito._create_client.meta.events.register(
         "after-call.cognito-idp.AdminCreateUser", lose_the_answer
     )
-    user = await service_create(engine, cognito, email)
+    user = await service_create(fresh_engine, cognito, email)
     assert lost == [1]
     [stored] = pool.users_with_email(email)
     assert {a["Name"]: a["Value"] for a in stored["Attributes"]}["sub"] == user.cognito_user_id
@@ -205,22 +196,22 @@ async def test_a_lost_create_answer_adopts_the_user_cognito_made(
 
 
 async def test_a_never_signed_in_user_without_a_row_is_adopted(
-    pool: MotoCognito, engine: AsyncEngine
+    pool: MotoCognito, fresh_engine: AsyncEngine
 ) -> None:
     email = new_email()
     sub = pool.create_user(email)
     pool.make_older(email, ADOPTABLE_AFTER * 2)
-    user = await service_create(engine, pool.adapter(), email)
+    user = await service_create(fresh_engine, pool.adapter(), email)
     assert user.cognito_user_id == sub
     assert len(pool.users_with_email(email)) == 1
 
 
 async def test_a_user_who_signed_in_is_never_adopted(
-    pool: MotoCognito, engine: AsyncEngine
+    pool: MotoCognito, fresh_engine: AsyncEngine
 ) -> None:
     email = new_email()
     pool.create_user(email, confirmed=True)
     pool.make_older(email, ADOPTABLE_AFTER * 2)
     with pytest.raises(EmailTakenError):
-        await service_create(engine, pool.adapter(), email)
-    assert await rows_with_email(engine, email) == []
+        await service_create(fresh_engine, pool.adapter(), email)
+    assert await rows_with_email(fresh_engine, email) == []
