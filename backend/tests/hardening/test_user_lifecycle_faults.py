@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from tests.hardening.conftest import OwnPostgres
 from tests.hardening.harness import (
     Fault,
     FaultProxy,
+    LiveApp,
     add_user,
     bearer,
     execute_sql,
@@ -136,6 +138,28 @@ async def test_one_users_changes_converge_across_instances_whatever_cognitos_spe
         assert shown.json()["directory_in_step"] is True
 
 
+@asynccontextmanager
+async def first_create_lands_late(
+    database_url: str,
+    jwks_server: JWKSServer,
+    moto_cognito: MotoCognito,
+    proxy: FaultProxy,
+    body: dict[str, str],
+) -> AsyncIterator[tuple[LiveApp, dict[str, str]]]:
+    """The app (a 2 s Cognito deadline) and an admin's headers, after the admin's first create
+    of `body` answered 503 at its deadline: its AdminCreateUser reaches Cognito 3 s late."""
+    settings = make_settings(
+        database_url, cognito_jwks_url=jwks_server.url, cognito_deadline_seconds=2
+    )
+    admin = bearer((await add_user(database_url, Role.ADMIN)).cognito_user_id)
+    proxy.fail("AdminCreateUser", Fault("slow", times=1, delay=3.0))
+    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
+        first = await live.client.post(USERS, json=body, headers=admin)
+        assert first.status_code == 503
+        assert first.headers["Retry-After"]
+        yield live, admin
+
+
 async def retried_until_settled(
     client: httpx.AsyncClient, body: dict[str, str], headers: dict[str, str]
 ) -> tuple[list[int], httpx.Response]:
@@ -155,17 +179,9 @@ async def retried_until_settled(
 async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_never_meet_409(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:
-    settings = make_settings(
-        fresh_database_url, cognito_jwks_url=jwks_server.url, cognito_deadline_seconds=2
-    )
-    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
     body = new_user()
-    # AdminCreateUser reaches Cognito 3 s late: after the request gave up at its deadline.
-    proxy.fail("AdminCreateUser", Fault("slow", times=1, delay=3.0))
-    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
-        first = await live.client.post(USERS, json=body, headers=admin)
-        assert first.status_code == 503
-        assert first.headers["Retry-After"]
+    late = first_create_lands_late(fresh_database_url, jwks_server, moto_cognito, proxy, body)
+    async with late as (live, admin):
         answers, response = await retried_until_settled(live.client, body, admin)
         # Until the outcome is known, 503; then the user, created once, is the admin's.
         assert answers[-1] == 201, answers
@@ -184,15 +200,9 @@ async def test_a_retry_refused_outright_keeps_the_intent_an_earlier_late_create_
     """Found by `make chaos`: a retry whose own AdminCreateUser was throttled (nothing done)
     dropped the intent while the first try's call was still on its way; when it landed, the
     user was an orphan and every later create of the email answered 409 email_taken."""
-    settings = make_settings(
-        fresh_database_url, cognito_jwks_url=jwks_server.url, cognito_deadline_seconds=2
-    )
-    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
     body = new_user()
-    proxy.fail("AdminCreateUser", Fault("slow", times=1, delay=3.0))
-    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
-        first = await live.client.post(USERS, json=body, headers=admin)
-        assert first.status_code == 503
+    late = first_create_lands_late(fresh_database_url, jwks_server, moto_cognito, proxy, body)
+    async with late as (live, admin):
         throttled = proxy.fail(
             "AdminCreateUser",
             Fault("status", times=1, status=400, error_type="TooManyRequestsException"),
