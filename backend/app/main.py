@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.api.docs import install_docs
+from app.api.metrics import router as metrics_router
 from app.api.v1 import API_PREFIX
 from app.api.v1 import routers as v1_routers
 from app.api.v1.health import router as health_router
-from app.core import cors
+from app.core import cors, metrics
 from app.core.config import Settings, load_settings
 from app.core.db import (
     DatabaseConnector,
@@ -74,6 +75,7 @@ class State(TypedDict):
 def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[State]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        metrics.RELEASE.labels(settings.app_release or __version__, __version__).set(1)
         credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
         reread = (
             functools.partial(fetch_database_credentials, settings)
@@ -107,7 +109,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         pool_check = start_pool_check(cognito, settings)
         # Requests only record work in the outbox; the worker process (app.worker) does it.
         directory_sync = DirectorySync(OutboxWorker(sessionmaker, read_sessions), cognito)
-        health_engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
+        health_engine = create_engine(
+            connector, settings, pool_size=1, max_overflow=0, name="health"
+        )
         try:
             state = State(
                 settings=settings,
@@ -137,6 +141,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             await jwks.aclose()
             await engine.dispose()
             await health_engine.dispose()
+            metrics.forget_this_process()
 
     return lifespan
 
@@ -170,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     for router in v1_routers:
         app.include_router(router, prefix=API_PREFIX)
     install_docs(app, settings)

@@ -47,6 +47,7 @@ from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker
 from app.services.user_creation import UserCreations
+from app.services.worker_status import TurnRecorder
 
 logger = logging.getLogger("app.worker")
 
@@ -59,8 +60,11 @@ def heartbeat_file() -> Path:
     return Path(os.environ.get("WORKER_HEARTBEAT_FILE") or default)
 
 
-def _beat(path: Path) -> None:
-    path.touch()
+def _beat(path: Path | None, turns: TurnRecorder) -> None:
+    """After each turn that reached the outbox: the file `--check` reads, the row of `/metrics`."""
+    if path is not None:
+        path.touch()
+    turns.turned()
 
 
 @contextlib.asynccontextmanager
@@ -78,20 +82,24 @@ async def background_work(
         else None
     )
     connector = DatabaseConnector(settings, credentials, reread)
-    engine = create_engine(connector, settings, pool_size=2, max_overflow=0)
+    engine = create_engine(connector, settings, pool_size=2, max_overflow=0, name="worker")
     cognito = cognito or CognitoUserPool.from_settings(settings)
+    sessions = create_sessionmaker(engine)
+    turns = TurnRecorder(sessions)
     worker = OutboxWorker(
-        create_sessionmaker(engine),
+        sessions,
         create_read_sessionmaker(engine),
-        heartbeat=functools.partial(_beat, heartbeat) if heartbeat is not None else None,
+        heartbeat=functools.partial(_beat, heartbeat, turns),
     )
     directory = DirectorySync(worker, cognito)
     UserCreations(worker, cognito, directory)
+    turns.start()
     worker.start()
     try:
         yield worker
     finally:
         await worker.aclose()
+        await turns.aclose()
         await engine.dispose()
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter, Histogram
 
 from app.core.config import AwsSettings
 
@@ -38,3 +44,42 @@ def aws_client(service: str, settings: AwsSettings, *, config: Config | None = N
     return boto3.client(  # type: ignore[call-overload]
         service, region_name=settings.aws_region, config=config or client_config(settings)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AwsCallMetrics:
+    """A service's call counter (by operation and outcome) and latency histogram."""
+
+    calls: Counter
+    duration: Histogram
+
+
+def call_outcome(error: BaseException | None) -> str:
+    """`ok`, the error code AWS answered, botocore's error class, or `deadline` (abandoned)."""
+    if error is None:
+        return "ok"
+    # An adapter raises its own error from the SDK's (or from None, after a timeout): the
+    # outcome is what lies beneath.
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, ClientError):
+            return str(cause.response.get("Error", {}).get("Code") or "ClientError")
+        if isinstance(cause, BotoCoreError):
+            return type(cause).__name__
+        if isinstance(cause, TimeoutError):
+            return "deadline"
+    return "error"
+
+
+@contextlib.contextmanager
+def observed_aws_call(observed: AwsCallMetrics, operation: str) -> Iterator[None]:
+    """Count the call in the block by its outcome and time it, whatever it raises."""
+    started = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        observed.duration.labels(operation).observe(time.perf_counter() - started)
+        observed.calls.labels(operation, call_outcome(error)).inc()

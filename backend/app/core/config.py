@@ -121,6 +121,8 @@ class Settings(DatabaseAccessSettings):
     sqs_notification_queue_url: str
     sqs_export_queue_url: str
     environment: str = "development"
+    # What this instance runs, as the deploy names it (the image tag): `/metrics` reports it.
+    app_release: str | None = None
 
     cognito_jwks_url: str | None = None
     cognito_domain: str | None = None

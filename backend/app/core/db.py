@@ -12,6 +12,7 @@ import anyio.to_thread
 import asyncpg
 import sqlalchemy.engine
 import sqlalchemy.exc
+import sqlalchemy.pool
 from fastapi import Depends
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import (
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
 
+from app.core import metrics
 from app.core.compensation import run_after_commit, undo_unless_committed
 from app.core.config import ConfigError, DatabaseCredentials, DatabaseSettings
 from app.core.errors import describe_database_error
@@ -124,8 +126,12 @@ def create_engine(
     *,
     pool_size: int | None = None,
     max_overflow: int | None = None,
+    name: str = "api",
 ) -> AsyncEngine:
-    """An engine on the connector's connections; the pool as configured unless given."""
+    """An engine on the connector's connections; the pool as configured unless given.
+
+    `name` labels its pool's metrics (`one_system_db_pool_*`).
+    """
     engine = create_async_engine(
         # The URL names the dialect only; connections come from the connector.
         "postgresql+asyncpg://",
@@ -142,8 +148,33 @@ def create_engine(
         pool_recycle=1800,
     )
     event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
+    _count_checkouts(engine.sync_engine.pool, name)
     event.listen(engine.sync_engine, "handle_error", _discard_connections_to_a_reader)
     return engine
+
+
+def _count_checkouts(pool: sqlalchemy.pool.Pool, name: str) -> None:
+    """Keep the pool's gauges: connections lent out and open beyond its size.
+
+    Registered after the ping, so a checkout whose ping failed (and that SQLAlchemy retries on
+    a fresh connection) is counted once.
+    """
+    checked_out = metrics.DB_POOL_CHECKED_OUT.labels(name)
+    overflow = metrics.DB_POOL_OVERFLOW.labels(name)
+    size_of = getattr(pool, "overflow", None)
+
+    def on_checkout(*_: object) -> None:
+        checked_out.inc()
+        if size_of is not None:
+            overflow.set(size_of())
+
+    def on_checkin(*_: object) -> None:
+        checked_out.dec()
+        if size_of is not None:
+            overflow.set(size_of())
+
+    event.listen(pool, "checkout", on_checkout)
+    event.listen(pool, "checkin", on_checkin)
 
 
 # read_only_sql_transaction: after an Aurora failover, connections opened before it (or through

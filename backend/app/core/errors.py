@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.core import metrics
 from app.core.logging import request_id_var
 from app.core.middleware import REQUEST_ID_SCOPE_KEY
 
@@ -262,6 +263,7 @@ async def _dependency_error(request: Request, error: Exception) -> JSONResponse:
     if not _is_database_unavailable(error):
         return await _unexpected_error(request, error)
     if _sqlstate(error) == STATEMENT_TIMEOUT_SQLSTATE:
+        metrics.DB_STATEMENT_TIMEOUTS.inc()
         # Not an outage: the server is up and cut off a query that ran too long. A slow query
         # is a bug to find, so it is logged as one, with the route that ran it.
         logger.error(

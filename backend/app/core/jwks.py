@@ -24,6 +24,8 @@ import httpx
 from jose.backends import RSAKey  # type: ignore[import-untyped, unused-ignore]
 from jose.exceptions import JWKError  # type: ignore[import-untyped, unused-ignore]
 
+from app.core import metrics
+
 __all__ = [
     "ALGORITHM",
     "MAX_KID_LENGTH",
@@ -225,6 +227,7 @@ class JWKSCache:
         try:
             keys = await self._fetch()
         except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, _InvalidJWKSError) as error:
+            metrics.JWKS_FETCHES.labels("failed").inc()
             self._attempted_at = self._clock()
             self._last_attempt_ok = False
             logger.warning(
@@ -235,6 +238,7 @@ class JWKSCache:
                 len(self._keys),
             )
             return False
+        metrics.JWKS_FETCHES.labels("ok").inc()
         now = self._clock()
         self._keys = keys
         self._loaded_at = now

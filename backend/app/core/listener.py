@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from app.core import metrics
 from app.core.tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class NotificationListener:
             logger.debug("notifications still not delivered (%s)", reason)
             return
         self._delivering = False
+        metrics.NOTIFICATIONS_DELIVERED.set(0)
         logger.warning(
             "notifications are not being delivered (%s); in-process caches are bypassed "
             "until they are",
@@ -162,6 +164,7 @@ class NotificationListener:
             return
         again = self._delivering is False
         self._delivering = True
+        metrics.NOTIFICATIONS_DELIVERED.set(1)
         logger.info(
             "notifications delivered again; in-process caches in use"
             if again

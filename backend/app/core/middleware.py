@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id in and out, and one access-log line per request."""
+"""Pure ASGI middleware: request id in and out, the request metrics, and an access-log line."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import logging
 import random
 import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import metrics
 from app.core.logging import request_id_var
 
-REQUEST_ID_HEADER = "x-request-id"
 # Also kept in the scope: Starlette's outermost error middleware answers a crash after this
 # middleware has returned, and must still be able to name the request.
 REQUEST_ID_SCOPE_KEY = "one_system.request_id"
@@ -35,10 +36,56 @@ def _new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+def route_template(scope: Scope) -> str:
+    """The template of the route that served the request, with the prefix it was included under.
+
+    FastAPI keeps the route's own template (`/users/{user_id}`) in `scope["route"]` and the
+    prefix of its router elsewhere; the prefix is the part of the path before the route's
+    segments (no route of this app has a parameter that spans segments).
+    """
+    route_path = getattr(scope.get("route"), "path", None)
+    if not isinstance(route_path, str):
+        return metrics.UNMATCHED_ROUTE
+    path: str = scope["path"]
+    segments = route_path.count("/")
+    cut = len(path)
+    for _ in range(segments):
+        cut = path.rfind("/", 0, cut)
+    return path[:cut] + route_path if cut > 0 else route_path
+
+
+class _RequestMetrics:
+    """The request counter and latency histogram, their labelled children looked up once each.
+
+    prometheus_client's `labels()` builds and hashes a key on every call; a request's children
+    are the same for every request of its route, so they are kept here.
+    """
+
+    def __init__(self) -> None:
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+
+    def record(self, scope: Scope, status_code: int, seconds: float) -> None:
+        template = route_template(scope)
+        method = scope["method"]
+        status_class = status_code // 100
+        counter = self._counted.get((template, method, status_class))
+        if counter is None:
+            counter = metrics.HTTP_REQUESTS.labels(template, method, f"{status_class}xx")
+            self._counted[(template, method, status_class)] = counter
+        counter.inc()
+        histogram = self._timed.get((template, method))
+        if histogram is None:
+            histogram = metrics.HTTP_REQUEST_DURATION.labels(template, method)
+            self._timed[(template, method)] = histogram
+        histogram.observe(seconds)
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
         self.access_log = access_log
+        self._metrics = _RequestMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,9 +108,12 @@ class RequestContextMiddleware:
                     message["headers"] = [*headers, header]
             await send(message)
 
+        metrics.HTTP_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+            self._metrics.record(scope, status_code, time.perf_counter() - started)
             if self.access_log:
                 self._log(scope, status_code, started)
             request_id_var.reset(token)

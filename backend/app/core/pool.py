@@ -16,12 +16,15 @@ checkout ping) is SQLAlchemy's own.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TypeVar
 
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util import await_only
 from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty, QueueCommon
+
+from app.core import metrics
 
 T = TypeVar("T")
 
@@ -64,11 +67,15 @@ class FairAsyncQueue(AsyncAdaptedQueue[T]):
 
     @staticmethod
     async def _wait(waiter: asyncio.Future[T], seconds: float | None) -> T:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(seconds):
                 return await waiter
         except TimeoutError:
+            metrics.DB_POOL_TIMEOUTS.inc()
             raise Empty() from None
+        finally:
+            metrics.DB_POOL_WAIT.observe(time.perf_counter() - started)
 
 
 class FairAsyncQueuePool(AsyncAdaptedQueuePool):

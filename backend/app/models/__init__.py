@@ -9,6 +9,7 @@ from app.models.sequence import CaseSequence
 from app.models.sla import SlaConfig
 from app.models.summary import SummaryCasesDaily
 from app.models.user import User
+from app.models.worker import WorkerHeartbeat
 
 __all__ = [
     "Base",
@@ -28,4 +29,5 @@ __all__ = [
     "SlaConfig",
     "SummaryCasesDaily",
     "User",
+    "WorkerHeartbeat",
 ]

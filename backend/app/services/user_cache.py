@@ -37,6 +37,7 @@ from cachetools import TTLCache
 from sqlalchemy import ARRAY, String, any_, bindparam, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from app.core import metrics
 from app.core.db import ReadSessions
 from app.core.listener import NotificationListener
 from app.core.principal import Principal
@@ -81,6 +82,11 @@ _USERS_BY_SUBS: Final = select(*_SNAPSHOT_COLUMNS).where(
 )
 
 
+_LOOKUP_HIT: Final = metrics.USER_CACHE_LOOKUPS.labels("hit")
+_LOOKUP_MISSED: Final = metrics.USER_CACHE_LOOKUPS.labels("miss")
+_LOOKUP_BYPASSED: Final = metrics.USER_CACHE_LOOKUPS.labels("bypassed")
+
+
 class UserCache:
     def __init__(
         self,
@@ -113,8 +119,11 @@ class UserCache:
 
     def get(self, sub: str) -> AuthenticatedUser | None:
         if not self.trusted:
+            _LOOKUP_BYPASSED.inc()
             return None
-        return self._entries.get(sub)
+        user = self._entries.get(sub)
+        (_LOOKUP_MISSED if user is None else _LOOKUP_HIT).inc()
+        return user
 
     def ticket(self) -> int | None:
         """Take before reading a user from the database; hand to `put` afterwards."""

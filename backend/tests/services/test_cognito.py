@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from prometheus_client import REGISTRY
 
 from app.core.deadline import within_deadline
 from app.core.errors import (
@@ -317,3 +318,18 @@ async def test_a_missing_group_is_a_misconfiguration(moto: MotoCognito) -> None:
     assert raised.value.detail == (
         "The user directory (Cognito) is misconfigured; an operator must fix it"
     )
+
+
+async def test_calls_are_counted_by_operation_and_outcome(moto: MotoCognito) -> None:
+    def calls(outcome: str) -> float:
+        labels = {"operation": "AdminGetUser", "outcome": outcome}
+        return REGISTRY.get_sample_value("one_system_cognito_calls_total", labels) or 0.0
+
+    ok, missing = calls("ok"), calls("UserNotFoundException")
+    cognito = moto.adapter()
+    email = new_email()
+    await cognito.create_user(email)
+    await cognito.get_user(email)
+    assert await cognito.find_user(new_email()) is None
+    assert calls("ok") - ok == 1
+    assert calls("UserNotFoundException") - missing == 1

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from app.core.aws import aws_client, client_config
+from app.core import metrics
+from app.core.aws import AwsCallMetrics, aws_client, client_config, observed_aws_call
 from app.core.deadline import run_blocking, within_deadline
 from app.core.errors import DomainError, ServiceUnavailableError
 from app.core.roles import Role
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+COGNITO_CALLS: Final = AwsCallMetrics(metrics.COGNITO_CALLS, metrics.COGNITO_CALL_DURATION)
 
 UNDO_DEADLINE_SECONDS: Final = 5.0
 # The largest page ListUsers, ListUsersInGroup and ListGroups return.
@@ -97,17 +100,18 @@ class CognitoUserPool:
         return within_deadline(self.deadline_seconds)
 
     async def _call(self, operation: str, call: Callable[[], T]) -> T:
-        try:
-            return await run_blocking(call)
-        except (ClientError, BotoCoreError) as error:
-            region = self._client.meta.region_name
-            raise domain_error(operation, error, self.user_pool_id, region) from error
-        except TimeoutError:
-            logger.warning("cognito %s abandoned: the request's deadline passed", operation)
-            raise DirectoryTimeoutError(
-                "The user directory (Cognito) did not answer in time; try again shortly",
-                retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
-            ) from None
+        with observed_aws_call(COGNITO_CALLS, operation):
+            try:
+                return await run_blocking(call)
+            except (ClientError, BotoCoreError) as error:
+                region = self._client.meta.region_name
+                raise domain_error(operation, error, self.user_pool_id, region) from error
+            except TimeoutError:
+                logger.warning("cognito %s abandoned: the request's deadline passed", operation)
+                raise DirectoryTimeoutError(
+                    "The user directory (Cognito) did not answer in time; try again shortly",
+                    retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
+                ) from None
 
     async def _on_user(
         self, operation: str, method: Callable[..., T], username: str, **params: Any

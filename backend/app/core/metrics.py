@@ -1,0 +1,154 @@
+"""The process's Prometheus metrics, and one view of them across an instance's processes.
+
+Every metric is defined here, so the names an operator alarms on are in one file. Code that
+counts something imports the metric and updates it; `app.api.metrics` serves them.
+
+Several web workers (uvicorn `--workers`, gunicorn) are one instance to an operator. When
+`PROMETHEUS_MULTIPROC_DIR` names a directory, prometheus_client keeps every process's values
+in memory-mapped files there, and a scrape of any worker adds them up (its multiprocess mode,
+https://prometheus.github.io/client_python/multiprocess/): requests served by either worker
+are counted whichever one answers the scrape. The variable must be set before this module is
+first imported (prometheus_client picks its value store at import), the directory must be
+emptied before the workers start (`python -m app.serve` does both for the image), and a worker
+that stops cleanly removes its live gauges (`forget_this_process`). Without the variable the
+metrics are the process's own, as under `make run` with one worker.
+
+Labels are bounded: a route is its template (`/api/v1/users/{user_id}`), never the path a
+client sent, and a status is its class (`2xx`); an unmatched path counts as `unmatched`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+)
+
+MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED_ROUTE: Final = "unmatched"
+
+# From a cached /users/me (under a millisecond) to the proxies' timeouts (30 s).
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+HTTP_REQUESTS: Final = Counter(
+    "one_system_http_requests",
+    "HTTP requests answered, by route template, method and status class",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_DURATION: Final = Histogram(
+    "one_system_http_request_duration_seconds",
+    "Time from a request's arrival to the end of its answer, by route template and method",
+    ["route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT: Final = Gauge(
+    "one_system_http_requests_in_flight",
+    "Requests being served now",
+    multiprocess_mode="livesum",
+)
+
+DB_POOL_CHECKED_OUT: Final = Gauge(
+    "one_system_db_pool_checked_out",
+    "Database connections lent out by the pools now (pool: api, health)",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_OVERFLOW: Final = Gauge(
+    "one_system_db_pool_overflow",
+    "Connections open beyond the pools' size now (negative: not all of the size is open)",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAIT: Final = Histogram(
+    "one_system_db_pool_wait_seconds",
+    "How long a checkout waited for a connection, for the checkouts that had to wait",
+    buckets=_LATENCY_BUCKETS,
+)
+DB_POOL_TIMEOUTS: Final = Counter(
+    "one_system_db_pool_timeouts",
+    "Checkouts that found no connection within the pool timeout (answered 503)",
+)
+DB_STATEMENT_TIMEOUTS: Final = Counter(
+    "one_system_db_statement_timeouts",
+    "Statements PostgreSQL canceled at the statement timeout (SQLSTATE 57014)",
+)
+
+COGNITO_CALLS: Final = Counter(
+    "one_system_cognito_calls",
+    "Cognito API calls by operation and outcome (ok, an error code, or timeout)",
+    ["operation", "outcome"],
+)
+COGNITO_CALL_DURATION: Final = Histogram(
+    "one_system_cognito_call_duration_seconds",
+    "Cognito API call latency by operation, botocore's own retries included",
+    ["operation"],
+    buckets=_LATENCY_BUCKETS,
+)
+JWKS_FETCHES: Final = Counter(
+    "one_system_jwks_fetches",
+    "Fetches of Cognito's signing keys (JWKS) by outcome (ok, failed)",
+    ["outcome"],
+)
+
+USER_CACHE_LOOKUPS: Final = Counter(
+    "one_system_user_cache_lookups",
+    "Lookups of a request's user: hit, miss (read from the database), or bypassed (the "
+    "cache cannot vouch for what it holds: notifications not proven delivered)",
+    ["result"],
+)
+NOTIFICATIONS_DELIVERED: Final = Gauge(
+    "one_system_notifications_delivered",
+    "1 while every web worker has proof its change notifications arrive, else 0 (its caches "
+    "are bypassed)",
+    multiprocess_mode="livemin",
+)
+
+RELEASE: Final = Gauge(
+    "one_system_release_info",
+    "The release this instance runs (label release), always 1",
+    ["release", "version"],
+    multiprocess_mode="max",
+)
+
+
+def multiprocess_directory() -> str | None:
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+
+
+def instance_registry() -> CollectorRegistry:
+    """What a scrape shows: every process of the instance, or this process alone."""
+    directory = multiprocess_directory()
+    if directory is None:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def forget_this_process() -> None:
+    """Drop this process's live gauges from the instance's view (a clean stop)."""
+    if multiprocess_directory() is not None:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
