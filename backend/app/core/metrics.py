@@ -80,10 +80,15 @@ DB_POOL_OVERFLOW: Final = Gauge(
     ["pool"],
     multiprocess_mode="livesum",
 )
-DB_POOL_WAIT: Final = Histogram(
+# Counters rather than histograms wherever an alarm is meant to read them: the CloudWatch agent
+# drops Prometheus histograms (it converts counters, gauges and summaries only).
+DB_POOL_WAITS: Final = Counter(
+    "one_system_db_pool_waits",
+    "Checkouts that found every connection lent out and had to wait for one",
+)
+DB_POOL_WAIT_SECONDS: Final = Counter(
     "one_system_db_pool_wait_seconds",
-    "How long a checkout waited for a connection, for the checkouts that had to wait",
-    buckets=_LATENCY_BUCKETS,
+    "Time checkouts spent waiting for a connection, in all",
 )
 DB_POOL_TIMEOUTS: Final = Counter(
     "one_system_db_pool_timeouts",
@@ -99,11 +104,11 @@ COGNITO_CALLS: Final = Counter(
     "Cognito API calls by operation and outcome (ok, an error code, or timeout)",
     ["operation", "outcome"],
 )
-COGNITO_CALL_DURATION: Final = Histogram(
-    "one_system_cognito_call_duration_seconds",
-    "Cognito API call latency by operation, botocore's own retries included",
+COGNITO_CALL_SECONDS: Final = Counter(
+    "one_system_cognito_call_seconds",
+    "Time spent in Cognito API calls by operation, botocore's own retries included (divided "
+    "by the calls: the mean latency)",
     ["operation"],
-    buckets=_LATENCY_BUCKETS,
 )
 JWKS_FETCHES: Final = Counter(
     "one_system_jwks_fetches",

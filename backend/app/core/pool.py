@@ -75,7 +75,8 @@ class FairAsyncQueue(AsyncAdaptedQueue[T]):
             metrics.DB_POOL_TIMEOUTS.inc()
             raise Empty() from None
         finally:
-            metrics.DB_POOL_WAIT.observe(time.perf_counter() - started)
+            metrics.DB_POOL_WAITS.inc()
+            metrics.DB_POOL_WAIT_SECONDS.inc(time.perf_counter() - started)
 
 
 class FairAsyncQueuePool(AsyncAdaptedQueuePool):

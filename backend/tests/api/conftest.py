@@ -18,12 +18,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import COGNITO
 from app.core.config import Settings
+from app.core.db import Sessionmaker
 from app.core.roles import Role
 from app.main import create_app
+from app.models.outbox import OutboxEntry
 from app.models.user import User
+from app.models.worker import WorkerHeartbeat
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker
+from app.services.worker_status import TurnRecorder
 from app.worker import background_work
 from devtools.postgres import PsqlAdmin
 from tests.conftest import unique_database_name
@@ -286,6 +290,23 @@ async def client(
 #   moto_cognito   one moto server + user pool (groups for every role) for the test session
 #   cognito        the adapter the shared `app` uses in this test: its own client on that pool
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def waiting_work(db_session: AsyncSession, served_app: Any) -> AsyncIterator[str]:
+    """Three outbox entries of a kind no handler takes (they wait), and a worker's turn."""
+    kind = f"metrics-test-{uuid.uuid4().hex[:8]}"
+    db_session.add_all([OutboxEntry(kind=kind, key=str(n), payload={}) for n in range(3)])
+    await db_session.commit()
+    sessions: Sessionmaker = served_app.state["sessionmaker"]
+    recorder = TurnRecorder(sessions, worker_id=f"test-{kind}")
+    await recorder.record()
+    yield kind
+    await db_session.execute(delete(OutboxEntry).where(OutboxEntry.kind == kind))
+    await db_session.execute(
+        delete(WorkerHeartbeat).where(WorkerHeartbeat.worker == recorder.worker_id)
+    )
+    await db_session.commit()
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import Sessionmaker
-from app.models.outbox import OutboxEntry
-from app.models.worker import WorkerHeartbeat
-from app.services.worker_status import TurnRecorder
 from tests.api.conftest import UserFactory, auth_headers
 
 
@@ -68,27 +61,14 @@ async def test_paths_no_route_matches_share_one_label(client: httpx.AsyncClient)
 
 
 async def test_the_outbox_backlog_and_the_workers_last_turn_are_reported(
-    client: httpx.AsyncClient, db_session: AsyncSession, served_app: Any
+    client: httpx.AsyncClient, waiting_work: str
 ) -> None:
-    kind = f"metrics-test-{uuid.uuid4().hex[:8]}"  # no handler: the entries wait
-    db_session.add_all([OutboxEntry(kind=kind, key=str(n), payload={}) for n in range(3)])
-    await db_session.commit()
-    sessions: Sessionmaker = served_app.state["sessionmaker"]
-    recorder = TurnRecorder(sessions, worker_id=f"test-{kind}")
-    try:
-        await recorder.record()
-        scraped = await scrape(client)
-        assert scraped[("one_system_outbox_pending", frozenset({("kind", kind)}))] == 3
-        oldest = scraped[("one_system_outbox_oldest_age_seconds", frozenset({("kind", kind)}))]
-        assert 0 <= oldest < 60
-        assert 0 <= scraped[("one_system_worker_last_turn_age_seconds", frozenset())] < 60
-        assert scraped[("one_system_metrics_database_up", frozenset())] == 1
-    finally:
-        await db_session.execute(delete(OutboxEntry).where(OutboxEntry.kind == kind))
-        await db_session.execute(
-            delete(WorkerHeartbeat).where(WorkerHeartbeat.worker == recorder.worker_id)
-        )
-        await db_session.commit()
+    scraped = await scrape(client)
+    assert scraped[("one_system_outbox_pending", frozenset({("kind", waiting_work)}))] == 3
+    oldest = scraped[("one_system_outbox_oldest_age_seconds", frozenset({("kind", waiting_work)}))]
+    assert 0 <= oldest < 60
+    assert 0 <= scraped[("one_system_worker_last_turn_age_seconds", frozenset())] < 60
+    assert scraped[("one_system_metrics_database_up", frozenset())] == 1
 
 
 async def test_the_release_is_reported(client: httpx.AsyncClient) -> None:

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-COGNITO_CALLS: Final = AwsCallMetrics(metrics.COGNITO_CALLS, metrics.COGNITO_CALL_DURATION)
+COGNITO_CALLS: Final = AwsCallMetrics(metrics.COGNITO_CALLS, metrics.COGNITO_CALL_SECONDS)
 
 UNDO_DEADLINE_SECONDS: Final = 5.0
 # The largest page ListUsers, ListUsersInGroup and ListGroups return.
