@@ -390,7 +390,7 @@ def migrate() -> None:
 
 def banner(run: LocalRun) -> str:
     url = f"http://{run.api_host}:{run.api_port}"
-    lines = [f"API on {url}  (Swagger UI: {url}/docs)"]
+    lines = [f"API on {url}  (Swagger UI: {url}/docs, metrics: {url}/metrics)"]
     if run.record.pool is not None:
         try:
             token = token_for(run.record.pool, LOCAL_ADMIN_EMAIL)

@@ -191,12 +191,16 @@ def test_a_copied_env_example_runs_on_the_embedded_defaults_and_ctrl_c_stops_it_
 
     run = checkout.run()
     run.wait_until_serving()
+    metrics = httpx.get(f"{checkout.api}/metrics", timeout=5)
     children = run.children()
     run.process.send_signal(signal.SIGINT)
     status = run.finish()
 
     output = run.output()
     assert status == 0, output
+    assert f"metrics: {checkout.api}/metrics" in output
+    assert metrics.status_code == 200
+    assert "one_system_http_requests_total" in metrics.text
     assert "Traceback" not in output
     assert "database: embedded PostgreSQL" in output
     assert "Cognito: local emulator" in output
