@@ -98,7 +98,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # caches must hear of (and send the heartbeat that proves they arrive); the caches stay
         # bypassed until it is proven, so startup does not wait.
         listener = NotificationListener(connector.connect) if settings.user_cache else None
-        user_cache = UserCache(listener)
+        user_cache = UserCache(listener, counted=settings.metrics)
         if listener is not None:
             listener.start()
         read_sessions = create_read_sessionmaker(engine)
@@ -173,9 +173,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=cors.EXPOSED_HEADERS,
         max_age=cors.PREFLIGHT_MAX_AGE_SECONDS,
     )
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.add_middleware(
+        RequestContextMiddleware, access_log=settings.access_log, metrics=settings.metrics
+    )
     app.include_router(health_router)
-    app.include_router(metrics_router)
+    if settings.metrics:
+        app.include_router(metrics_router)
     for router in v1_routers:
         app.include_router(router, prefix=API_PREFIX)
     install_docs(app, settings)

@@ -34,6 +34,8 @@ SATURATED_CONNECTIONS: Final = 16
 COLD_ME_SCENARIO: Final = "users/me cold"
 # The baseline measured as a scenario, beside baseline rounds: its ratios are the box's noise.
 CONTROL_SCENARIO: Final = "baseline A/A"
+# /users/me on a second API server with its request metrics off (METRICS=false).
+METRICS_OFF_SCENARIO: Final = "users/me metrics off"
 # A deactivation through one instance must be refused by another within this bound (seconds):
 # correctness (the notification arrived), not speed; the figures themselves are reported.
 COHERENCE_BOUND_S: Final = 5.0

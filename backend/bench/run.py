@@ -53,7 +53,7 @@ from bench.report import (
     fixed_rate_plan,
 )
 from bench.scaling import two_instances, two_workers
-from bench.scenarios import Scenario, scenarios
+from bench.scenarios import METRICS_OFF_SERVER, Scenario, scenarios
 from bench.servers import (
     BACKEND,
     BASELINE_APP,
@@ -252,10 +252,14 @@ def serve_and_measure(bench: Bench, env: dict[str, str]) -> Served:
     args = bench.args
     api = start_server("api", args.api_app, env, args.workers, bench.run_dir)
     baseline = start_server("baseline", BASELINE_APP, env, args.workers, bench.run_dir)
-    servers = {"api": api, "baseline": baseline}
+    metrics_off = start_server(
+        METRICS_OFF_SERVER, args.api_app, {**env, "METRICS": "false"}, args.workers, bench.run_dir
+    )
+    servers = {"api": api, "baseline": baseline, METRICS_OFF_SERVER: metrics_off}
     try:
         wait_until_ok(api.base_url + "/health", api.process)
         wait_until_ok(baseline.base_url + "/", baseline.process)
+        wait_until_ok(metrics_off.base_url + "/health", metrics_off.process)
         api_workers = api.worker_pids()
         with RssSampler(api_workers) as sampler:
             bench.warm_up(servers)
@@ -271,8 +275,8 @@ def serve_and_measure(bench: Bench, env: dict[str, str]) -> Served:
             two_workers(bench, env)
             two_instances(bench, api, env)
     finally:
-        api.stop()
-        baseline.stop()
+        for server in servers.values():
+            server.stop()
     return Served(api_workers, sampler.samples, split_at, high_water)
 
 

@@ -8,13 +8,15 @@ from urllib.parse import urlencode
 
 from bench import data
 from bench.database import PAGE_SIZE
-from bench.report import COLD_ME_SCENARIO, CONTROL_SCENARIO
+from bench.report import COLD_ME_SCENARIO, CONTROL_SCENARIO, METRICS_OFF_SCENARIO
+
+METRICS_OFF_SERVER = "api-metrics-off"
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    server: str  # "api" or "baseline"
+    server: str  # "api", "baseline" or METRICS_OFF_SERVER
     path: str
     tokens: str  # "admin", "users" or "none"
 
@@ -28,6 +30,8 @@ def scenarios(users: int) -> list[Scenario]:
         Scenario(CONTROL_SCENARIO, "baseline", "/", "admin"),
         Scenario("health/live", "api", "/health/live", "admin"),
         Scenario("users/me", "api", "/api/v1/users/me", "users"),
+        # The same API with its request metrics off: what they cost (`METRICS_OFF_SCENARIO`).
+        Scenario(METRICS_OFF_SCENARIO, METRICS_OFF_SERVER, "/api/v1/users/me", "users"),
         Scenario(COLD_ME_SCENARIO, "api", "/api/v1/users/me", "cold"),
         Scenario("service-types", "api", "/api/v1/reference/service-types", "users"),
         Scenario("users first page", "api", users_path + urlencode({"page": 1}), "admin"),

@@ -106,11 +106,17 @@ def start_server(
     name: str, app_path: str, env: dict[str, str], workers: int, log_dir: Path
 ) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", app_path, "--host", "127.0.0.1"]
+    # As the image starts it: app.serve empties the metrics directory, then runs uvicorn.
+    command = [sys.executable, "-m", "app.serve", app_path, "--host", "127.0.0.1"]
     command += ["--port", str(port), *UVICORN_FLAGS, "--workers", str(workers)]
+    metrics_dir = log_dir / f"{name}-metrics"
     with (log_dir / f"{name}.log").open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            command, env=env, cwd=log_dir, stdout=log, stderr=subprocess.STDOUT
+            command,
+            env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+            cwd=log_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     return Server(name, port, process)
 

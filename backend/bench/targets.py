@@ -33,6 +33,7 @@ from bench.report import (
     COHERENCE_BOUND_S,
     COLD_ME_SCENARIO,
     CONTROL_SCENARIO,
+    METRICS_OFF_SCENARIO,
     BenchReport,
     p50_of,
     rps_of,
@@ -55,6 +56,8 @@ THROUGHPUT_MINIMUMS: Final = (
 FIXED_RATE_LIMITS: Final = ((0.5, 2.0), (0.8, 3.0))
 FIXED_RATE_SCENARIOS: Final = ("users/me", "service-types", "users first page")
 PROVINCES_SQL_LIMIT_MS: Final = 1.0
+# /users/me req/s with the request metrics on, over the same with them off.
+METRICS_OVERHEAD_MINIMUM: Final = 0.95
 RSS_LIMIT_MIB: Final = 150.0
 # "No growth": the second half's peak RSS may exceed the first half's by at most this much.
 # Each half serves tens of thousands of requests, so a leak of even 100 bytes a request
@@ -137,6 +140,27 @@ def throughput_target(report: BenchReport, scenario: str, minimum: float) -> Tar
     return TargetOutcome(name, worst_of(verdicts), "; ".join(parts))
 
 
+def metrics_overhead_target(report: BenchReport) -> TargetOutcome:
+    """/users/me with metrics on against the same API with them off, at every saturated level.
+
+    Both are ratios to their neighbouring baseline rounds, so the box's drift between the two
+    servers' rounds is taken out as it is for every other target.
+    """
+    verdicts, parts = [], []
+    for level in report.saturated_levels():
+        ratio = report.ratio("users/me", level, rps_of) / report.ratio(
+            METRICS_OFF_SCENARIO, level, rps_of
+        )
+        control = _control(report, level, rps_of)
+        noise = box_noise(control)
+        verdicts.append(judge(ratio, METRICS_OVERHEAD_MINIMUM, noise, at_most=False))
+        parts.append(f"{ratio:.3f} at {level} connections ({_box(noise, control)})")
+    if not verdicts:
+        raise KeyError("no saturated level measured")
+    name = f"users/me throughput with metrics >= {METRICS_OVERHEAD_MINIMUM:g} x without"
+    return TargetOutcome(name, worst_of(verdicts), "; ".join(parts))
+
+
 def fixed_rate_target(
     report: BenchReport, scenario: str, load: float, limit: float
 ) -> TargetOutcome:
@@ -182,6 +206,7 @@ def evaluate_targets(report: BenchReport) -> list[TargetOutcome]:
     outcomes = [
         throughput_target(report, scenario, minimum) for scenario, minimum in THROUGHPUT_MINIMUMS
     ]
+    outcomes.append(metrics_overhead_target(report))
     outcomes += [
         fixed_rate_target(report, scenario, load, limit)
         for load, limit in FIXED_RATE_LIMITS

@@ -131,6 +131,9 @@ class Settings(DatabaseAccessSettings):
     # One JSON line per request. Behind Nginx, which logs every request with the same request
     # id, production turns it off (docker-compose.prod.yml) and saves its cost on every request.
     access_log: bool = True
+    # Request metrics (`/metrics`, app.core.metrics). Off only to measure what they cost
+    # (`make bench`): an operator has nothing to alarm on without them.
+    metrics: bool = True
     health_timeout_seconds: float = Field(default=2.0, gt=0)
     # All the Cognito work of one request, retries included: below Nginx's 30 s proxy timeout
     # with room for the database work around it.

@@ -82,10 +82,10 @@ class _RequestMetrics:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True, metrics: bool = True) -> None:
         self.app = app
         self.access_log = access_log
-        self._metrics = _RequestMetrics()
+        self._metrics = _RequestMetrics() if metrics else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,12 +108,14 @@ class RequestContextMiddleware:
                     message["headers"] = [*headers, header]
             await send(message)
 
-        metrics.HTTP_IN_FLIGHT.inc()
+        if self._metrics is not None:
+            metrics.HTTP_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            metrics.HTTP_IN_FLIGHT.dec()
-            self._metrics.record(scope, status_code, time.perf_counter() - started)
+            if self._metrics is not None:
+                metrics.HTTP_IN_FLIGHT.dec()
+                self._metrics.record(scope, status_code, time.perf_counter() - started)
             if self.access_log:
                 self._log(scope, status_code, started)
             request_id_var.reset(token)

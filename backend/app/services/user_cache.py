@@ -95,8 +95,10 @@ class UserCache:
         max_entries: int = 10_000,
         ttl_seconds: float = 300.0,
         timer: Callable[[], float] = time.monotonic,
+        counted: bool = True,
     ) -> None:
         self._listener = listener
+        self._counted = counted
         self._entries: TTLCache[str, AuthenticatedUser] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds, timer=timer
         )
@@ -119,10 +121,12 @@ class UserCache:
 
     def get(self, sub: str) -> AuthenticatedUser | None:
         if not self.trusted:
-            _LOOKUP_BYPASSED.inc()
+            if self._counted:
+                _LOOKUP_BYPASSED.inc()
             return None
         user = self._entries.get(sub)
-        (_LOOKUP_MISSED if user is None else _LOOKUP_HIT).inc()
+        if self._counted:
+            (_LOOKUP_MISSED if user is None else _LOOKUP_HIT).inc()
         return user
 
     def ticket(self) -> int | None:

@@ -7,7 +7,9 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.conftest import UserFactory, auth_headers
+from app.core.config import Settings
+from app.main import create_app
+from tests.api.conftest import UserFactory, auth_headers, serve
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -76,3 +78,9 @@ async def test_the_release_is_reported(client: httpx.AsyncClient) -> None:
     releases = [key for key in scraped if key[0] == "one_system_release_info"]
     assert releases, "no release reported"
     assert all(scraped[key] == 1 for key in releases)
+
+
+async def test_metrics_off_serves_no_metrics(app_settings: Settings) -> None:
+    app = create_app(app_settings.model_copy(update={"metrics": False}))
+    async with serve(app) as client:
+        assert (await client.get("/metrics")).status_code == 404

@@ -174,7 +174,11 @@ def test_throughput_misses_are_failures_when_the_control_is_quiet() -> None:
     figures = dict(PASSING)
     figures["service-types"] = ((800, 1.2), (0.58 * 4000, 4.7))
     quiet = with_closed_control(report_of(figures), rps_ratio=0.92, p50_ratio=1.0)
-    assert not_passed(quiet) == {"service-types throughput >= 0.7 x baseline": Verdict.FAIL}
+    assert not_passed(quiet) == {
+        "service-types throughput >= 0.7 x baseline": Verdict.FAIL,
+        # A box that moves ratios by 8 % cannot tell a 5 % cost from none.
+        "users/me throughput with metrics >= 0.95 x without": Verdict.INCONCLUSIVE,
+    }
     noisy = with_closed_control(report_of(figures), rps_ratio=0.6, p50_ratio=1.0)
     assert not_passed(noisy)["service-types throughput >= 0.7 x baseline"] is (Verdict.INCONCLUSIVE)
     assert exit_status(evaluate_targets(noisy)) == EXIT_INCONCLUSIVE
@@ -198,3 +202,14 @@ def test_the_exit_status_is_the_worst_verdict() -> None:
     mixed = [outcome(Verdict.INCONCLUSIVE), outcome(Verdict.FAIL)]
     assert format_verdict(mixed) == "FAIL: 1 of 2 targets missed (1 more inconclusive)"
     assert format_targets(mixed).splitlines()[0].startswith("INCONCLUSIVE")
+
+
+def test_the_metrics_cost_more_than_five_percent_of_users_me_only_beyond_the_box() -> None:
+    name = "users/me throughput with metrics >= 0.95 x without"
+    assert verdicts(with_closed_control(report_of(PASSING), 1.0, 1.0))[name] is Verdict.PASS
+    costly = dict(PASSING)
+    costly["users/me"] = ((600, 1.6), (0.85 * 2450, 6.6))
+    quiet = with_closed_control(report_of(costly), rps_ratio=1.02, p50_ratio=1.0)
+    assert not_passed(quiet) == {name: Verdict.FAIL}
+    noisy = with_closed_control(report_of(costly), rps_ratio=1.15, p50_ratio=1.0)
+    assert not_passed(noisy)[name] is Verdict.INCONCLUSIVE
