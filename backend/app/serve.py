@@ -13,7 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from app.core.metrics import MULTIPROCESS_DIR_VARIABLE
+# app.core.metrics' variable; not imported from there, since importing it creates this
+# process's metric files in the directory before it is emptied.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def empty_metrics_directory() -> None:
