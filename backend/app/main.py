@@ -35,7 +35,7 @@ from app.core.gc_tuning import startup_heap_frozen
 from app.core.jwks import JWKSCache
 from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from app.core.rbac import UserLookup
 from app.core.secrets import fetch_database_credentials
 from app.core.tokens import AccessTokenVerifier
@@ -163,6 +163,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
+        # `/api/v1/users/` is not `/api/v1/users`: a 404 that says so, not a redirect that
+        # behind the proxies would name the app's own scheme and host.
+        redirect_slashes=False,
     )
     register_error_handlers(app)
     app.add_middleware(
@@ -173,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=cors.EXPOSED_HEADERS,
         max_age=cors.PREFLIGHT_MAX_AGE_SECONDS,
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         RequestContextMiddleware, access_log=settings.access_log, metrics=settings.metrics
     )

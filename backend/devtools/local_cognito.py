@@ -155,10 +155,12 @@ async def _relink_users(cognito: CognitoIdentityProviderClient, pool_id: str) ->
                 )
             for row in rows:
                 sub = _provision(cognito, pool_id, row.email, Role(row.role), row.is_active)
+                # A new link, not a change of the user: `updated_at` keeps its value.
+                users = User.__table__
                 await connection.execute(
-                    User.__table__.update()
-                    .where(User.__table__.c.id == row.id)
-                    .values(cognito_user_id=sub)
+                    users.update()
+                    .where(users.c.id == row.id)
+                    .values(cognito_user_id=sub, updated_at=users.c.updated_at)
                 )
             return len(rows) or 1
     finally:

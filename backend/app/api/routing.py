@@ -7,7 +7,8 @@ credentials is a 401 and the wrong role a 403, whatever the body, and the body o
 may not call the route is never read. The requirement keeps its answer in the request scope, so
 the dependency that then runs as usual does not authenticate the request a second time. The
 route's OpenAPI operation (security, requestBody) is what FastAPI builds from the endpoint, as
-before.
+before. An operation that takes no body refuses one (422 `body_not_allowed`), as a body with
+unknown fields is refused, rather than ignore what the client meant to say.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from app.core.errors import DomainError
 from app.core.rbac import RoleRequirement
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -32,14 +34,28 @@ def role_requirements(dependant: Dependant) -> Iterator[RoleRequirement[Any]]:
         yield from role_requirements(dependency)
 
 
+def sends_a_body(request: Request) -> bool:
+    """Whether the request carries a body (HTTP/1.1 frames one by either header)."""
+    headers = request.headers
+    return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+
+
+class BodyNotAllowedError(DomainError):
+    """A body sent to an operation that takes none: refused, as unknown fields are."""
+
+    status_code = 422
+    code = "body_not_allowed"
+
+
 class CredentialsFirstRoute(APIRoute):
-    """An `APIRoute` that authenticates and authorises its caller before it reads the body."""
+    """An `APIRoute` that authenticates and authorises its caller before it reads the body,
+    and that refuses a body where its operation takes none (after the credentials too)."""
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         requirements = list(role_requirements(self.dependant))
-        if self.body_field is None or not requirements:
-            # Without a body, FastAPI already runs the dependencies before anything else.
+        takes_a_body = self.body_field is not None
+        if takes_a_body and not requirements:
             return handler
 
         async def authorize_then_handle(request: Request) -> Response:
@@ -48,6 +64,10 @@ class CredentialsFirstRoute(APIRoute):
                 # A test that replaced the requirement gets its replacement, run by FastAPI.
                 if requirement not in overrides:
                     await requirement(request)
+            if not takes_a_body and sends_a_body(request):
+                raise BodyNotAllowedError(
+                    "This operation takes no body; send the request without one"
+                )
             return await handler(request)
 
         return authorize_then_handle

@@ -135,3 +135,34 @@ class RequestContextMiddleware:
                 "client": scope["client"][0] if scope.get("client") else None,
             },
         )
+
+
+class HeadAsGetMiddleware:
+    """HEAD answered wherever GET is: the GET route runs and its body is not sent.
+
+    RFC 9110 §9.3.2: a HEAD answer is the GET answer's status and headers (Content-Length and
+    ETag included) without the content. FastAPI routes answer GET only, so monitors and
+    clients that probe with HEAD met 405. The request is routed as GET and shows as HEAD again
+    to the middleware around this one (the access log, the metrics) once it is answered.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_content(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, without_content)
+        finally:
+            scope["method"] = "HEAD"

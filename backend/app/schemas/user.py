@@ -8,13 +8,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Self
 
+import email_validator
 from pydantic import (
     MISSING,
     AfterValidator,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -95,9 +96,34 @@ SearchText = Annotated[
     _STRIPPED_TEXT,
     _text_schema(SEARCH_LENGTH),
 ]
+
+
 # Cognito and the unique index both compare emails case-insensitively; storing one spelling
 # keeps lookups, the Cognito username and the index in agreement.
-LowerCaseEmail = Annotated[EmailStr, Field(max_length=EMAIL_LENGTH), AfterValidator(str.lower)]
+def _deliverable_email(value: str) -> str:
+    """The address as Cognito stores and can email it: ASCII, the domain in its IDNA form.
+
+    Cognito's invitations go out by email (its own sender or Amazon SES), and SES does not
+    support SMTPUTF8, so a local part with non-ASCII characters could never receive one (and
+    Cognito refuses it in words of its own); an internationalised domain is sent in its ASCII
+    (`xn--`) form. Cognito and the unique index compare emails case-insensitively; one
+    lower-case spelling keeps lookups, the Cognito username and the index in agreement.
+    """
+    try:
+        checked = email_validator.validate_email(
+            value, check_deliverability=False, allow_smtputf8=False
+        )
+    except email_validator.EmailNotValidError as error:
+        raise ValueError(f"value is not a valid email address: {error}") from None
+    return str(checked.ascii_email).lower()
+
+
+LowerCaseEmail = Annotated[
+    str,
+    StringConstraints(max_length=EMAIL_LENGTH),
+    AfterValidator(_deliverable_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_LENGTH}),
+]
 
 PROVINCE_ONLY_FOR_OFFICERS = "responsible_province is only for the OFFICER role"
 EMAIL_CANNOT_CHANGE = (
@@ -178,7 +204,8 @@ class UserUpdate(BaseModel):
         description="The province an OFFICER handles; null clears it. A user who is or "
         "becomes an OFFICER must keep one.",
     )
-    is_active: bool | MISSING = MISSING
+    # `true` or `false` only: the field that ends sessions takes no "no", 0 or "false".
+    is_active: StrictBool | MISSING = MISSING
 
     @model_validator(mode="before")
     @classmethod
@@ -284,3 +311,9 @@ class UserListParams(BaseModel):
         None, description="Case-insensitive substring of the name or the email"
     )
     sort: UserSort = UserSort.CREATED_AT_DESC
+
+    @field_validator("role", "is_active", "province", "q", mode="before")
+    @classmethod
+    def _empty_is_not_given(cls, value: object) -> object:
+        # What an SPA's form sends for a filter left blank (`?q=`): no filter.
+        return None if value == "" else value

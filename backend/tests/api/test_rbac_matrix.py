@@ -1,4 +1,4 @@
-"""The access matrix of DESIGN.md, held in one place and checked against every registered route.
+"""Who may call each route (the README's Endpoints table), checked against every registered route.
 
 A route the app registers without a row here fails `test_every_route_has_a_row`, so nobody can
 add an endpoint without deciding who may call it.
@@ -23,6 +23,8 @@ ADMIN_ONLY = frozenset({Role.ADMIN})
 MATRIX: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/health/live"): PUBLIC,
+    # The instance's metrics, for the host's agent: Nginx never routes them from the ALB.
+    ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/static/{name}"): PUBLIC,

@@ -283,6 +283,7 @@ def test_what_a_killed_run_left_is_taken_over_in_one_line_and_make_stop_ends_it_
 ) -> None:
     first = checkout.run("first.log")
     first.wait_until_serving()
+    before = own_profile(checkout)
     left = first.children()
     first.process.kill()
     first.process.wait()
@@ -291,6 +292,7 @@ def test_what_a_killed_run_left_is_taken_over_in_one_line_and_make_stop_ends_it_
 
     second = checkout.run("second.log")
     second.wait_until_serving()
+    after = own_profile(checkout)
     third = checkout.module("devtools.run")
     now = second.children()
     stopped = checkout.module("devtools.stop")
@@ -308,6 +310,8 @@ def test_what_a_killed_run_left_is_taken_over_in_one_line_and_make_stop_ends_it_
         f"reusing its PostgreSQL on 127.0.0.1:{checkout.db_port}"
     ]
     assert now["postgres"] == left["postgres"]
+    # Linked to the new emulator's user, the admin's row is otherwise unchanged.
+    assert after == before
     assert third.returncode == 1
     assert error_lines(third.stdout + third.stderr) == [
         f"make run: already running (pid {second.process.pid}) for {checkout.local_dir}; "
@@ -324,6 +328,20 @@ def test_what_a_killed_run_left_is_taken_over_in_one_line_and_make_stop_ends_it_
     assert error_lines(again.stdout) == [
         f"nothing to stop: no make run of {checkout.local_dir} is running"
     ]
+
+
+def own_profile(checkout: Checkout) -> dict[str, object]:
+    """The local admin's `/users/me`, as the running make run answers it."""
+    token = checkout.module("devtools.token")
+    assert token.returncode == 0, token.stderr
+    me = httpx.get(
+        f"{checkout.api}/api/v1/users/me",
+        headers={"Authorization": f"Bearer {token.stdout.strip()}"},
+        timeout=10,
+    )
+    assert me.status_code == 200, me.text
+    profile: dict[str, object] = me.json()
+    return profile
 
 
 @pytest.mark.parametrize(
