@@ -1,8 +1,9 @@
 """Settings, read once from the environment (and `.env` locally).
 
-Field names are the spec's (`DB_HOST`, `COGNITO_USER_POOL_ID`, ...). When `DB_SECRET_ID` is set the
-database credentials come from that AWS Secrets Manager secret instead of the `DB_*` variables,
-which is how the service runs on EC2; reading it is `app.core.secrets`' job.
+Field names are the environment variables a deployment sets (`DB_HOST`, `COGNITO_USER_POOL_ID`,
+...). When `DB_SECRET_ID` is set the database credentials come from that AWS Secrets Manager
+secret instead of the `DB_*` variables, which is how the service runs on EC2; reading it is
+`app.core.secrets`' job.
 """
 
 from __future__ import annotations

@@ -314,9 +314,6 @@ async def get_session(
             await session.close()
 
 
-# The spec's name for the session dependency.
-get_db = get_session
-
 # scope="function": the commit happens before the response is sent, so a failed commit is
 # reported to the client instead of being lost after a 2xx.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

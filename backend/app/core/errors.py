@@ -47,6 +47,24 @@ class InvalidInputError(DomainError):
     code = "invalid_input"
 
 
+class InvalidFieldError(DomainError):
+    """A request field that is wrong in a way only the stored state shows.
+
+    Answered exactly as request validation is (422 `validation_error`, `detail` a list naming
+    the field), so a client meets one shape for a rule whichever check finds it broken.
+    """
+
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def problems(self) -> list[dict[str, Any]]:
+        return [{"loc": ["body", self.field], "msg": self.detail, "type": "value_error"}]
+
+
 class NotAuthenticatedError(DomainError):
     status_code = 401
     code = "not_authenticated"
@@ -209,7 +227,8 @@ _HTTP_CODES = {
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
-    return error_response(request, error.status_code, error.code, error.detail, error.headers)
+    detail = error.problems() if isinstance(error, InvalidFieldError) else error.detail
+    return error_response(request, error.status_code, error.code, detail, error.headers)
 
 
 def _message(problem: Mapping[str, Any]) -> str:

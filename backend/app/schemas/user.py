@@ -26,6 +26,7 @@ from pydantic.json_schema import WithJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.roles import Role
+from app.core.scope import normalise_province, province_problem
 from app.models.user import PROVINCE_LENGTH
 
 FULL_NAME_LENGTH = 200
@@ -83,10 +84,12 @@ FullName = Annotated[
     _STRIPPED_TEXT,
     _text_schema(FULL_NAME_LENGTH),
 ]
+# Stored and compared in one spelling (`app.core.scope.normalise_province`).
 Province = Annotated[
     str,
     StringConstraints(min_length=1, max_length=PROVINCE_LENGTH),
     _STRIPPED_TEXT,
+    AfterValidator(normalise_province),
     _text_schema(PROVINCE_LENGTH),
 ]
 SEARCH_LENGTH = 100
@@ -125,11 +128,25 @@ LowerCaseEmail = Annotated[
     WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_LENGTH}),
 ]
 
-PROVINCE_ONLY_FOR_OFFICERS = "responsible_province is only for the OFFICER role"
 EMAIL_CANNOT_CHANGE = (
     "the email cannot change: it is the user's sign-in name (create a user for a new address)"
 )
-PROVINCE_REQUIRED_FOR_OFFICERS = "responsible_province is required for the OFFICER role"
+
+
+def _field_error(model: str, field: str, kind: str, message: str, value: object) -> ValidationError:
+    """A validation error located at `field`, as a field's own validator would raise it."""
+    return ValidationError.from_exception_data(
+        model,
+        [InitErrorDetails(type=PydanticCustomError(kind, message), loc=(field,), input=value)],
+    )
+
+
+def _check_province(model: str, role: Role, province: str | None) -> None:
+    """The province rule (`app.core.scope`), reported at the province as the update's is."""
+    problem = province_problem(role, province)
+    if problem is not None:
+        raise _field_error(model, "responsible_province", "value_error", problem, province)
+
 
 _ROLE_IS_OFFICER: Final[JsonDict] = {
     "properties": {"role": {"const": Role.OFFICER.value}},
@@ -170,10 +187,7 @@ class UserCreate(BaseModel):
 
     @model_validator(mode="after")
     def _province_matches_role(self) -> Self:
-        if self.role is Role.OFFICER and self.responsible_province is None:
-            raise ValueError(PROVINCE_REQUIRED_FOR_OFFICERS)
-        if self.role is not Role.OFFICER and self.responsible_province is not None:
-            raise ValueError(PROVINCE_ONLY_FOR_OFFICERS)
+        _check_province(type(self).__name__, self.role, self.responsible_province)
         return self
 
 
@@ -212,15 +226,8 @@ class UserUpdate(BaseModel):
     def _email_cannot_change(cls, data: Any) -> Any:
         # Said as such, at the field: "Extra inputs are not permitted" read as a typo.
         if isinstance(data, dict) and "email" in data:
-            raise ValidationError.from_exception_data(
-                cls.__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError("email_immutable", EMAIL_CANNOT_CHANGE),
-                        loc=("email",),
-                        input=data["email"],
-                    )
-                ],
+            raise _field_error(
+                cls.__name__, "email", "email_immutable", EMAIL_CANNOT_CHANGE, data["email"]
             )
         return data
 
@@ -233,12 +240,8 @@ class UserUpdate(BaseModel):
 
     @model_validator(mode="after")
     def _province_matches_a_new_role(self) -> Self:
-        if self.role is MISSING or self.responsible_province is MISSING:
-            return self
-        if self.role is Role.OFFICER and self.responsible_province is None:
-            raise ValueError(PROVINCE_REQUIRED_FOR_OFFICERS)
-        if self.role is not Role.OFFICER and self.responsible_province is not None:
-            raise ValueError(PROVINCE_ONLY_FOR_OFFICERS)
+        if self.role is not MISSING and self.responsible_province is not MISSING:
+            _check_province(type(self).__name__, self.role, self.responsible_province)
         return self
 
 

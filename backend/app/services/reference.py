@@ -4,8 +4,8 @@ The four pick lists are read on nearly every screen and change rarely, so each i
 app instance as ready-to-send JSON for `REFERENCE_TTL_SECONDS`. A cached answer costs no SQL
 and no serialisation; an admin's edit shows up within that TTL (plus the client's own cache).
 
-The provinces in use are not cached (the spec's "no cache needed"): they change with every case
-in a new province, and a loose index scan answers them in about the time of a cache miss.
+The provinces in use are not cached: they change with every case in a new province, and a
+loose index scan answers them in about the time of a cache miss.
 """
 
 from __future__ import annotations

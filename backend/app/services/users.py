@@ -29,15 +29,11 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import ReadSessions
-from app.core.errors import ConflictError, InvalidInputError, NotFoundError
+from app.core.errors import ConflictError, InvalidFieldError, NotFoundError
 from app.core.roles import Role
+from app.core.scope import SCOPED_ROLES, province_problem
 from app.models.user import User
-from app.schemas.user import (
-    PROVINCE_ONLY_FOR_OFFICERS,
-    PROVINCE_REQUIRED_FOR_OFFICERS,
-    PasswordResetOutcome,
-    UserUpdate,
-)
+from app.schemas.user import PasswordResetOutcome, UserUpdate
 from app.services.audit import audit_at_commit, audited
 from app.services.cognito import (
     CognitoUserPool,
@@ -134,15 +130,15 @@ async def _lock_for(session: AsyncSession, user_id: uuid.UUID, changes: dict[str
 
 
 def _province_after(user: User, changes: dict[str, Any], role: Role) -> str | None:
+    """The province the user has after the change, by the rule of `app.core.scope`."""
     if "responsible_province" in changes:
         province: str | None = changes["responsible_province"]
-        if role is not Role.OFFICER and province is not None:
-            raise InvalidInputError(PROVINCE_ONLY_FOR_OFFICERS)
     else:
-        # Leaving the OFFICER role drops the province; staying keeps it.
-        province = user.responsible_province if role is Role.OFFICER else None
-    if role is Role.OFFICER and province is None:
-        raise InvalidInputError(PROVINCE_REQUIRED_FOR_OFFICERS)
+        # Leaving a scoped role drops the province; staying keeps it.
+        province = user.responsible_province if role in SCOPED_ROLES else None
+    problem = province_problem(role, province)
+    if problem is not None:
+        raise InvalidFieldError("responsible_province", problem)
     return province
 
 

@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from app.api.deps import COGNITO
 from app.core.roles import Role
+from app.core.scope import PROVINCE_REQUIRED
 from app.main import create_app
 from app.models.user import User
-from app.schemas.user import EMAIL_CANNOT_CHANGE, PROVINCE_REQUIRED_FOR_OFFICERS
+from app.schemas.user import EMAIL_CANNOT_CHANGE
 from app.services.cognito import CognitoUserPool
 from tests.api.conftest import (
     UserFactory,
@@ -232,9 +233,7 @@ async def test_a_validator_message_reads_as_written_without_pydantics_prefix(
     payload = body(new_email("prefix")) | {"role": "OFFICER"}
     response = await client.post(USERS, json=payload, headers=admin_headers)
     assert response.status_code == 422
-    assert [problem["msg"] for problem in response.json()["detail"]] == [
-        PROVINCE_REQUIRED_FOR_OFFICERS
-    ]
+    assert [problem["msg"] for problem in response.json()["detail"]] == [PROVINCE_REQUIRED]
 
 
 @pytest.mark.parametrize(
@@ -530,7 +529,15 @@ async def test_role_change_moves_the_cognito_group_and_keeps_the_province_rule(
 
     refused = await client.put(path, json={"role": "OFFICER"}, headers=admin_headers)
     assert refused.status_code == 422
-    assert "responsible_province is required" in refused.json()["detail"]
+    # The same answer as a create that breaks the rule: one shape for one rule.
+    assert refused.json()["code"] == "validation_error"
+    assert refused.json()["detail"] == [
+        {"loc": ["body", "responsible_province"], "msg": PROVINCE_REQUIRED, "type": "value_error"}
+    ]
+    created = await client.post(
+        USERS, json=body(new_email("o")) | {"role": "OFFICER"}, headers=admin_headers
+    )
+    assert created.json()["detail"] == refused.json()["detail"]
     refused = await client.put(path, json={"responsible_province": "Krabi"}, headers=admin_headers)
     assert refused.status_code == 422
     assert moto_cognito.groups_of(email) == {"DISPATCHER"}

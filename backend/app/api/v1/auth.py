@@ -7,16 +7,17 @@ deactivation applies on the caller's next request.
 
 Routes receive a `Principal` (`app.core.principal`: id, role, responsible province); the one
 that answers with the caller's profile receives the user lookup's full snapshot
-(`CurrentProfile`). `ProvinceScope` is the province a caller's data is limited to.
+(`CurrentProfile`). `CallerScope` is what a caller's data is limited to.
 """
 
 from typing import Annotated, Final
 
 from fastapi import Depends
 
-from app.core.principal import Principal, scoped_province
+from app.core.principal import Principal
 from app.core.rbac import require_role
 from app.core.roles import Role
+from app.core.scope import ProvinceScope
 from app.services.user_cache import AuthenticatedUser
 
 get_current_user: Final = require_role(*Role)
@@ -28,11 +29,11 @@ CurrentProfile = Annotated[
 AdminUser = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 
 
-async def province_scope(principal: CurrentUser) -> str | None:
-    """The caller's province scope (see `scoped_province`)."""
-    return scoped_province(principal)
+async def province_scope(principal: CurrentUser) -> ProvinceScope:
+    """The caller's province scope (`app.core.scope`: who sees what, and 404 or an empty list)."""
+    return ProvinceScope.of(principal)
 
 
-# The province a query must be limited to: None for a role that sees every province, the
-# responsible province for an OFFICER. Phase 3's case routes filter by it.
-ProvinceScope = Annotated[str | None, Depends(province_scope)]
+# What a route's queries are limited to: `scope.where(Case.province)` filters a list,
+# `scope.check(case.province)` refuses one item of another province.
+CallerScope = Annotated[ProvinceScope, Depends(province_scope)]
