@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypedDict
 
-import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,13 +21,13 @@ from app.api.v1.health import router as health_router
 from app.core import cors, metrics
 from app.core.config import Settings, load_settings
 from app.core.db import (
-    DatabaseConnector,
+    Database,
     ReadSessions,
     Sessionmaker,
     create_engine,
-    create_read_sessionmaker,
     create_sessionmaker,
     database_is_reachable,
+    open_database,
 )
 from app.core.errors import ErrorResponse, register_error_handlers
 from app.core.gc_tuning import startup_heap_frozen
@@ -37,7 +36,6 @@ from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
 from app.core.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from app.core.rbac import UserLookup
-from app.core.secrets import fetch_database_credentials
 from app.core.tokens import AccessTokenVerifier
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
@@ -76,74 +74,84 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         metrics.RELEASE.labels(settings.app_release or __version__, __version__).set(1)
-        credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
-        reread = (
-            functools.partial(fetch_database_credentials, settings)
-            if settings.db_secret_id is not None
-            else None
-        )
-        connector = DatabaseConnector(settings, credentials, reread)
-        engine = create_engine(connector, settings)
-        # A database that is down at startup must not stop the process: /health reports it
-        # and the pool reconnects once it is back.
-        if await database_is_reachable(engine, settings.health_timeout_seconds):
-            logger.info("database reachable", extra={"db_host": credentials.host})
-        else:
-            logger.warning("database unreachable at startup", extra={"db_host": credentials.host})
-        jwks = JWKSCache(settings.jwks_url)
-        # Warm the key cache without holding up startup: tokens verify once it lands, and a
-        # Cognito outage now only means the first requests fetch the keys themselves.
-        preload = asyncio.create_task(jwks.preload())
-        # Two connections per worker, beside the pool, listen for the changes the in-process
-        # caches must hear of (and send the heartbeat that proves they arrive); the caches stay
-        # bypassed until it is proven, so startup does not wait.
-        listener = NotificationListener(connector.connect) if settings.user_cache else None
-        user_cache = UserCache(listener, counted=settings.metrics)
-        if listener is not None:
-            listener.start()
-        read_sessions = create_read_sessionmaker(engine)
-        # Its sessions evict the users they commit from this worker's cache at once.
-        sessionmaker = create_sessionmaker(engine, session_class_evicting_from(user_cache))
-        cognito = CognitoUserPool.from_settings(settings)
-        # Says once whether the pool is as this system needs it, without holding up startup.
-        pool_check = start_pool_check(cognito, settings)
-        # Requests only record work in the outbox; the worker process (app.worker) does it.
-        directory_sync = DirectorySync(OutboxWorker(sessionmaker, read_sessions), cognito)
-        health_engine = create_engine(
-            connector, settings, pool_size=1, max_overflow=0, name="health"
-        )
-        try:
-            state = State(
-                settings=settings,
-                engine=engine,
-                sessionmaker=sessionmaker,
-                read_sessionmaker=read_sessions,
-                token_verifier=AccessTokenVerifier(
-                    jwks, issuer=settings.cognito_issuer, client_id=settings.cognito_app_client_id
-                ),
-                user_cache=user_cache,
-                user_lookup=ActiveUsers(user_cache, read_sessions),
-                user_counts=UserCountCache(user_cache),
-                cognito=cognito,
-                directory_sync=directory_sync,
-                reference_cache=ReferenceCache(),
-                health_engine=health_engine,
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(metrics.forget_this_process)  # the last thing a clean stop does
+            state = await _start(settings, stack)
             # Start-up is over: what it built is never walked by the collector again.
             with startup_heap_frozen():
                 yield state
-        finally:
-            if pool_check is not None:
-                pool_check.cancel()
-            if listener is not None:
-                await listener.aclose()
-            preload.cancel()
-            await jwks.aclose()
-            await engine.dispose()
-            await health_engine.dispose()
-            metrics.forget_this_process()
 
     return lifespan
+
+
+async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> State:
+    """Build what requests use; `stack` stops it again, in the reverse order."""
+    database = await open_database(settings)
+    stack.push_async_callback(database.dispose)
+    await _say_whether_the_database_is_reachable(database, settings)
+    health_engine = create_engine(
+        database.connector, settings, pool_size=1, max_overflow=0, name="health"
+    )
+    stack.push_async_callback(health_engine.dispose)
+    jwks = JWKSCache(settings.jwks_url)
+    stack.push_async_callback(jwks.aclose)
+    # Warm the key cache without holding up startup: tokens verify once it lands, and a
+    # Cognito outage now only means the first requests fetch the keys themselves.
+    stack.callback(asyncio.create_task(jwks.preload()).cancel)
+    user_cache = await _user_cache(settings, database, stack)
+    # Its sessions evict the users they commit from this worker's cache at once.
+    sessionmaker = create_sessionmaker(database.engine, session_class_evicting_from(user_cache))
+    cognito = CognitoUserPool.from_settings(settings)
+    # Says once whether the pool is as this system needs it, without holding up startup.
+    pool_check = start_pool_check(cognito, settings)
+    if pool_check is not None:
+        stack.callback(pool_check.cancel)
+    read_sessions = database.read_sessions
+    return State(
+        settings=settings,
+        engine=database.engine,
+        sessionmaker=sessionmaker,
+        read_sessionmaker=read_sessions,
+        token_verifier=AccessTokenVerifier(
+            jwks, issuer=settings.cognito_issuer, client_id=settings.cognito_app_client_id
+        ),
+        user_cache=user_cache,
+        user_lookup=ActiveUsers(user_cache, read_sessions),
+        user_counts=UserCountCache(user_cache),
+        cognito=cognito,
+        # Requests only record work in the outbox; the worker process (app.worker) does it.
+        directory_sync=DirectorySync(OutboxWorker(sessionmaker, read_sessions), cognito),
+        reference_cache=ReferenceCache(),
+        health_engine=health_engine,
+    )
+
+
+async def _say_whether_the_database_is_reachable(database: Database, settings: Settings) -> None:
+    # A database that is down at startup must not stop the process: /health reports it and
+    # the pool reconnects once it is back.
+    host = {"db_host": database.connector.credentials.host}
+    if await database_is_reachable(database.engine, settings.health_timeout_seconds):
+        logger.info("database reachable", extra=host)
+    else:
+        logger.warning("database unreachable at startup", extra=host)
+
+
+async def _user_cache(
+    settings: Settings, database: Database, stack: contextlib.AsyncExitStack
+) -> UserCache:
+    """The worker's cache of active users, trusted once its notifications are proven.
+
+    Two connections per worker, beside the pool, listen for the changes the cache must hear of
+    (and send the heartbeat that proves they arrive); the cache stays bypassed until it is
+    proven, so startup does not wait.
+    """
+    if not settings.user_cache:
+        return UserCache(None, counted=settings.metrics)
+    listener = NotificationListener(database.connector.connect)
+    user_cache = UserCache(listener, counted=settings.metrics)
+    listener.start()
+    stack.push_async_callback(listener.aclose)
+    return user_cache
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -32,17 +32,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
-import anyio.to_thread
-
 from app.core.config import Settings, load_settings
-from app.core.db import (
-    DatabaseConnector,
-    create_engine,
-    create_read_sessionmaker,
-    create_sessionmaker,
-)
+from app.core.db import open_database
 from app.core.logging import configure_logging
-from app.core.secrets import fetch_database_credentials
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker
@@ -75,20 +67,12 @@ async def background_work(
 
     What the worker process runs; tests run it beside their app the same way.
     """
-    credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
-    reread = (
-        functools.partial(fetch_database_credentials, settings)
-        if settings.db_secret_id is not None
-        else None
-    )
-    connector = DatabaseConnector(settings, credentials, reread)
-    engine = create_engine(connector, settings, pool_size=2, max_overflow=0, name="worker")
+    database = await open_database(settings, pool_size=2, max_overflow=0, name="worker")
     cognito = cognito or CognitoUserPool.from_settings(settings)
-    sessions = create_sessionmaker(engine)
-    turns = TurnRecorder(sessions)
+    turns = TurnRecorder(database.sessions)
     worker = OutboxWorker(
-        sessions,
-        create_read_sessionmaker(engine),
+        database.sessions,
+        database.read_sessions,
         heartbeat=functools.partial(_beat, heartbeat, turns),
     )
     directory = DirectorySync(worker, cognito)
@@ -100,7 +84,7 @@ async def background_work(
     finally:
         await worker.aclose()
         await turns.aclose()
-        await engine.dispose()
+        await database.dispose()
 
 
 async def _serve(settings: Settings) -> None:

@@ -15,21 +15,14 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-import anyio.to_thread
 from pydantic import ValidationError
 
 from app.core.compensation import undo_unless_committed
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.db import (
-    DatabaseConnector,
-    create_engine,
-    create_read_sessionmaker,
-    create_sessionmaker,
-)
+from app.core.db import open_database
 from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
 from app.core.roles import Role
-from app.core.secrets import fetch_database_credentials
 from app.schemas.user import UserCreate
 from app.services.cognito import CognitoUserPool, EmailTakenError
 from app.services.user_creation import create_user
@@ -53,12 +46,11 @@ async def create_admin(
         return EXIT_USAGE
     cognito = cognito or CognitoUserPool.from_settings(settings)
     try:
-        credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
+        database = await open_database(settings)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    engine = create_engine(DatabaseConnector(settings, credentials), settings)
-    sessionmaker = create_sessionmaker(engine)
+    sessionmaker = database.sessions
     try:
         # The same transaction shape as a request: the Cognito user is deleted again if the
         # commit fails.
@@ -70,8 +62,7 @@ async def create_admin(
                     f"{'active' if existing.is_active else 'deactivated'}); nothing to do"
                 )
                 return EXIT_OK
-            read_sessions = create_read_sessionmaker(engine)
-            user = await create_user(session, read_sessions, cognito, data, actor_id=None)
+            user = await create_user(session, database.read_sessions, cognito, data, actor_id=None)
     except EmailTakenError:
         print(
             f"{data.email} exists in Cognito but not in the database: the two sides disagree. "
@@ -86,7 +77,7 @@ async def create_admin(
         print(f"the database is unreachable: {type(error).__name__}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        await engine.dispose()
+        await database.dispose()
     print(f"created ADMIN {user.email} (id {user.id}); Cognito has emailed the invitation")
     return EXIT_OK
 

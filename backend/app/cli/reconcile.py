@@ -33,20 +33,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-import anyio.to_thread
 from pydantic import ValidationError
 
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.db import (
-    DatabaseConnector,
-    create_engine,
-    create_read_sessionmaker,
-    create_sessionmaker,
-)
+from app.core.db import open_database
 from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
 from app.core.roles import Role
-from app.core.secrets import fetch_database_credentials
 from app.schemas.user import UserCreate
 from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMisconfiguredError
 from app.services.directory_sync import DirectorySync
@@ -104,13 +97,11 @@ async def run_reconcile(
     `adoption`: with `apply`, the Cognito user without a row to adopt, and its role.
     """
     try:
-        credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
+        # One connection is enough: this walks pages one after the other.
+        database = await open_database(settings, pool_size=1, max_overflow=0, name="reconcile")
     except ConfigError as error:
         return _cannot_check(as_json, f"configuration: {error}")
-    connector = DatabaseConnector(settings, credentials)
-    # One connection is enough: this walks pages one after the other.
-    engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
-    sessions, read_sessions = create_sessionmaker(engine), create_read_sessionmaker(engine)
+    sessions, read_sessions = database.sessions, database.read_sessions
     directory = DirectorySync(OutboxWorker(sessions, read_sessions), cognito)
     try:
         found = await find_drift(cognito, read_sessions, threshold=threshold, page_size=page_size)
@@ -145,7 +136,7 @@ async def run_reconcile(
     except DATABASE_UNAVAILABLE_ERRORS as error:
         return _cannot_check(as_json, f"the database is unreachable ({type(error).__name__})")
     finally:
-        await engine.dispose()
+        await database.dispose()
     in_step = not remaining.drift
     document["status"] = "in_step" if in_step else "drift"
     lines.append("in step" if in_step else f"{len(remaining.drift)} drift item(s)")

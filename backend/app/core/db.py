@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Final
 
 import anyio.to_thread
@@ -27,9 +29,15 @@ from sqlalchemy.util import await_only
 
 from app.core import metrics
 from app.core.compensation import run_after_commit, undo_unless_committed
-from app.core.config import ConfigError, DatabaseCredentials, DatabaseSettings
+from app.core.config import (
+    ConfigError,
+    DatabaseAccessSettings,
+    DatabaseCredentials,
+    DatabaseSettings,
+)
 from app.core.errors import describe_database_error
 from app.core.pool import FairAsyncQueuePool
+from app.core.secrets import fetch_database_credentials
 from app.core.state import LifespanItem
 
 logger = logging.getLogger(__name__)
@@ -222,6 +230,54 @@ class ReadSessions(async_sessionmaker[AsyncSession]):
     Two classes for one job each, so that passing one where the other belongs fails type
     checking.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A process's way to the database: connections that follow the secret, an engine, sessions.
+
+    What the app, the worker and the command-line tools each open once (`open_database`).
+    """
+
+    connector: DatabaseConnector
+    engine: AsyncEngine
+    sessions: Sessionmaker
+    read_sessions: ReadSessions
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def open_database(
+    settings: DatabaseAccessSettings,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    name: str = "api",
+    session_class: type[Session] = Session,
+) -> Database:
+    """Read the credentials and build the engine and its sessions; connects nothing yet.
+
+    With `DB_SECRET_ID` the credentials come from Secrets Manager (read in a worker thread:
+    boto3 blocks) and are read again when the database refuses them (a rotation). Raises
+    `ConfigError` when they cannot be read at all.
+    """
+    credentials = await anyio.to_thread.run_sync(fetch_database_credentials, settings)
+    reread = (
+        functools.partial(fetch_database_credentials, settings)
+        if settings.db_secret_id is not None
+        else None
+    )
+    connector = DatabaseConnector(settings, credentials, reread)
+    engine = create_engine(
+        connector, settings, pool_size=pool_size, max_overflow=max_overflow, name=name
+    )
+    return Database(
+        connector,
+        engine,
+        create_sessionmaker(engine, session_class),
+        create_read_sessionmaker(engine),
+    )
 
 
 def create_sessionmaker(
