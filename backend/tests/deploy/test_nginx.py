@@ -29,10 +29,11 @@ ALB_IDLE_TIMEOUT_S = 60
 
 
 def directive_seconds(name: str) -> int:
-    """A timeout set in the server block (the part of the file after ``server {``)."""
-    server_block = SITE_CONF.read_text().split("\nserver {", 1)[1]
-    (value,) = re.findall(rf"^\s*{name}\s+(\d+)s;", server_block, re.MULTILINE)
-    return int(value)
+    """The longest value of a timeout set in the server blocks (the file after ``server {``)."""
+    server_blocks = SITE_CONF.read_text().split("\nserver {", 1)[1]
+    values = re.findall(rf"^\s*{name}\s+(\d+)s;", server_blocks, re.MULTILINE)
+    assert values, name
+    return max(int(value) for value in values)
 
 
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
@@ -46,13 +47,26 @@ def test_committed_config_is_the_production_one() -> None:
     site = SITE_CONF.read_text()
     assert re.search(r"upstream app \{[^}]*server app:8000 resolve;[^}]*keepalive \d+;", site)
     assert "listen 8080 default_server;" in site
+    assert "listen 8080;" in site
     assert "include /etc/nginx/conf.d/one-system.conf;" in MAIN_CONF.read_text()
-    # No catch-all proxy: every proxied prefix is listed explicitly.
-    proxied = re.findall(
-        r"location ([^{]+?) \{\s*(?:(?:access_log off|limit_req [^;]+);\s*)*proxy_pass", site
-    )
+    # No catch-all proxy: every proxied prefix is listed explicitly. /health twice: for the
+    # service's name and for any other Host (the ALB's health check).
+    proxied = [
+        where
+        for where, block in re.findall(r"^\s*location ([^{\n]+?) \{([^}]*)\}", site, re.M)
+        if "proxy_pass" in block
+    ]
     assert sorted(proxied) == sorted(
-        ["/api/", "= /health", "/health/", "= /docs", "/docs/", "= /openapi.json"]
+        [
+            "/api/",
+            "= /health",
+            "= /health",
+            "/health/",
+            "= /docs",
+            "/docs/",
+            "= /docs/oauth2-redirect",
+            "= /openapi.json",
+        ]
     )
 
 
