@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,9 @@ from .nginx_harness import (
     ECHO_APP_DIR,
     MAIN_CONF,
     SITE_CONF,
+    SITE_FILE_EXAMPLES,
+    SITE_FILE_NAMES,
+    RateLimit,
     RunningNginx,
     free_port,
     nginx_config_test,
@@ -234,3 +240,115 @@ def test_nginx_refuses_a_broken_config(tmp_path: Path) -> None:
     result = nginx_config_test(tmp_path, conf)
     assert result.returncode != 0
     assert isinstance(result, subprocess.CompletedProcess)
+
+
+def test_the_example_site_files_parse_and_trust_only_subnets(tmp_path: Path) -> None:
+    """deploy/nginx/ holds what an operator copies to /etc/one-system/nginx/."""
+    conf = render_nginx_conf(tmp_path, upstream="127.0.0.1:8000", listen_port=free_port())
+    for name in SITE_FILE_NAMES:
+        shutil.copy(SITE_FILE_EXAMPLES / name, tmp_path / "one-system" / name)
+    result = nginx_config_test(tmp_path, conf)
+    assert result.returncode == 0, result.stderr
+
+    trusted = re.findall(
+        r"^set_real_ip_from ([^;]+);",
+        (SITE_FILE_EXAMPLES / "trusted-proxies.conf").read_text(),
+        re.M,
+    )
+    assert trusted
+    for cidr in trusted:
+        # An ALB subnet, never a whole private range.
+        assert ipaddress.ip_network(cidr).prefixlen >= 16, cidr
+
+
+def test_only_the_site_file_names_trusted_proxies() -> None:
+    """No private range is trusted by the committed config itself (it trusted 10/8, 172.16/12 and
+    192.168/16: any host of the VPC, a peered network or a VPN chose its own identity)."""
+    assert not re.search(r"^\s*set_real_ip_from", SITE_CONF.read_text(), re.MULTILINE)
+
+
+def test_a_host_that_is_not_a_trusted_proxy_is_the_client(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    """127.0.0.2 plays another host of the VPC: its X-Forwarded-For is not believed."""
+    headers = {"X-Forwarded-For": "203.0.113.7"}
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as vpc_host:
+        seen = vpc_host.get(echo_proxy.url("/api/v1/echo"), headers=headers).json()
+    assert seen["client"] == "127.0.0.2"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.2"
+    # The ALB's (127.0.0.1) is.
+    assert client.get(echo_proxy.url("/api/v1/echo"), headers=headers).json()["client"] == (
+        "203.0.113.7"
+    )
+
+
+@pytest.mark.parametrize("path", ["/api/v1/echo", "/docs", "/openapi.json", "/health/live", "/"])
+def test_another_host_gets_a_json_421(
+    echo_proxy: RunningNginx, client: httpx.Client, path: str
+) -> None:
+    response = client.get(echo_proxy.url(path), headers={"Host": "attacker.example"})
+    assert response.status_code == 421
+    body = response.json()
+    assert body == {
+        "detail": "Unknown host; call the service by its name",
+        "code": "unknown_host",
+        "request_id": response.headers["x-request-id"],
+    }
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_albs_health_check_is_answered_for_any_host(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    """The ALB's health check names the target's address (and port) as Host."""
+    for host in ["10.0.1.23", "10.0.1.23:80", "attacker.example"]:
+        response = client.get(echo_proxy.url("/health"), headers={"Host": host})
+        assert response.status_code == 200, host
+        assert response.json()["path"] == "/health"
+        assert response.headers.get_list("x-request-id") == [
+            response.json()["headers"]["x-request-id"]
+        ]
+
+
+def test_plain_http_from_the_alb_is_refused_for_the_api(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    for proto in ["http", "HTTP"]:
+        refused = client.post(
+            echo_proxy.url("/api/v1/echo"), headers={"X-Forwarded-Proto": proto}, json={}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "https_required"
+        assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    https = client.get(echo_proxy.url("/api/v1/echo"), headers={"X-Forwarded-Proto": "https"})
+    assert https.json()["scheme"] == "https"
+
+
+def test_plain_http_from_the_alb_is_redirected_for_the_pages(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    headers = {"X-Forwarded-Proto": "http", "Host": "api.example.test"}
+    response = client.get(echo_proxy.url("/docs?x=1"), headers=headers)
+    assert response.status_code == 301
+    assert response.headers["location"] == "https://api.example.test/docs?x=1"
+
+
+def test_no_oauth_code_or_state_in_the_logs(client: httpx.Client) -> None:
+    code, state = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    path = f"/docs/oauth2-redirect?code={code}&state={state}"
+    limits = {"one_system_public": RateLimit(rate="1r/m", burst=1)}
+    with (
+        run_uvicorn(ECHO_APP, app_dir=ECHO_APP_DIR) as app_port,
+        run_nginx(app_port, rate_limits=limits) as proxy,
+    ):
+        # Encoded, the same page: the app decodes the path.
+        for url in [path, path.replace("oauth2", "%6fauth2"), path]:
+            client.get(proxy.url(url))
+        assert client.get(proxy.url(path)).status_code == 429  # the error log's turn
+        client.get(proxy.url("/api/v1/echo?page=2"))
+        log = proxy.log_text
+    assert '"uri":"/docs/oauth2-redirect"' in log
+    assert code not in log
+    assert state not in log
+    # Elsewhere the query stays in the log.
+    assert '"uri":"/api/v1/echo?page=2"' in log
