@@ -370,3 +370,11 @@ def test_the_swagger_bundle_passes_through_as_the_app_compressed_it(client: http
     assert response.status_code == 200
     assert response.headers["content-encoding"] == "gzip"
     assert raw == gzip.compress(bundle.read_bytes(), compresslevel=9, mtime=0)
+
+
+def test_nginx_does_not_start_without_a_site_file(tmp_path: Path) -> None:
+    conf = render_nginx_conf(tmp_path, upstream="127.0.0.1:8000", listen_port=free_port())
+    (tmp_path / "one-system" / "trusted-proxies.conf").unlink()
+    result = nginx_config_test(tmp_path, conf)
+    assert result.returncode != 0
+    assert "trusted-proxies.conf" in result.stderr
