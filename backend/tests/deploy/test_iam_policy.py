@@ -37,6 +37,7 @@ PLACEHOLDERS = {
     "USER_POOL_ID",
     "DB_SECRET_NAME",
     "DB_SECRET_KMS_KEY_ID",
+    "MIGRATION_DB_SECRET_NAME",
 }
 RESOURCES = {
     "cognito-idp": "arn:aws:cognito-idp:${AWS_REGION}:${ACCOUNT_ID}:userpool/${USER_POOL_ID}",
@@ -44,6 +45,11 @@ RESOURCES = {
         "arn:aws:secretsmanager:${AWS_REGION}:${ACCOUNT_ID}:secret:${DB_SECRET_NAME}-??????"
     ),
 }
+# The migrator's secret (docs/operations.md, "Database roles"): the deploy runs the migration,
+# which is the app's code, with DB_SECRET_ID naming it, so it needs what the code calls on a secret.
+MIGRATION_SECRET = (
+    "arn:aws:secretsmanager:${AWS_REGION}:${ACCOUNT_ID}:secret:${MIGRATION_DB_SECRET_NAME}-??????"
+)
 ECR_REPOSITORY = "arn:aws:ecr:${AWS_REGION}:${ACCOUNT_ID}:repository/one-system-backend"
 SECRET_KEY = "arn:aws:kms:${AWS_REGION}:${ACCOUNT_ID}:key/${DB_SECRET_KMS_KEY_ID}"
 # What Secrets Manager asks KMS to do with a customer-managed key when a caller performs each
@@ -55,7 +61,9 @@ SECRETS_MANAGER_KMS = {"secretsmanager:GetSecretValue": {"kms:Decrypt"}}
 SECRET_KEY_CONDITION = {
     "StringEquals": {"kms:ViaService": "secretsmanager.${AWS_REGION}.amazonaws.com"},
     # StringLike: the secret's ARN ends in six random characters.
-    "StringLike": {"kms:EncryptionContext:SecretARN": RESOURCES["secretsmanager"]},
+    "StringLike": {
+        "kms:EncryptionContext:SecretARN": [RESOURCES["secretsmanager"], MIGRATION_SECRET]
+    },
 }
 # Instance-role credentials used anywhere but through a VPC endpoint of the VPC they were
 # delivered to are refused. AWS Security Blog, "How to use policies to restrict where EC2
@@ -230,6 +238,8 @@ def test_the_policy_grants_exactly_what_the_code_calls_on_the_pool_and_the_secre
         given = grants.get(resource, set())
         assert not wanted - given, f"the policy lacks {sorted(wanted - given)} on {resource}"
         assert not given - wanted, f"the code never calls {sorted(given - wanted)}"
+    secret_calls = {action for action in needed if action.startswith("secretsmanager:")}
+    assert grants.get(MIGRATION_SECRET) == secret_calls
 
 
 def test_the_policy_grants_exactly_what_the_deploy_script_needs_from_ecr() -> None:
@@ -259,7 +269,7 @@ def test_the_secret_key_may_be_used_only_by_secrets_manager_for_the_database_sec
 
 def test_nothing_else_is_granted() -> None:
     assert policy()["Version"] == "2012-10-17"
-    assert set(granted()) == {*RESOURCES.values(), ECR_REPOSITORY, "*"}
+    assert set(granted()) == {*RESOURCES.values(), MIGRATION_SECRET, ECR_REPOSITORY, "*"}
     assert not any(action.startswith("kms:") for action in set().union(*granted().values()))
 
 
