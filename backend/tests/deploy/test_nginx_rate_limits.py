@@ -168,7 +168,7 @@ def test_api_requests_over_the_limit_get_a_json_429_with_retry_after(
     assert "limiting requests" in proxy.log_text
 
 
-def test_health_is_never_limited(proxy: RunningNginx, http: httpx.Client) -> None:
+def test_health_does_not_share_the_api_allowance(proxy: RunningNginx, http: httpx.Client) -> None:
     address = "203.0.113.20"
     use_up_the_api_allowance(proxy, http, address)
     assert http.get(proxy.url("/api/v1/echo"), headers=as_client(address)).status_code == 429
