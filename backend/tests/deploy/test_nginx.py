@@ -333,6 +333,9 @@ def test_plain_http_from_the_alb_is_redirected_for_the_pages(
     response = client.get(echo_proxy.url("/docs?x=1"), headers=headers)
     assert response.status_code == 301
     assert response.headers["location"] == "https://api.example.test/docs?x=1"
+    # A probe is answered, never redirected.
+    for path in ["/health", "/health/live"]:
+        assert client.get(echo_proxy.url(path), headers=headers).status_code == 200, path
 
 
 def test_no_oauth_code_or_state_in_the_logs(client: httpx.Client) -> None:
