@@ -25,6 +25,7 @@ from .nginx_harness import (
     SITE_FILE_NAMES,
     RateLimit,
     RunningNginx,
+    SiteFiles,
     free_port,
     nginx_config_test,
     offline_app_env,
@@ -216,11 +217,19 @@ def test_oversized_body_is_refused_with_413_before_the_app(
 
 
 def test_upstream_down_is_a_json_503(client: httpx.Client) -> None:
+    spa = SiteFiles().cors_origins[0]
     with run_nginx(free_port()) as proxy:
         response = client.get(proxy.url("/health"))
+        api = client.get(proxy.url("/api/v1/users/me"), headers={"Origin": spa})
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
     assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert response.headers.get_list("retry-after") == ["5"]
+    # Readable by the SPA, like Nginx's other refusals.
+    assert api.status_code == 503
+    assert api.headers.get_list("access-control-allow-origin") == [spa]
+    assert api.headers.get_list("vary") == ["Origin"]
+    assert "Retry-After" in api.headers["access-control-expose-headers"]
 
 
 def test_real_app_liveness_through_nginx(client: httpx.Client) -> None:
