@@ -49,11 +49,20 @@ class AccessClaims:
 
 
 def _b64url_decode(segment: str, part: str) -> bytes:
-    # The stdlib decoder silently drops characters outside the alphabet; a token is either
-    # well-formed base64url or rejected.
+    """The bytes of one unpadded base64url segment, which must be their one canonical spelling.
+
+    The stdlib decoder silently drops characters outside the alphabet, and ignores the unused
+    low bits of the last character: a 256-byte RS256 signature (342 characters, 4 spare bits)
+    decodes the same under 16 spellings of its last one, and Nginx keys each caller's allowance
+    on the signature's spelling. RFC 7515 (section 2, "Base64url Encoding") builds segments with
+    the standard encoder, which leaves those bits zero, so anything else is refused.
+    """
     if len(segment) % 4 == 1 or not _BASE64URL.fullmatch(segment):
         raise TokenError(f"{part} is not base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise TokenError(f"{part} is not canonical base64url")
+    return data
 
 
 def _json_object(data: bytes, part: str) -> dict[str, Any]:

@@ -412,6 +412,43 @@ async def test_signature_not_base64url(verifier: AccessTokenVerifier, key: RSAKe
     await rejected(verifier, f"{header}.{payload}.%%%", "signature")
 
 
+def other_spellings(segment: str) -> list[str]:
+    """``segment`` with its last character swapped for each one that decodes to the same bytes."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare_bits = {2: 4, 3: 2}[len(segment) % 4]
+    last = alphabet.index(segment[-1])
+    same = [alphabet[last & ~((1 << spare_bits) - 1) | low] for low in range(1 << spare_bits)]
+    return [segment[:-1] + char for char in same if char != segment[-1]]
+
+
+async def test_only_the_canonical_spelling_of_a_signature_is_accepted(
+    verifier: AccessTokenVerifier, key: RSAKeyPair
+) -> None:
+    """A 256-byte signature has 4 unused bits in its last character: 15 other spellings decode
+    to the same bytes and would each get an allowance of their own at the edge."""
+    token = mint_token(claims(), key)
+    header, payload, signature = token.split(".")
+    spellings = other_spellings(signature)
+    assert len(spellings) == 15
+    assert (await verifier.verify(token)).sub == claims()["sub"]
+
+    for spelling in spellings:
+        await rejected(verifier, f"{header}.{payload}.{spelling}", "signature is not canonical")
+
+
+async def test_a_non_canonical_payload_is_refused_before_its_signature_is_checked(
+    verifier: AccessTokenVerifier, key: RSAKeyPair
+) -> None:
+    # A payload whose length leaves spare bits in its last character (not a multiple of 3 bytes).
+    header, payload, signature = next(
+        parts
+        for pad in ("", "x", "xx")
+        if len((parts := mint_token(claims(pad=pad), key).split("."))[1]) % 4
+    )
+    (spelling, *_) = other_spellings(payload)
+    await rejected(verifier, f"{header}.{spelling}.{signature}", "payload is not canonical")
+
+
 async def test_payload_not_base64url(verifier: AccessTokenVerifier, key: RSAKeyPair) -> None:
     header, _, signature = mint_token(claims(), key).split(".")
     await rejected(verifier, f"{header}.pay*load.{signature}", "payload")

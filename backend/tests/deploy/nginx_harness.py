@@ -1,9 +1,10 @@
 """Run the committed nginx configuration for real, in front of any upstream on loopback.
 
 The committed files in nginx/ are production-correct (upstream ``app:8000`` resolved by Docker's
-DNS, listen 8080, the ALB's private ranges trusted for X-Forwarded-For). ``render_nginx_conf``
-rewrites exactly those environment-specific lines, and fails loudly if one of them is no longer
-found, so every other directive is exercised as committed.
+DNS, listen 8080, the site's files under /etc/nginx/one-system/). ``render_nginx_conf`` rewrites
+exactly those environment-specific lines, and fails loudly if one of them is no longer found, so
+every other directive is exercised as committed; it writes the site's files for loopback
+(``SiteFiles``) into ``prefix/one-system/``.
 
 Reuse from another test module::
 
@@ -44,7 +45,10 @@ SITE_CONF = NGINX_DIR / "one-system.conf"
 # The production-only lines of nginx/one-system.conf and what a loopback test uses instead.
 PROD_UPSTREAM_SERVER = "server app:8000 resolve;"
 PROD_LISTEN = "listen 8080 default_server;"
-PROD_TRUSTED_PROXY = "set_real_ip_from 10.0.0.0/8;"
+PROD_NAMED_LISTEN = "listen 8080;"
+PROD_SITE_DIR = "/etc/nginx/one-system/"
+SITE_FILE_EXAMPLES = REPO_ROOT / "deploy" / "nginx"
+SITE_FILE_NAMES = ("trusted-proxies.conf", "server-name.conf", "cors-origins.map")
 PROD_SITE_INCLUDE = "include /etc/nginx/conf.d/one-system.conf;"
 PROD_WORKERS = "worker_processes auto;"
 
@@ -57,6 +61,24 @@ class RateLimit:
 
     rate: str
     burst: int
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """The site's files for a loopback run: 127.0.0.1 plays the ALB (its only trusted address),
+    so a client on 127.0.0.2 plays another host of the VPC."""
+
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",)
+    server_names: tuple[str, ...] = ("api.example.test", "127.0.0.1", "localhost")
+    cors_origins: tuple[str, ...] = ("https://spa.example.test",)
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir()
+        trusted = "".join(f"set_real_ip_from {cidr};\n" for cidr in self.trusted_proxies)
+        (directory / "trusted-proxies.conf").write_text(trusted)
+        (directory / "server-name.conf").write_text(f"server_name {' '.join(self.server_names)};\n")
+        origins = "".join(f'"{origin}" 1;\n' for origin in self.cors_origins)
+        (directory / "cors-origins.map").write_text(origins)
 
 
 @dataclass(frozen=True)
@@ -113,7 +135,8 @@ def _set_rate_limit(site: str, zone: str, limit: RateLimit) -> str:
     ]
     for pattern, replacement in patterns:
         site, count = re.subn(pattern, replacement, site)
-        if count != 1:
+        # A zone is declared once; it may be applied in several places (each server).
+        if count == 0 or (count > 1 and "limit_req_zone" in pattern):
             raise AssertionError(f"expected {pattern!r} once in {SITE_CONF.name}, found {count}")
     return site
 
@@ -124,13 +147,14 @@ def render_nginx_conf(
     upstream: str,
     listen_port: int,
     rate_limits: Mapping[str, RateLimit] | None = None,
+    site_files: SiteFiles | None = None,
 ) -> Path:
     """Write a loopback copy of the committed config into ``prefix``; return the main file.
 
-    ``upstream`` is ``host:port`` of the app. 127.0.0.0/8 plays the ALB: it is trusted for
-    X-Forwarded-For the way the ALB's VPC addresses are in production. ``rate_limits``
-    replaces the committed rate and burst of the zones it names, so that a test can reach a
-    limit with a few requests instead of a race against the clock.
+    ``upstream`` is ``host:port`` of the app. ``site_files`` are the site's files (default:
+    ``SiteFiles()``, where 127.0.0.1 plays the ALB). ``rate_limits`` replaces the committed
+    rate and burst of the zones it names, so that a test can reach a limit with a few requests
+    instead of a race against the clock.
     """
     site = SITE_CONF.read_text()
     for zone, limit in (rate_limits or {}).items():
@@ -139,12 +163,12 @@ def render_nginx_conf(
     site = _replace_once(
         site, PROD_LISTEN, f"listen 127.0.0.1:{listen_port} default_server;", SITE_CONF
     )
-    site = _replace_once(
-        site,
-        PROD_TRUSTED_PROXY,
-        f"{PROD_TRUSTED_PROXY}\n    set_real_ip_from 127.0.0.0/8;",
-        SITE_CONF,
-    )
+    site = _replace_once(site, PROD_NAMED_LISTEN, f"listen 127.0.0.1:{listen_port};", SITE_CONF)
+    site_dir = prefix / "one-system"
+    if site.count(f"include {PROD_SITE_DIR}") != len(SITE_FILE_NAMES):
+        raise AssertionError(f"expected {len(SITE_FILE_NAMES)} includes of {PROD_SITE_DIR}")
+    site = site.replace(PROD_SITE_DIR, f"{site_dir}/")
+    (site_files or SiteFiles()).write(site_dir)
     site_path = prefix / "one-system.conf"
     site_path.write_text(site)
 
@@ -214,6 +238,7 @@ def run_nginx(
     *,
     upstream_host: str = "127.0.0.1",
     rate_limits: Mapping[str, RateLimit] | None = None,
+    site_files: SiteFiles | None = None,
 ) -> Iterator[RunningNginx]:
     """Start nginx with the committed config in front of ``upstream_host:upstream_port``."""
     with tempfile.TemporaryDirectory(prefix="nginx-") as tmp:
@@ -224,6 +249,7 @@ def run_nginx(
             upstream=f"{upstream_host}:{upstream_port}",
             listen_port=port,
             rate_limits=rate_limits,
+            site_files=site_files,
         )
         log_path = prefix / "nginx.log"
         with log_path.open("wb") as log:

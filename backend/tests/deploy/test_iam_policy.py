@@ -37,6 +37,7 @@ PLACEHOLDERS = {
     "USER_POOL_ID",
     "DB_SECRET_NAME",
     "DB_SECRET_KMS_KEY_ID",
+    "MIGRATION_DB_SECRET_NAME",
 }
 RESOURCES = {
     "cognito-idp": "arn:aws:cognito-idp:${AWS_REGION}:${ACCOUNT_ID}:userpool/${USER_POOL_ID}",
@@ -44,6 +45,11 @@ RESOURCES = {
         "arn:aws:secretsmanager:${AWS_REGION}:${ACCOUNT_ID}:secret:${DB_SECRET_NAME}-??????"
     ),
 }
+# The migrator's secret (docs/operations.md, "Database roles"): the deploy runs the migration,
+# which is the app's code, with DB_SECRET_ID naming it, so it needs what the code calls on a secret.
+MIGRATION_SECRET = (
+    "arn:aws:secretsmanager:${AWS_REGION}:${ACCOUNT_ID}:secret:${MIGRATION_DB_SECRET_NAME}-??????"
+)
 ECR_REPOSITORY = "arn:aws:ecr:${AWS_REGION}:${ACCOUNT_ID}:repository/one-system-backend"
 SECRET_KEY = "arn:aws:kms:${AWS_REGION}:${ACCOUNT_ID}:key/${DB_SECRET_KMS_KEY_ID}"
 # What Secrets Manager asks KMS to do with a customer-managed key when a caller performs each
@@ -55,8 +61,28 @@ SECRETS_MANAGER_KMS = {"secretsmanager:GetSecretValue": {"kms:Decrypt"}}
 SECRET_KEY_CONDITION = {
     "StringEquals": {"kms:ViaService": "secretsmanager.${AWS_REGION}.amazonaws.com"},
     # StringLike: the secret's ARN ends in six random characters.
-    "StringLike": {"kms:EncryptionContext:SecretARN": RESOURCES["secretsmanager"]},
+    "StringLike": {
+        "kms:EncryptionContext:SecretARN": [RESOURCES["secretsmanager"], MIGRATION_SECRET]
+    },
 }
+# Instance-role credentials used anywhere but through a VPC endpoint of the VPC they were
+# delivered to are refused. AWS Security Blog, "How to use policies to restrict where EC2
+# instance credentials can be used from" (2023): aws:EC2InstanceSourceVPC is set on every
+# request signed with credentials issued to an EC2 instance (so it also serves as a policy
+# variable here); aws:SourceVpc only on requests that came through a VPC endpoint, and a
+# negated operator (StringNotEquals) is true when its key is absent (IAM User Guide, "Condition
+# operators"), so a call over the internet or a NAT is refused too; ec2:SourceInstanceARN
+# not null limits it to instance credentials; aws:ViaAWSService false exempts what a service
+# does on the caller's behalf (Secrets Manager's kms:Decrypt).
+VPC_CONDITION = {
+    "StringNotEquals": {"aws:SourceVpc": "${aws:EC2InstanceSourceVPC}"},
+    "Null": {"ec2:SourceInstanceARN": "false"},
+    "BoolIfExists": {"aws:ViaAWSService": "false"},
+}
+# Its own statement: a user pool with a domain (COGNITO_DOMAIN) cannot be reached through a VPC
+# endpoint (Cognito developer guide, "Access Amazon Cognito using an interface endpoint"), so
+# such a deployment drops it.
+POOL_DENY_SID = "DenyThePoolOutsideTheInstancesVpc"
 # What each ECR step of the deploy script needs (the ECR user guide's "required IAM
 # permissions for pushing and pulling images"). GetAuthorizationToken has no resource.
 ECR_STEPS = {
@@ -149,11 +175,20 @@ def policy() -> dict[str, Any]:
     return document
 
 
+def allowing() -> list[dict[str, Any]]:
+    statements = [s for s in policy()["Statement"] if s["Effect"] == "Allow"]
+    assert {s["Effect"] for s in policy()["Statement"]} == {"Allow", "Deny"}
+    return statements
+
+
+def denying() -> list[dict[str, Any]]:
+    return [statement for statement in policy()["Statement"] if statement["Effect"] == "Deny"]
+
+
 def granted() -> dict[str, set[str]]:
-    """Actions per resource, of the statements without conditions."""
+    """Actions per resource, of the Allow statements without conditions."""
     grants: dict[str, set[str]] = {}
-    for statement in policy()["Statement"]:
-        assert statement["Effect"] == "Allow"
+    for statement in allowing():
         if "Condition" in statement:
             continue
         assert set(statement) == {"Sid", "Effect", "Action", "Resource"}, statement
@@ -162,7 +197,7 @@ def granted() -> dict[str, set[str]]:
 
 
 def conditional() -> list[dict[str, Any]]:
-    return [statement for statement in policy()["Statement"] if "Condition" in statement]
+    return [statement for statement in allowing() if "Condition" in statement]
 
 
 def test_every_client_the_package_builds_is_held_in_a_name_ending_in_client() -> None:
@@ -203,6 +238,8 @@ def test_the_policy_grants_exactly_what_the_code_calls_on_the_pool_and_the_secre
         given = grants.get(resource, set())
         assert not wanted - given, f"the policy lacks {sorted(wanted - given)} on {resource}"
         assert not given - wanted, f"the code never calls {sorted(given - wanted)}"
+    secret_calls = {action for action in needed if action.startswith("secretsmanager:")}
+    assert grants.get(MIGRATION_SECRET) == secret_calls
 
 
 def test_the_policy_grants_exactly_what_the_deploy_script_needs_from_ecr() -> None:
@@ -232,7 +269,7 @@ def test_the_secret_key_may_be_used_only_by_secrets_manager_for_the_database_sec
 
 def test_nothing_else_is_granted() -> None:
     assert policy()["Version"] == "2012-10-17"
-    assert set(granted()) == {*RESOURCES.values(), ECR_REPOSITORY, "*"}
+    assert set(granted()) == {*RESOURCES.values(), MIGRATION_SECRET, ECR_REPOSITORY, "*"}
     assert not any(action.startswith("kms:") for action in set().union(*granted().values()))
 
 
@@ -250,4 +287,35 @@ def test_the_readme_says_when_the_key_statement_is_needed() -> None:
     # Named, with how to drop it where the secret uses the AWS managed key.
     assert f'select(.Sid == "{statement["Sid"]}")' in documentation
     for needed in ("customer-managed key", "`aws/secretsmanager`", "`kms:ViaService`"):
+        assert needed in documentation, needed
+
+
+def test_every_grant_holds_only_through_the_instances_own_vpc() -> None:
+    statements = denying()
+    assert statements
+    for statement in statements:
+        assert set(statement) == {"Sid", "Effect", "Action", "Resource", "Condition"}, statement
+        assert statement["Resource"] == "*"
+        assert statement["Condition"] == VPC_CONDITION
+    denied = {action.removesuffix(":*") for s in statements for action in s["Action"]}
+    allowed = {action.split(":")[0] for s in allowing() for action in s["Action"]}
+    assert allowed <= denied, f"granted without the VPC condition: {sorted(allowed - denied)}"
+    # The pool's deny alone names Cognito, so a deployment whose pool has a domain can drop it.
+    pool = [s for s in statements if "cognito-idp:*" in s["Action"]]
+    assert [s["Sid"] for s in pool] == [POOL_DENY_SID]
+    assert pool[0]["Action"] == ["cognito-idp:*"]
+
+
+def test_the_readme_says_what_the_vpc_condition_needs() -> None:
+    documentation = " ".join((POLICY.parent / "README.md").read_text().split())
+    assert f'select(.Sid == "{POOL_DENY_SID}")' in documentation
+    for needed in (
+        "`aws:EC2InstanceSourceVPC`",
+        "`com.amazonaws.${AWS_REGION}.secretsmanager`",
+        "`com.amazonaws.${AWS_REGION}.ecr.api`",
+        "`com.amazonaws.${AWS_REGION}.ecr.dkr`",
+        "`com.amazonaws.${AWS_REGION}.cognito-idp`",
+        "private DNS",
+        "COGNITO_DOMAIN",
+    ):
         assert needed in documentation, needed

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import ipaddress
 import re
+import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -16,7 +21,11 @@ from .nginx_harness import (
     ECHO_APP_DIR,
     MAIN_CONF,
     SITE_CONF,
+    SITE_FILE_EXAMPLES,
+    SITE_FILE_NAMES,
+    RateLimit,
     RunningNginx,
+    SiteFiles,
     free_port,
     nginx_config_test,
     offline_app_env,
@@ -29,10 +38,11 @@ ALB_IDLE_TIMEOUT_S = 60
 
 
 def directive_seconds(name: str) -> int:
-    """A timeout set in the server block (the part of the file after ``server {``)."""
-    server_block = SITE_CONF.read_text().split("\nserver {", 1)[1]
-    (value,) = re.findall(rf"^\s*{name}\s+(\d+)s;", server_block, re.MULTILINE)
-    return int(value)
+    """The longest value of a timeout set in the server blocks (the file after ``server {``)."""
+    server_blocks = SITE_CONF.read_text().split("\nserver {", 1)[1]
+    values = re.findall(rf"^\s*{name}\s+(\d+)s;", server_blocks, re.MULTILINE)
+    assert values, name
+    return max(int(value) for value in values)
 
 
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
@@ -46,13 +56,26 @@ def test_committed_config_is_the_production_one() -> None:
     site = SITE_CONF.read_text()
     assert re.search(r"upstream app \{[^}]*server app:8000 resolve;[^}]*keepalive \d+;", site)
     assert "listen 8080 default_server;" in site
+    assert "listen 8080;" in site
     assert "include /etc/nginx/conf.d/one-system.conf;" in MAIN_CONF.read_text()
-    # No catch-all proxy: every proxied prefix is listed explicitly.
-    proxied = re.findall(
-        r"location ([^{]+?) \{\s*(?:(?:access_log off|limit_req [^;]+);\s*)*proxy_pass", site
-    )
+    # No catch-all proxy: every proxied prefix is listed explicitly. /health twice: for the
+    # service's name and for any other Host (the ALB's health check).
+    proxied = [
+        where
+        for where, block in re.findall(r"^\s*location ([^{\n]+?) \{([^}]*)\}", site, re.M)
+        if "proxy_pass" in block
+    ]
     assert sorted(proxied) == sorted(
-        ["/api/", "= /health", "/health/", "= /docs", "/docs/", "= /openapi.json"]
+        [
+            "/api/",
+            "= /health",
+            "= /health",
+            "/health/",
+            "= /docs",
+            "/docs/",
+            "= /docs/oauth2-redirect",
+            "= /openapi.json",
+        ]
     )
 
 
@@ -194,11 +217,19 @@ def test_oversized_body_is_refused_with_413_before_the_app(
 
 
 def test_upstream_down_is_a_json_503(client: httpx.Client) -> None:
+    spa = SiteFiles().cors_origins[0]
     with run_nginx(free_port()) as proxy:
         response = client.get(proxy.url("/health"))
+        api = client.get(proxy.url("/api/v1/users/me"), headers={"Origin": spa})
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
     assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert response.headers.get_list("retry-after") == ["5"]
+    # Readable by the SPA, like Nginx's other refusals.
+    assert api.status_code == 503
+    assert api.headers.get_list("access-control-allow-origin") == [spa]
+    assert api.headers.get_list("vary") == ["Origin"]
+    assert "Retry-After" in api.headers["access-control-expose-headers"]
 
 
 def test_real_app_liveness_through_nginx(client: httpx.Client) -> None:
@@ -220,3 +251,138 @@ def test_nginx_refuses_a_broken_config(tmp_path: Path) -> None:
     result = nginx_config_test(tmp_path, conf)
     assert result.returncode != 0
     assert isinstance(result, subprocess.CompletedProcess)
+
+
+def test_the_example_site_files_parse_and_trust_only_subnets(tmp_path: Path) -> None:
+    """deploy/nginx/ holds what an operator copies to /etc/one-system/nginx/."""
+    conf = render_nginx_conf(tmp_path, upstream="127.0.0.1:8000", listen_port=free_port())
+    for name in SITE_FILE_NAMES:
+        shutil.copy(SITE_FILE_EXAMPLES / name, tmp_path / "one-system" / name)
+    result = nginx_config_test(tmp_path, conf)
+    assert result.returncode == 0, result.stderr
+
+    trusted = re.findall(
+        r"^set_real_ip_from ([^;]+);",
+        (SITE_FILE_EXAMPLES / "trusted-proxies.conf").read_text(),
+        re.M,
+    )
+    assert trusted
+    for cidr in trusted:
+        # An ALB subnet, never a whole private range.
+        assert ipaddress.ip_network(cidr).prefixlen >= 16, cidr
+
+
+def test_only_the_site_file_names_trusted_proxies() -> None:
+    """No private range is trusted by the committed config itself (it trusted 10/8, 172.16/12 and
+    192.168/16: any host of the VPC, a peered network or a VPN chose its own identity)."""
+    assert not re.search(r"^\s*set_real_ip_from", SITE_CONF.read_text(), re.MULTILINE)
+
+
+def test_a_host_that_is_not_a_trusted_proxy_is_the_client(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    """127.0.0.2 plays another host of the VPC: its X-Forwarded-For is not believed."""
+    headers = {"X-Forwarded-For": "203.0.113.7"}
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as vpc_host:
+        seen = vpc_host.get(echo_proxy.url("/api/v1/echo"), headers=headers).json()
+    assert seen["client"] == "127.0.0.2"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.2"
+    # The ALB's (127.0.0.1) is.
+    assert client.get(echo_proxy.url("/api/v1/echo"), headers=headers).json()["client"] == (
+        "203.0.113.7"
+    )
+
+
+def test_another_host_gets_a_json_421_but_for_health(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    for path in ["/api/v1/echo", "/docs", "/openapi.json", "/health/live", "/"]:
+        response = client.get(echo_proxy.url(path), headers={"Host": "attacker.example"})
+        assert response.status_code == 421, path
+        body = response.json()
+        assert body == {
+            "detail": "Unknown host; call the service by its name",
+            "code": "unknown_host",
+            "request_id": response.headers["x-request-id"],
+        }
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+    # The ALB's health check may name the target's address (and port) as Host.
+    for host in ["10.0.1.23", "10.0.1.23:80", "attacker.example"]:
+        response = client.get(echo_proxy.url("/health"), headers={"Host": host})
+        assert response.status_code == 200, host
+        assert response.json()["path"] == "/health"
+        assert response.headers.get_list("x-request-id") == [
+            response.json()["headers"]["x-request-id"]
+        ]
+
+
+def test_plain_http_from_the_alb_is_refused_for_the_api(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    for proto in ["http", "HTTP"]:
+        refused = client.post(
+            echo_proxy.url("/api/v1/echo"), headers={"X-Forwarded-Proto": proto}, json={}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "https_required"
+        assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    https = client.get(echo_proxy.url("/api/v1/echo"), headers={"X-Forwarded-Proto": "https"})
+    assert https.json()["scheme"] == "https"
+
+
+def test_plain_http_from_the_alb_is_redirected_for_the_pages(
+    echo_proxy: RunningNginx, client: httpx.Client
+) -> None:
+    headers = {"X-Forwarded-Proto": "http", "Host": "api.example.test"}
+    response = client.get(echo_proxy.url("/docs?x=1"), headers=headers)
+    assert response.status_code == 301
+    assert response.headers["location"] == "https://api.example.test/docs?x=1"
+    # A probe is answered, never redirected.
+    for path in ["/health", "/health/live"]:
+        assert client.get(echo_proxy.url(path), headers=headers).status_code == 200, path
+
+
+def test_no_oauth_code_or_state_in_the_logs(client: httpx.Client) -> None:
+    code, state = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    path = f"/docs/oauth2-redirect?code={code}&state={state}"
+    limits = {"one_system_public": RateLimit(rate="1r/m", burst=1)}
+    with (
+        run_uvicorn(ECHO_APP, app_dir=ECHO_APP_DIR) as app_port,
+        run_nginx(app_port, rate_limits=limits) as proxy,
+    ):
+        # Encoded, the same page: the app decodes the path.
+        for url in [path, path.replace("oauth2", "%6fauth2"), path]:
+            client.get(proxy.url(url))
+        assert client.get(proxy.url(path)).status_code == 429  # the error log's turn
+        client.get(proxy.url("/api/v1/echo?page=2"))
+        log = proxy.log_text
+    assert '"uri":"/docs/oauth2-redirect"' in log
+    assert code not in log
+    assert state not in log
+    # Elsewhere the query stays in the log.
+    assert '"uri":"/api/v1/echo?page=2"' in log
+
+
+def test_the_swagger_bundle_passes_through_as_the_app_compressed_it(client: httpx.Client) -> None:
+    """The app gzips it once at start-up; Nginx does no work on it per request (its own gzip,
+    level 5 and a header of its own, would give other bytes)."""
+    bundle = resources.files("fastapi_swagger.resources").joinpath("swagger-ui-bundle.js")
+    path = "/docs/static/swagger-ui-bundle.js"
+    with (
+        run_uvicorn("app.main:app", env=offline_app_env()) as app_port,
+        run_nginx(app_port) as proxy,
+        client.stream("GET", proxy.url(path), headers={"Accept-Encoding": "gzip"}) as response,
+    ):
+        raw = b"".join(response.iter_raw())
+    assert response.status_code == 200
+    assert response.headers["content-encoding"] == "gzip"
+    assert raw == gzip.compress(bundle.read_bytes(), compresslevel=9, mtime=0)
+
+
+def test_nginx_does_not_start_without_a_site_file(tmp_path: Path) -> None:
+    conf = render_nginx_conf(tmp_path, upstream="127.0.0.1:8000", listen_port=free_port())
+    (tmp_path / "one-system" / "trusted-proxies.conf").unlink()
+    result = nginx_config_test(tmp_path, conf)
+    assert result.returncode != 0
+    assert "trusted-proxies.conf" in result.stderr

@@ -6,6 +6,7 @@ on its own migrated database, verifying tokens against a JWKS served over HTTP.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 
@@ -38,7 +39,9 @@ def jwks() -> Iterator[JWKSServer]:
         yield server
 
 
-async def test_signed_in_request_through_nginx(fresh_database_url: str, jwks: JWKSServer) -> None:
+@pytest.fixture
+async def officer(fresh_database_url: str) -> str:
+    """The sub of an officer in the app's database."""
     sub = str(uuid.uuid4())
     engine = create_async_engine(fresh_database_url)
     async with engine.begin() as connection:
@@ -52,8 +55,12 @@ async def test_signed_in_request_through_nginx(fresh_database_url: str, jwks: JW
             )
         )
     await engine.dispose()
-    url = make_url(fresh_database_url)
-    env = {
+    return sub
+
+
+def app_env(database_url: str, jwks: JWKSServer) -> dict[str, str]:
+    url = make_url(database_url)
+    return {
         **offline_app_env(),
         "DB_HOST": str(url.host),
         "DB_PORT": str(url.port),
@@ -64,7 +71,13 @@ async def test_signed_in_request_through_nginx(fresh_database_url: str, jwks: JW
         "COGNITO_APP_CLIENT_ID": TEST_CLIENT_ID,
         "COGNITO_JWKS_URL": jwks.url,
     }
-    token = mint_token(access_token_claims({"sub": sub}), shared_rsa_key(KEY_ID))
+
+
+async def test_signed_in_request_through_nginx(
+    fresh_database_url: str, jwks: JWKSServer, officer: str
+) -> None:
+    token = mint_token(access_token_claims({"sub": officer}), shared_rsa_key(KEY_ID))
+    env = app_env(fresh_database_url, jwks)
     with run_uvicorn("app.main:app", env=env) as app_port, run_nginx(app_port) as proxy:
         async with httpx.AsyncClient(timeout=10) as client:
             health = await client.get(proxy.url("/health"))
@@ -80,3 +93,26 @@ async def test_signed_in_request_through_nginx(fresh_database_url: str, jwks: JW
     assert me.headers.get_list("x-request-id") == ["through-nginx"]
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == "Bearer"
+
+
+async def test_another_spelling_of_a_tokens_signature_is_refused_through_nginx(
+    fresh_database_url: str, jwks: JWKSServer, officer: str
+) -> None:
+    """The last character of a 256-byte signature has 4 unused bits: 15 other spellings decode
+    the same, and each would be a fresh per-user allowance at Nginx (keyed on the spelling)."""
+    token = mint_token(access_token_claims({"sub": officer}), shared_rsa_key(KEY_ID))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    respelled = token[:-1] + alphabet[last ^ 0b0001]
+    assert base64.urlsafe_b64decode(respelled.rsplit(".", 1)[1] + "==") == (
+        base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
+    )
+    env = app_env(fresh_database_url, jwks)
+    with run_uvicorn("app.main:app", env=env) as app_port, run_nginx(app_port) as proxy:
+        async with httpx.AsyncClient(timeout=10) as client:
+            url = proxy.url("/api/v1/users/me")
+            canonical = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            other = await client.get(url, headers={"Authorization": f"Bearer {respelled}"})
+    assert canonical.status_code == 200, canonical.text
+    assert other.status_code == 401
+    assert other.json()["code"] == "not_authenticated"

@@ -21,12 +21,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.core import cors
+
 from .nginx_harness import (
     ECHO_APP,
     ECHO_APP_DIR,
     SITE_CONF,
     RateLimit,
     RunningNginx,
+    SiteFiles,
     run_nginx,
     run_uvicorn,
 )
@@ -38,12 +41,21 @@ USER_BURST = 3  # each bearer token's requests
 # only a flood reaches it.
 ADDRESS_BURST = 150
 ACCOUNT_WRITE_BURST = 1
+# CORS preflights of an address, and /health, /docs, /openapi.json of an address.
+PREFLIGHT_BURST = 150
+PUBLIC_BURST = 40
 TEST_LIMITS = {
     "one_system_api_address": RateLimit(rate="1r/m", burst=ADDRESS_BURST),
     "one_system_api_user": RateLimit(rate="1r/m", burst=USER_BURST),
     "one_system_api_anonymous": RateLimit(rate="1r/m", burst=API_BURST),
     "one_system_account_writes": RateLimit(rate="1r/m", burst=ACCOUNT_WRITE_BURST),
+    "one_system_api_preflights": RateLimit(rate="1r/m", burst=PREFLIGHT_BURST),
+    "one_system_public": RateLimit(rate="1r/m", burst=PUBLIC_BURST),
 }
+# The SPA's origin, as the harness's cors-origins.map lists it.
+SPA_ORIGIN = SiteFiles().cors_origins[0]
+# The issue's office: 20 staff behind one NAT address, each with the SPA open.
+SPA_OFFICE_STAFF = 20
 # Staff of one provincial office, behind one NAT address, each on the SPA at once.
 OFFICE_STAFF = 30
 
@@ -85,16 +97,37 @@ def signed_in(address: str, token: str, **headers: str) -> dict[str, str]:
     return as_client(address, Authorization=f"Bearer {token}", **headers)
 
 
-def statuses(proxy: RunningNginx, requests: list[dict[str, str]]) -> Counter[int]:
-    """Send one GET /api/v1/echo per header set, all at once; count the answers by status."""
+def responses(
+    proxy: RunningNginx, requests: list[dict[str, str]], *, method: str = "GET"
+) -> list[httpx.Response]:
+    """Send one ``method`` /api/v1/echo per header set, all at once; the answers in order."""
 
     async def send_all() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=20)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             url = proxy.url("/api/v1/echo")
-            return await asyncio.gather(*(client.get(url, headers=h) for h in requests))
+            return await asyncio.gather(*(client.request(method, url, headers=h) for h in requests))
 
-    return Counter(response.status_code for response in asyncio.run(send_all()))
+    return asyncio.run(send_all())
+
+
+def statuses(
+    proxy: RunningNginx, requests: list[dict[str, str]], *, method: str = "GET"
+) -> Counter[int]:
+    """Send one ``method`` /api/v1/echo per header set, all at once; count them by status."""
+    return Counter(response.status_code for response in responses(proxy, requests, method=method))
+
+
+def preflight(address: str, origin: str = SPA_ORIGIN) -> dict[str, str]:
+    """A browser's CORS preflight for a signed-in GET: no Authorization, ever."""
+    return as_client(
+        address,
+        Origin=origin,
+        **{
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
 
 
 def use_up_the_api_allowance(proxy: RunningNginx, http: httpx.Client, address: str) -> None:
@@ -135,7 +168,7 @@ def test_api_requests_over_the_limit_get_a_json_429_with_retry_after(
     assert "limiting requests" in proxy.log_text
 
 
-def test_health_is_never_limited(proxy: RunningNginx, http: httpx.Client) -> None:
+def test_health_does_not_share_the_api_allowance(proxy: RunningNginx, http: httpx.Client) -> None:
     address = "203.0.113.20"
     use_up_the_api_allowance(proxy, http, address)
     assert http.get(proxy.url("/api/v1/echo"), headers=as_client(address)).status_code == 429
@@ -325,7 +358,7 @@ def test_retry_after_is_the_time_one_request_of_allowance_takes() -> None:
     api_block = re.search(r"location /api/ \{([^}]*)\}", site)
     assert api_block is not None
     api_zones = set(re.findall(r"limit_req zone=(\w+)", api_block.group(1)))
-    assert api_zones == set(rates)
+    assert api_zones == set(rates) - {"one_system_public"}
     retry_map = re.search(r"map \$one_system_account_write \$\w+retry_after \{([^}]*)\}", site)
     assert retry_map is not None
     retry = dict(re.findall(r"^\s*(\S+) (\d+);", retry_map.group(1), re.MULTILINE))
@@ -335,7 +368,150 @@ def test_retry_after_is_the_time_one_request_of_allowance_takes() -> None:
         return max(1, -(-{"s": 1, "m": 60}[unit] // int(count)))
 
     assert int(retry["1"]) == seconds_per_request(rates["one_system_account_writes"])
-    # Any /api/ zone may refuse a request that is not an account write.
+    # Any zone but the account writes' may refuse a request that is not an account write.
     assert int(retry["default"]) == max(
-        seconds_per_request(rates[zone]) for zone in api_zones - {"one_system_account_writes"}
+        seconds_per_request(rates[zone]) for zone in set(rates) - {"one_system_account_writes"}
     )
+
+
+def assert_readable_by(response: httpx.Response, origin: str) -> None:
+    """The CORS headers a browser needs to show this refusal to the SPA's script."""
+    assert response.headers.get_list("access-control-allow-origin") == [origin]
+    assert response.headers.get_list("vary") == ["Origin"]
+    exposed = {
+        name.strip() for name in response.headers["access-control-expose-headers"].split(",")
+    }
+    assert exposed == set(cors.EXPOSED_HEADERS)
+
+
+def test_an_office_spa_is_never_refused_for_its_preflights(proxy: RunningNginx) -> None:
+    """20 staff behind one address, each call after its preflight: the preflights (which carry no
+    Authorization) count in no user's and no anonymous allowance, and a refusal is readable."""
+    office = "203.0.113.110"
+    tokens = [bearer_token() for _ in range(SPA_OFFICE_STAFF)]
+    calls = [token for _ in range(USER_BURST + 1) for token in tokens]
+
+    for token in calls:  # each call's preflight, then the call
+        assert statuses(proxy, [preflight(office)], method="OPTIONS") == {200: 1}
+        assert statuses(proxy, [signed_in(office, token, Origin=SPA_ORIGIN)]) == {200: 1}
+
+    # Past each user's own allowance their calls are refused, readably; preflights still pass.
+    over = responses(proxy, [signed_in(office, token, Origin=SPA_ORIGIN) for token in tokens])
+    assert Counter(response.status_code for response in over) == {429: SPA_OFFICE_STAFF}
+    for response in over:
+        assert_refused_by_nginx(response, retry_after="1")
+        assert_readable_by(response, SPA_ORIGIN)
+    preflights = [preflight(office)] * SPA_OFFICE_STAFF
+    assert statuses(proxy, preflights, method="OPTIONS") == {200: SPA_OFFICE_STAFF}
+    # Nor did they spend the office's anonymous allowance.
+    assert statuses(proxy, [as_client(office)] * (API_BURST + 1)) == {200: API_BURST + 1}
+
+
+def test_a_preflight_flood_is_held_and_counts_in_no_other_zone(proxy: RunningNginx) -> None:
+    """A preflight with a made-up bearer token still counts as a preflight of its address."""
+    flooder = "203.0.113.111"
+    flood = [
+        {**preflight(flooder), "Authorization": f"Bearer {bearer_token()}"}
+        for _ in range(PREFLIGHT_BURST + 1 + 5)
+    ]
+    assert statuses(proxy, flood, method="OPTIONS") == {200: PREFLIGHT_BURST + 1, 429: 5}
+    assert statuses(proxy, [as_client(flooder)] * (API_BURST + 1)) == {200: API_BURST + 1}
+
+
+@pytest.mark.parametrize(
+    ("origin", "address"),
+    [(None, "203.0.113.120"), ("https://elsewhere.example", "203.0.113.121")],
+    ids=["no-origin", "other-origin"],
+)
+def test_a_refusal_names_no_origin_but_a_configured_one(
+    proxy: RunningNginx, http: httpx.Client, origin: str | None, address: str
+) -> None:
+    use_up_the_api_allowance(proxy, http, address)
+    headers = as_client(address, **({"Origin": origin} if origin else {}))
+
+    refused = http.get(proxy.url("/api/v1/echo"), headers=headers)
+
+    assert_refused_by_nginx(refused, retry_after="1")
+    assert "access-control-allow-origin" not in refused.headers
+    assert "access-control-expose-headers" not in refused.headers
+    assert refused.headers.get_list("vary") == ["Origin"]
+
+
+def test_an_oversized_body_is_refused_readably(proxy: RunningNginx, http: httpx.Client) -> None:
+    headers = as_client("203.0.113.123", Origin=SPA_ORIGIN)
+    response = http.post(
+        proxy.url("/api/v1/echo"), content=b"x" * (1024 * 1024 + 1), headers=headers
+    )
+    assert response.status_code == 413
+    assert_readable_by(response, SPA_ORIGIN)
+
+    # The app's own answers, its 429 included, get none from Nginx: its CORS middleware owns
+    # them, and a second copy would make the browser refuse the answer.
+    for path in ["/api/v1/echo", "/api/v1/echo?status=429&retry_after=3"]:
+        answer = http.get(proxy.url(path), headers=headers)
+        assert answer.json()["path"] == "/api/v1/echo"
+        assert "access-control-allow-origin" not in answer.headers
+        assert "vary" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("flood_host", "flooder"),
+    [("api.example.test", "203.0.113.130"), ("10.0.1.23", "203.0.113.131")],
+    ids=["service-name", "target-address"],
+)
+def test_a_health_flood_is_held_while_the_albs_probe_answers(
+    proxy: RunningNginx, http: httpx.Client, flood_host: str, flooder: str
+) -> None:
+    """The ALB's health check names the target's address as Host and comes from the ALB node's
+    own address (loopback here), with no X-Forwarded-For; a client's flood through the ALB
+    comes with the client's address, whatever Host it sends."""
+    flood = [as_client(flooder, Host=flood_host)] * (PUBLIC_BURST + 1 + 10)
+    answered = Counter(
+        http.get(proxy.url("/health"), headers=headers).status_code for headers in flood
+    )
+    assert answered == {200: PUBLIC_BURST + 1, 429: 10}
+    refused = http.get(proxy.url("/health"), headers=as_client(flooder, Host=flood_host))
+    assert_refused_by_nginx(refused, retry_after="1")
+
+    for _ in range(5):
+        probe = http.get(proxy.url("/health"), headers={"Host": "10.0.1.23:8080"})
+        assert probe.status_code == 200, probe.text
+        assert probe.json()["path"] == "/health"
+
+
+@pytest.mark.parametrize("path", ["/docs/static/swagger-ui-bundle.js", "/openapi.json"])
+def test_a_docs_flood_is_held_per_address(
+    proxy: RunningNginx, http: httpx.Client, path: str
+) -> None:
+    flooder, other = f"203.0.113.{140 + len(path) % 50}", "203.0.113.199"
+    answered = Counter(
+        http.get(proxy.url(path), headers=as_client(flooder)).status_code
+        for _ in range(PUBLIC_BURST + 1 + 3)
+    )
+    assert answered == {200: PUBLIC_BURST + 1, 429: 3}
+    assert http.get(proxy.url("/docs"), headers=as_client(flooder)).status_code == 429
+    assert http.get(proxy.url(path), headers=as_client(other)).status_code == 200
+    # /api/ keeps its own allowance.
+    assert http.get(proxy.url("/api/v1/echo"), headers=as_client(flooder)).status_code == 200
+
+
+def test_the_committed_limits_hold_an_office_of_twenty() -> None:
+    """20 staff at their full per-user allowance fit under the address ceiling, and their
+    preflights (one a call at most) under the preflight zone."""
+    site = SITE_CONF.read_text()
+    rates = {
+        zone: int(rate)
+        for zone, rate in re.findall(r"limit_req_zone \S+ zone=(\w+):\S+ rate=(\d+)r/s;", site)
+    }
+    bursts = dict(re.findall(r"limit_req zone=(\w+) burst=(\d+)", site))
+    user_rate, user_burst = rates["one_system_api_user"], int(bursts["one_system_api_user"])
+    for zone in ("one_system_api_address", "one_system_api_preflights"):
+        assert rates[zone] >= SPA_OFFICE_STAFF * user_rate, zone
+        assert int(bursts[zone]) >= SPA_OFFICE_STAFF * user_burst, zone
+
+
+def test_the_refusals_expose_what_the_app_exposes() -> None:
+    found = re.findall(r'"~\^1:[^"]+" "([^"]+)";', SITE_CONF.read_text())
+    assert len(found) == 2
+    for exposed in found:
+        assert [name.strip() for name in exposed.split(",")] == list(cors.EXPOSED_HEADERS)

@@ -3,9 +3,11 @@ Hosted UI offered in the OpenAPI schema only when COGNITO_DOMAIN is set."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
+from importlib import resources
 from urllib.parse import urlsplit
 
 import httpx
@@ -14,6 +16,7 @@ import pytest
 from app.api.docs import (
     OAUTH2_SCHEME_NAME,
     HostedUI,
+    accepts_gzip,
     content_security_policy,
     hosted_ui_from_settings,
     offer_hosted_ui,
@@ -316,3 +319,69 @@ def test_csp_names_only_the_cognito_origin() -> None:
 
     assert csp.count(COGNITO_ORIGIN) == 2
     assert "unsafe" not in csp
+
+
+async def raw_get(
+    client: httpx.AsyncClient, path: str, **headers: str
+) -> tuple[httpx.Response, bytes]:
+    """A response and its body as sent, still encoded."""
+    async with client.stream("GET", path, headers=headers) as response:
+        return response, b"".join([chunk async for chunk in response.aiter_raw()])
+
+
+async def test_text_assets_are_served_gzipped_from_one_compression_at_start_up(
+    docs_client: httpx.AsyncClient,
+) -> None:
+    bundle = resources.files("fastapi_swagger.resources").joinpath("swagger-ui-bundle.js")
+    body = bundle.read_bytes()
+
+    response, raw = await raw_get(
+        docs_client, "/docs/static/swagger-ui-bundle.js", **{"Accept-Encoding": "gzip"}
+    )
+
+    assert response.headers["content-encoding"] == "gzip"
+    assert "Accept-Encoding" in response.headers["vary"].split(", ")
+    assert raw == gzip.compress(body, compresslevel=9, mtime=0)
+    assert len(raw) < len(body) // 3
+
+    plain, plain_raw = await raw_get(
+        docs_client, "/docs/static/swagger-ui-bundle.js", **{"Accept-Encoding": "identity"}
+    )
+    assert "content-encoding" not in plain.headers
+    assert plain_raw == body
+    assert "Accept-Encoding" in plain.headers["vary"].split(", ")
+    # Two representations, two strong validators; each revalidates to 304 in its own encoding.
+    assert plain.headers["etag"] != response.headers["etag"]
+    again = await docs_client.get(
+        "/docs/static/swagger-ui-bundle.js",
+        headers={"Accept-Encoding": "gzip", "If-None-Match": response.headers["etag"]},
+    )
+    assert again.status_code == 304
+    stale = await docs_client.get(
+        "/docs/static/swagger-ui-bundle.js",
+        headers={"Accept-Encoding": "gzip", "If-None-Match": plain.headers["etag"]},
+    )
+    assert stale.status_code == 200
+
+    # A PNG is left as it is: gzip would not shrink it.
+    png, _ = await raw_get(
+        docs_client, "/docs/static/favicon-32x32.png", **{"Accept-Encoding": "gzip"}
+    )
+    assert png.status_code == 200
+    assert "content-encoding" not in png.headers
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("br, gzip;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("deflate, br", False),
+        ("", False),
+    ],
+)
+def test_accept_encoding_is_read_with_its_quality(accept_encoding: str, gzipped: bool) -> None:
+    assert accepts_gzip(accept_encoding) is gzipped
