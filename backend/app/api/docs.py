@@ -310,22 +310,27 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
         asset = assets.get(name)
         if asset is None:
             raise NotFoundError("No such Swagger UI asset")
-        gzipped = asset.gzipped is not None and accepts_gzip(
-            request.headers.get("accept-encoding", "")
-        )
-        # Each encoding is its own representation, with its own strong validator.
-        etag = f'"{asset.digest}-gzip"' if gzipped else f'"{asset.digest}"'
-        versioned = request.query_params.get("v") == asset.digest
-        headers = {
-            **security_headers,
-            "ETag": etag,
-            "Cache-Control": _VERSIONED_CACHE if versioned else _UNVERSIONED_CACHE,
-        }
-        if asset.gzipped is not None:
-            headers["Vary"] = "Accept-Encoding"
-        if etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        if gzipped:
-            headers["Content-Encoding"] = "gzip"
-        body = asset.gzipped if gzipped and asset.gzipped is not None else asset.body
-        return Response(body, media_type=asset.media_type, headers=headers)
+        return _asset_response(asset, request, security_headers)
+
+
+def _asset_response(
+    asset: StaticAsset, request: Request, security_headers: Mapping[str, str]
+) -> Response:
+    """The asset, gzipped where the client accepts it, or 304 when it holds this one."""
+    gzipped = asset.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding", ""))
+    # Each encoding is its own representation, with its own strong validator.
+    etag = f'"{asset.digest}-gzip"' if gzipped else f'"{asset.digest}"'
+    versioned = request.query_params.get("v") == asset.digest
+    headers = {
+        **security_headers,
+        "ETag": etag,
+        "Cache-Control": _VERSIONED_CACHE if versioned else _UNVERSIONED_CACHE,
+    }
+    if asset.gzipped is not None:
+        headers["Vary"] = "Accept-Encoding"
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    body = asset.gzipped if gzipped and asset.gzipped is not None else asset.body
+    return Response(body, media_type=asset.media_type, headers=headers)
