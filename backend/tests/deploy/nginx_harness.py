@@ -1,9 +1,9 @@
 """Run the committed nginx configuration for real, in front of any upstream on loopback.
 
-The committed files in nginx/ are production-correct (upstream ``app:8000`` resolved by Docker's
-DNS, listen 8080, the ALB's private ranges trusted for X-Forwarded-For). ``render_nginx_conf``
-rewrites exactly those environment-specific lines, and fails loudly if one of them is no longer
-found, so every other directive is exercised as committed.
+The committed files in nginx/ are production-correct (the upstream included from the file the
+deploy script writes, listen 8080, the ALB's private ranges trusted for X-Forwarded-For).
+``render_nginx_conf`` rewrites exactly those environment-specific lines, and fails loudly if
+one of them is no longer found, so every other directive is exercised as committed.
 
 Reuse from another test module::
 
@@ -42,7 +42,7 @@ MAIN_CONF = NGINX_DIR / "nginx.conf"
 SITE_CONF = NGINX_DIR / "one-system.conf"
 
 # The production-only lines of nginx/one-system.conf and what a loopback test uses instead.
-PROD_UPSTREAM_SERVER = "server app:8000 resolve;"
+PROD_UPSTREAM_INCLUDE = "include /etc/nginx/one-system/upstream.conf;"
 PROD_LISTEN = "listen 8080 default_server;"
 PROD_TRUSTED_PROXY = "set_real_ip_from 10.0.0.0/8;"
 PROD_SITE_INCLUDE = "include /etc/nginx/conf.d/one-system.conf;"
@@ -121,21 +121,23 @@ def _set_rate_limit(site: str, zone: str, limit: RateLimit) -> str:
 def render_nginx_conf(
     prefix: Path,
     *,
-    upstream: str,
+    upstream: str | Path,
     listen_port: int,
     rate_limits: Mapping[str, RateLimit] | None = None,
 ) -> Path:
     """Write a loopback copy of the committed config into ``prefix``; return the main file.
 
-    ``upstream`` is ``host:port`` of the app. 127.0.0.0/8 plays the ALB: it is trusted for
-    X-Forwarded-For the way the ALB's VPC addresses are in production. ``rate_limits``
-    replaces the committed rate and burst of the zones it names, so that a test can reach a
-    limit with a few requests instead of a race against the clock.
+    ``upstream`` is ``host:port`` of the app, or the path of an upstream file that replaces the
+    deploy script's (which a test then rewrites and reloads nginx for). 127.0.0.0/8 plays the
+    ALB: it is trusted for X-Forwarded-For the way the ALB's VPC addresses are in production.
+    ``rate_limits`` replaces the committed rate and burst of the zones it names, so that a test
+    can reach a limit with a few requests instead of a race against the clock.
     """
     site = SITE_CONF.read_text()
     for zone, limit in (rate_limits or {}).items():
         site = _set_rate_limit(site, zone, limit)
-    site = _replace_once(site, PROD_UPSTREAM_SERVER, f"server {upstream};", SITE_CONF)
+    upstream_line = f"include {upstream};" if isinstance(upstream, Path) else f"server {upstream};"
+    site = _replace_once(site, PROD_UPSTREAM_INCLUDE, upstream_line, SITE_CONF)
     site = _replace_once(
         site, PROD_LISTEN, f"listen 127.0.0.1:{listen_port} default_server;", SITE_CONF
     )
@@ -159,7 +161,7 @@ def render_nginx_conf(
     return main_path
 
 
-def _nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
+def nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
     directives = "daemon off;"
     if os.geteuid() == 0:
         # Workers would otherwise run as "nobody" and could not use the temp dirs made by root.
@@ -181,7 +183,7 @@ def _nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
 def nginx_config_test(prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
     """``nginx -t`` on a rendered config."""
     return subprocess.run(
-        _nginx_command(prefix, conf, "-t"), capture_output=True, text=True, check=False, timeout=30
+        nginx_command(prefix, conf, "-t"), capture_output=True, text=True, check=False, timeout=30
     )
 
 
@@ -214,21 +216,26 @@ def run_nginx(
     *,
     upstream_host: str = "127.0.0.1",
     rate_limits: Mapping[str, RateLimit] | None = None,
+    upstream_file: Path | None = None,
 ) -> Iterator[RunningNginx]:
-    """Start nginx with the committed config in front of ``upstream_host:upstream_port``."""
+    """Start nginx with the committed config in front of ``upstream_host:upstream_port``.
+
+    With ``upstream_file``, the upstream is that file's content instead (``upstream_port`` is
+    then ignored): what the deploy script writes.
+    """
     with tempfile.TemporaryDirectory(prefix="nginx-") as tmp:
         prefix = Path(tmp)
         port = free_port()
         conf = render_nginx_conf(
             prefix,
-            upstream=f"{upstream_host}:{upstream_port}",
+            upstream=upstream_file or f"{upstream_host}:{upstream_port}",
             listen_port=port,
             rate_limits=rate_limits,
         )
         log_path = prefix / "nginx.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                _nginx_command(prefix, conf), stdout=log, stderr=subprocess.STDOUT
+                nginx_command(prefix, conf), stdout=log, stderr=subprocess.STDOUT
             )
         try:
             wait_for_port(port, process, "nginx", log_path)
