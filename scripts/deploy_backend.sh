@@ -150,12 +150,14 @@ upstream_line() {
 }
 
 # Point nginx at a slot: rewrite the upstream file, test the configuration, reload gracefully.
+# On the first release nginx is not running yet: the unit starts it with this file.
 switch_to() {
     local slot="$1"
     log "switching nginx to slot $slot"
     write_file "$UPSTREAM_FILE" "# Written by deploy_backend.sh: the live release slot ($slot).
 $(upstream_line "$slot")
 "
+    [[ -n "$old_slot" ]] || return 0
     run docker compose -f "$EDGE_COMPOSE" exec -T nginx nginx -t -q
     run docker compose -f "$EDGE_COMPOSE" exec -T nginx nginx -s reload
 }
@@ -337,6 +339,8 @@ main() {
     [[ -f "$RELEASE_ENV" ]] && release_backup="$(cat "$RELEASE_ENV" && printf x)"
     log "starting $new_tag in slot $new_slot beside ${old_tag:-nothing} in slot ${old_slot:-none}"
     started_slot="$new_slot"
+    # The first release: the edge's network, which the slot joins (no container is started).
+    [[ -n "$old_slot" ]] || run docker compose -f "$EDGE_COMPOSE" create --no-recreate
     slot_compose "$new_slot" "$new_image" up -d --no-build --remove-orphans
     if ! wait_healthy "$new_slot" "$new_image"; then
         die "$IMAGE_NAME:$new_tag did not pass /health and the worker's check within ${HEALTH_TIMEOUT}s; traffic stays on ${old_tag:-nothing}"

@@ -333,6 +333,8 @@ def compose(args: list[str]) -> int:
             _service(model, name)
             start_service(model, name)
         return 0
+    if subcommand == "create":
+        return 0  # the edge's network and containers, not started: nothing to run here
     if subcommand == "down":
         down_options, _ = _options(sub_args, {"--timeout", "-t"})
         stop_project(model["name"], float((down_options.get("--timeout") or ["10"])[0]))

@@ -299,6 +299,28 @@ def test_a_signal_after_the_switch_moves_everything_back(live_host: Host) -> Non
     assert (live_host.running("blue"), live_host.running("green")) == (True, False)
 
 
+def test_the_first_release_creates_the_edge_and_starts_the_unit(host: Host) -> None:
+    host.release_env.write_text(f"ECR_REGISTRY={REGISTRY}\nAWS_REGION=ap-southeast-1\n")
+    try:
+        result = host.deploy("v1")
+        assert result.returncode == 0, result.stderr
+        assert host.running("blue")
+    finally:
+        env = {"SLOT": "blue", "APP_IMAGE": digest("v1"), "APP_ENV": str(host.app_env)}
+        host.docker("compose", "-f", str(APP_COMPOSE), "down", "--timeout", "5", **env)
+    compose = [c.split(" ", 3)[3] for c in host.calls if c.startswith("compose")]
+    assert compose.index("create --no-recreate") < compose.index(
+        "up -d --no-build --remove-orphans"
+    )
+    systemctl = [c for c in host.calls if c.startswith("systemctl")]
+    assert systemctl == ["systemctl enable --now one-system-backend"]
+    assert host.upstream_file.read_text().splitlines()[-1] == (
+        f"server {host.env['UPSTREAM_BLUE']};"
+    )
+    assert host.release()["SLOT"] == "blue"
+    assert host.release()["PREVIOUS_IMAGE_TAG"] == ""
+
+
 def test_a_rollback_refuses_when_the_database_is_ahead(host: Host) -> None:
     host.docker("pull", f"{REGISTRY}/one-system-backend:v1")
     host.docker("pull", f"{REGISTRY}/one-system-backend:v2")
