@@ -214,7 +214,10 @@ def start_service(model: dict[str, Any], name: str) -> None:
     elif "command" not in service:
         port = str(app_port(project))
         command = [sys.executable, "-m", "uvicorn", "fake_docker:release_app", "--port", port]
-        command += ["--host", "127.0.0.1", "--timeout-graceful-shutdown", "20", "--no-access-log"]
+        # The Dockerfile's keep-alive and graceful shutdown, which nginx's upstream timing
+        # relies on.
+        command += ["--host", "127.0.0.1", "--timeout-keep-alive", "15"]
+        command += ["--timeout-graceful-shutdown", "20", "--no-access-log"]
     else:
         raise ComposeError(f"stand-in does not know how to run service {name}")
     folder = state_dir() / project

@@ -132,7 +132,7 @@ def make_host(tmp_path: Path) -> Host:
         "UPSTREAM_FILE": str(upstream),
         "UPSTREAM_BLUE": f"127.0.0.1:{ports['one-system-blue']}",
         "UPSTREAM_GREEN": f"127.0.0.1:{ports['one-system-green']}",
-        "HEALTH_TIMEOUT": "10",
+        "HEALTH_TIMEOUT": "30",
         "HEALTH_INTERVAL": "0.1",
         "DRAIN_SECONDS": "0.5",
     }
@@ -228,6 +228,7 @@ def assert_moved(client: Client, before: str, after: str) -> None:
 @pytest.mark.long
 def test_a_deploy_and_a_rollback_drop_no_request(live_host: Host) -> None:
     assert live_host.nginx is not None
+    live_host.docker("pull", f"{REGISTRY}/one-system-backend:v0")  # an older release's image
     with Client(live_host.nginx.url("/health")) as client:
         time.sleep(0.5)
         deployed = live_host.deploy("v2")
@@ -248,6 +249,9 @@ def test_a_deploy_and_a_rollback_drop_no_request(live_host: Host) -> None:
     assert live_host.db_revision() == "0007"
     assert (live_host.running("blue"), live_host.running("green")) == (False, True)
     assert not [call for call in live_host.calls if call.startswith("systemctl")]
+    # Pruned: the live release and the previous one stay, an older one goes.
+    images = live_host.docker("image", "ls", f"{REGISTRY}/one-system-backend").stdout.split()
+    assert sorted(images) == sorted([digest("v1"), digest("v2")])
 
     with Client(live_host.nginx.url("/health")) as client:
         time.sleep(0.5)
@@ -258,11 +262,10 @@ def test_a_deploy_and_a_rollback_drop_no_request(live_host: Host) -> None:
     assert live_host.release()["SLOT"] == "blue"
     assert live_host.release()["APP_IMAGE"] == digest("v1")
     assert (live_host.running("blue"), live_host.running("green")) == (True, False)
-    # No migration ran backwards or forwards, and the one pull was v2's.
+    # No migration ran backwards or forwards, and the deploys' one pull was v2's.
     assert live_host.db_revision() == "0007"
     assert [c for c in live_host.calls if c.startswith("pull")] == [
-        f"pull {REGISTRY}/one-system-backend:v1",
-        f"pull {REGISTRY}/one-system-backend:v2",
+        f"pull {REGISTRY}/one-system-backend:{tag}" for tag in ("v1", "v0", "v2")
     ]
 
 
