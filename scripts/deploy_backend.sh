@@ -345,8 +345,9 @@ main() {
     if ! wait_healthy "$new_slot" "$new_image"; then
         die "$IMAGE_NAME:$new_tag did not pass /health and the worker's check within ${HEALTH_TIMEOUT}s; traffic stays on ${old_tag:-nothing}"
     fi
-    switch_to "$new_slot"
+    # Set first: a switch that fails half way (nginx -t) is undone like a finished one.
     switched=true
+    switch_to "$new_slot"
     record_release
     if [[ -z "$old_slot" ]]; then
         # The first release: the edge starts now (at boot later), never restarted by a deploy.

@@ -280,6 +280,19 @@ def test_a_release_that_never_turns_healthy_never_gets_traffic(live_host: Host) 
     assert httpx.get(live_host.nginx.url("/health")).headers["x-release"] == "v1"
 
 
+def test_an_upstream_nginx_refuses_is_put_back(live_host: Host) -> None:
+    """nginx -t fails on the new upstream file: the old one is written back, nothing moved."""
+    assert live_host.nginx is not None
+    before = live_host.upstream_file.read_text()
+    result = live_host.deploy("v2", UPSTREAM_GREEN="127.0.0.1:not-a-port")
+    assert result.returncode != 0
+    assert "rolling back" in result.stderr
+    assert live_host.upstream_file.read_text().splitlines()[-1] == before.splitlines()[-1]
+    assert live_host.release()["IMAGE_TAG"] == "v1"
+    assert (live_host.running("blue"), live_host.running("green")) == (True, False)
+    assert httpx.get(live_host.nginx.url("/health")).headers["x-release"] == "v1"
+
+
 @pytest.mark.long
 def test_a_signal_after_the_switch_moves_everything_back(live_host: Host) -> None:
     assert live_host.nginx is not None
