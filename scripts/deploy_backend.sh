@@ -367,7 +367,7 @@ main() {
     committed=true
     prune_images
     if "$dry_run"; then
-        log "dry run: nothing changed; a release that never turns healthy is stopped and traffic stays on ${old_tag:-nothing}"
+        log "dry run: nothing changed; nginx is reloaded, nothing restarted; a release that never turns healthy is stopped and traffic stays on ${old_tag:-nothing}"
     else
         log "$IMAGE_NAME:$new_tag is live in slot $new_slot"
     fi
