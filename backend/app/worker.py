@@ -15,7 +15,8 @@ Health: after each turn that reached the outbox, the worker touches its heartbea
 (`WORKER_HEARTBEAT_FILE`); `python -m app.worker --check` exits 0 while that is at most
 `STALE_AFTER_SECONDS` old. Docker's health check and the deploy script use it. Docker outside
 Swarm only reports a health status and never acts on it, so the worker watches its own heartbeat
-too: once it is stale, the process exits 1 and its restart policy starts a fresh one.
+too: once it is `EXIT_AFTER_SECONDS` old, the process exits 1 and its restart policy starts a
+fresh one.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ logger = logging.getLogger("app.worker")
 
 # Several poll intervals, and longer than a turn bounded by the Cognito deadline.
 STALE_AFTER_SECONDS: Final = 30.0
+# How long stale before the process gives up on itself: well past a database outage or a run of
+# faults the worker rides out, so that only a hung loop ends it.
+EXIT_AFTER_SECONDS: Final = 120.0
 
 
 def heartbeat_file() -> Path:
@@ -106,7 +110,7 @@ def heartbeat_age(path: Path, started: float) -> float:
     return time.time() - last
 
 
-async def watch_heartbeat(path: Path, *, stale_after: float = STALE_AFTER_SECONDS) -> None:
+async def watch_heartbeat(path: Path, *, stale_after: float = EXIT_AFTER_SECONDS) -> None:
     """Return once the heartbeat is older than ``stale_after``: the worker stopped turning."""
     started = time.time()
     # The heartbeat is a file another task touches, not an event of this loop.
