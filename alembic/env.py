@@ -1,6 +1,8 @@
 """Alembic environment: async engine, metadata of the ORM models, URL from the app's settings."""
 
 import asyncio
+import os
+import re
 from logging.config import fileConfig
 
 from alembic import context
@@ -18,6 +20,24 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+
+# A migration that waits for a lock gives up after lock_timeout instead of queueing every later
+# request on that table behind it (PostgreSQL: "Abort any statement that waits longer than the
+# specified amount of time while attempting to acquire a lock", docs, runtime-config-client);
+# statement_timeout bounds a statement that runs too long. The deploy script passes its own
+# values; both are set for the session, so they hold across an autocommit block as well.
+TIMEOUTS = {
+    "lock_timeout": os.environ.get("MIGRATION_LOCK_TIMEOUT", "5s"),
+    "statement_timeout": os.environ.get("MIGRATION_STATEMENT_TIMEOUT", "10min"),
+}
+
+
+def set_timeouts() -> None:
+    """SET both timeouts first, in the connection or in the offline script (what squawk reads)."""
+    for name, value in TIMEOUTS.items():
+        if not re.fullmatch(r"\d+(ms|s|min|h)?", value):
+            raise ValueError(f"{name} must be a PostgreSQL duration such as 5s, not {value!r}")
+        context.execute(f"SET {name} = '{value}'")
 
 
 def database_url() -> str:
@@ -39,12 +59,14 @@ def run_migrations_offline() -> None:
         dialect_opts={"paramstyle": "named"},
     )
     with context.begin_transaction():
+        set_timeouts()
         context.run_migrations()
 
 
 def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        set_timeouts()
         context.run_migrations()
 
 

@@ -13,7 +13,10 @@ Each web worker still holds its own LISTEN connection: the user cache it serves 
 
 Health: after each turn that reached the outbox, the worker touches its heartbeat file
 (`WORKER_HEARTBEAT_FILE`); `python -m app.worker --check` exits 0 while that is at most
-`STALE_AFTER_SECONDS` old. Docker's health check and the deploy script use it.
+`STALE_AFTER_SECONDS` old. Docker's health check and the deploy script use it. Docker outside
+Swarm only reports a health status and never acts on it, so the worker watches its own heartbeat
+too: once it is `EXIT_AFTER_SECONDS` old, the process exits 1 and its restart policy starts a
+fresh one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ logger = logging.getLogger("app.worker")
 
 # Several poll intervals, and longer than a turn bounded by the Cognito deadline.
 STALE_AFTER_SECONDS: Final = 30.0
+# How long stale before the process gives up on itself: well past a database outage or a run of
+# faults the worker rides out, so that only a hung loop ends it.
+EXIT_AFTER_SECONDS: Final = 120.0
 
 
 def heartbeat_file() -> Path:
@@ -87,15 +93,42 @@ async def background_work(
         await database.dispose()
 
 
-async def _serve(settings: Settings) -> None:
+def heartbeat_age(path: Path, started: float) -> float:
+    """Seconds since the last beat, or since ``started`` before the first one."""
+    try:
+        last = max(path.stat().st_mtime, started)
+    except FileNotFoundError:
+        last = started
+    return time.time() - last
+
+
+async def watch_heartbeat(path: Path, *, stale_after: float = EXIT_AFTER_SECONDS) -> None:
+    """Return once the heartbeat is older than ``stale_after``: the worker stopped turning."""
+    started = time.time()
+    # The heartbeat is a file another task touches, not an event of this loop.
+    while (age := heartbeat_age(path, started)) <= stale_after:  # noqa: ASYNC110
+        await asyncio.sleep(max(stale_after - age, 0.0) + 0.01)
+
+
+async def _serve(settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with background_work(settings, heartbeat=heartbeat_file()):
+    path = heartbeat_file()
+    async with background_work(settings, heartbeat=path):
         logger.info("worker started")
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        stale = asyncio.create_task(watch_heartbeat(path))
+        await asyncio.wait({stopped, stale}, return_when=asyncio.FIRST_COMPLETED)
+        if stale.done():
+            # A turn is hung (the cleanup would wait on it too): exit now, the restart policy
+            # brings a fresh process; the outbox leases of this one expire on their own.
+            logger.error("worker heartbeat is stale; exiting so that it is restarted")
+            os._exit(1)
+        stale.cancel()
     logger.info("worker stopped")
+    return 0
 
 
 def check(path: Path) -> int:
@@ -121,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(heartbeat_file())
     settings = load_settings()
     configure_logging(settings.log_level)
-    asyncio.run(_serve(settings))
-    return 0
+    return asyncio.run(_serve(settings))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Run the committed nginx configuration for real, in front of any upstream on loopback.
 
-The committed files in nginx/ are production-correct (upstream ``app:8000`` resolved by Docker's
-DNS, listen 8080, the site's files under /etc/nginx/one-system/). ``render_nginx_conf`` rewrites
-exactly those environment-specific lines, and fails loudly if one of them is no longer found, so
-every other directive is exercised as committed; it writes the site's files for loopback
-(``SiteFiles``) into ``prefix/one-system/``.
+The committed files in nginx/ are production-correct (the upstream included from the file the
+deploy script writes, listen 8080, the site's files under /etc/nginx/one-system/).
+``render_nginx_conf`` rewrites exactly those environment-specific lines, and fails loudly if
+one of them is no longer found, so every other directive is exercised as committed; it writes
+the site's files for loopback (``SiteFiles``) into ``prefix/one-system/``.
 
 Reuse from another test module::
 
@@ -43,7 +43,7 @@ MAIN_CONF = NGINX_DIR / "nginx.conf"
 SITE_CONF = NGINX_DIR / "one-system.conf"
 
 # The production-only lines of nginx/one-system.conf and what a loopback test uses instead.
-PROD_UPSTREAM_SERVER = "server app:8000 resolve;"
+PROD_UPSTREAM_INCLUDE = "include /etc/nginx/one-system-release/upstream.conf;"
 PROD_LISTEN = "listen 8080 default_server;"
 PROD_NAMED_LISTEN = "listen 8080;"
 PROD_SITE_DIR = "/etc/nginx/one-system/"
@@ -144,22 +144,24 @@ def _set_rate_limit(site: str, zone: str, limit: RateLimit) -> str:
 def render_nginx_conf(
     prefix: Path,
     *,
-    upstream: str,
+    upstream: str | Path,
     listen_port: int,
     rate_limits: Mapping[str, RateLimit] | None = None,
     site_files: SiteFiles | None = None,
 ) -> Path:
     """Write a loopback copy of the committed config into ``prefix``; return the main file.
 
-    ``upstream`` is ``host:port`` of the app. ``site_files`` are the site's files (default:
-    ``SiteFiles()``, where 127.0.0.1 plays the ALB). ``rate_limits`` replaces the committed
-    rate and burst of the zones it names, so that a test can reach a limit with a few requests
-    instead of a race against the clock.
+    ``upstream`` is ``host:port`` of the app, or the path of an upstream file that replaces the
+    deploy script's (which a test then rewrites and reloads nginx for). ``site_files`` are the
+    site's files (default: ``SiteFiles()``, where 127.0.0.1 plays the ALB). ``rate_limits``
+    replaces the committed rate and burst of the zones it names, so that a test can reach a
+    limit with a few requests instead of a race against the clock.
     """
     site = SITE_CONF.read_text()
     for zone, limit in (rate_limits or {}).items():
         site = _set_rate_limit(site, zone, limit)
-    site = _replace_once(site, PROD_UPSTREAM_SERVER, f"server {upstream};", SITE_CONF)
+    upstream_line = f"include {upstream};" if isinstance(upstream, Path) else f"server {upstream};"
+    site = _replace_once(site, PROD_UPSTREAM_INCLUDE, upstream_line, SITE_CONF)
     site = _replace_once(
         site, PROD_LISTEN, f"listen 127.0.0.1:{listen_port} default_server;", SITE_CONF
     )
@@ -183,7 +185,7 @@ def render_nginx_conf(
     return main_path
 
 
-def _nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
+def nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
     directives = "daemon off;"
     if os.geteuid() == 0:
         # Workers would otherwise run as "nobody" and could not use the temp dirs made by root.
@@ -205,7 +207,7 @@ def _nginx_command(prefix: Path, conf: Path, *extra: str) -> list[str]:
 def nginx_config_test(prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
     """``nginx -t`` on a rendered config."""
     return subprocess.run(
-        _nginx_command(prefix, conf, "-t"), capture_output=True, text=True, check=False, timeout=30
+        nginx_command(prefix, conf, "-t"), capture_output=True, text=True, check=False, timeout=30
     )
 
 
@@ -239,14 +241,19 @@ def run_nginx(
     upstream_host: str = "127.0.0.1",
     rate_limits: Mapping[str, RateLimit] | None = None,
     site_files: SiteFiles | None = None,
+    upstream_file: Path | None = None,
 ) -> Iterator[RunningNginx]:
-    """Start nginx with the committed config in front of ``upstream_host:upstream_port``."""
+    """Start nginx with the committed config in front of ``upstream_host:upstream_port``.
+
+    With ``upstream_file``, the upstream is that file's content instead (``upstream_port`` is
+    then ignored): what the deploy script writes.
+    """
     with tempfile.TemporaryDirectory(prefix="nginx-") as tmp:
         prefix = Path(tmp)
         port = free_port()
         conf = render_nginx_conf(
             prefix,
-            upstream=f"{upstream_host}:{upstream_port}",
+            upstream=upstream_file or f"{upstream_host}:{upstream_port}",
             listen_port=port,
             rate_limits=rate_limits,
             site_files=site_files,
@@ -254,7 +261,7 @@ def run_nginx(
         log_path = prefix / "nginx.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                _nginx_command(prefix, conf), stdout=log, stderr=subprocess.STDOUT
+                nginx_command(prefix, conf), stdout=log, stderr=subprocess.STDOUT
             )
         try:
             wait_for_port(port, process, "nginx", log_path)

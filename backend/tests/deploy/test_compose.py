@@ -15,7 +15,8 @@ from .nginx_harness import MAIN_CONF, REPO_ROOT, SITE_CONF, tool
 
 DEV = REPO_ROOT / "docker-compose.yml"
 PROD = REPO_ROOT / "docker-compose.prod.yml"
-APP_ENV_FILE = "/etc/one-system/backend.env"
+SLOT = REPO_ROOT / "docker-compose.app.yml"
+APP_ENV_FILE = "${APP_ENV:-/etc/one-system/backend.env}"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -35,12 +36,12 @@ def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_both_files_match_the_compose_specification() -> None:
-    result = validate(DEV, PROD)
+    result = validate(DEV, PROD, SLOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_schema_check_rejects_an_invalid_file(tmp_path: Path) -> None:
-    broken = load(PROD)
+    broken = load(SLOT)
     broken["services"]["app"]["restart_policy"] = "always"  # not a service key
     path = tmp_path / "compose.yml"
     path.write_text(yaml.safe_dump(broken))
@@ -73,10 +74,15 @@ def test_dev_app_waits_for_healthy_postgres_moto_and_finished_migrations() -> No
             assert port.startswith("127.0.0.1:"), port
 
 
-def test_prod_app_runs_the_ecr_image_read_only_with_settings_from_the_env_file() -> None:
-    app = load(PROD)["services"]["app"]
-    assert app["image"].startswith("${ECR_REGISTRY")
-    assert app["image"].endswith("/one-system-backend:${IMAGE_TAG:?IMAGE_TAG is not set}")
+def test_prod_app_runs_the_pinned_image_read_only_with_settings_from_the_env_file() -> None:
+    compose = load(SLOT)
+    app = compose["services"]["app"]
+    # The digest the deploy script pinned in release.env, for the API and its worker alike.
+    assert app["image"] == "${APP_IMAGE:?APP_IMAGE is not set}"
+    assert compose["services"]["worker"]["image"] == app["image"]
+    # One project per slot, and nginx's upstream.conf names the live one by this alias.
+    assert compose["name"] == "one-system-${SLOT:?SLOT is not set}"
+    assert app["networks"]["backend"]["aliases"] == ["app-${SLOT:?SLOT is not set}"]
     assert app["env_file"] == [APP_ENV_FILE]
     # Database settings come from that file and the secret it names, never from compose.
     assert not [key for key in app["environment"] if key.startswith("DB_")]
@@ -90,22 +96,37 @@ def test_prod_app_runs_the_ecr_image_read_only_with_settings_from_the_env_file()
 
 def test_prod_nginx_is_the_only_published_service_and_mounts_config_read_only() -> None:
     services = load(PROD)["services"]
-    published = {name for name, service in services.items() if service.get("ports")}
-    assert published == {"nginx"}
+    assert set(services) == {"nginx"}
+    assert not [s for s in load(SLOT)["services"].values() if s.get("ports")]
     nginx = services["nginx"]
     assert nginx["ports"] == ["80:8080"]
     assert "listen 8080 default_server;" in SITE_CONF.read_text()
     mounts = {volume.split(":")[0]: volume for volume in nginx["volumes"]}
-    assert mounts.keys() == {"./nginx/nginx.conf", "./nginx/one-system.conf"}
+    upstream_dir, site_dir = "/var/lib/one-system/nginx", "/etc/one-system/nginx"
+    assert mounts.keys() == {
+        "./nginx/nginx.conf",
+        "./nginx/one-system.conf",
+        upstream_dir,
+        site_dir,
+    }
     assert all(volume.endswith(":ro") for volume in mounts.values())
+    site = SITE_CONF.read_text()
+    # The deploy script's upstream file, included where nginx sees that directory.
+    target = mounts[upstream_dir].split(":")[1]
+    assert f"include {target}/upstream.conf;" in site
+    # The site's own files (docs/operations.md, "The edge's site files"), each included there.
+    target = mounts[site_dir].split(":")[1]
+    for name in ("trusted-proxies.conf", "server-name.conf", "cors-origins.map"):
+        assert f"include {target}/{name};" in site, name
     for source, volume in mounts.items():
+        if source in (upstream_dir, site_dir):
+            continue
         assert (REPO_ROOT / source).is_file()
         target = volume.split(":")[1]
         # nginx.conf includes the site file from exactly where compose mounts it.
         if source.endswith("one-system.conf"):
             assert f"include {target};" in MAIN_CONF.read_text()
     assert nginx["read_only"] is True
-    assert nginx["depends_on"]["app"]["condition"] == "service_healthy"
     assert nginx["restart"] == "unless-stopped"
 
 
@@ -130,19 +151,22 @@ def test_prod_nginx_may_open_two_descriptors_per_connection() -> None:
 
 
 def test_prod_app_trusts_forwarded_headers_only_from_its_own_network() -> None:
-    compose = load(PROD)
-    (subnet,) = [c["subnet"] for c in compose["networks"]["backend"]["ipam"]["config"]]
-    trusted = compose["services"]["app"]["environment"]["FORWARDED_ALLOW_IPS"]
+    edge, slot = load(PROD), load(SLOT)
+    network = edge["networks"]["backend"]
+    (subnet,) = [c["subnet"] for c in network["ipam"]["config"]]
+    trusted = slot["services"]["app"]["environment"]["FORWARDED_ALLOW_IPS"]
     assert ipaddress.ip_network(trusted) == ipaddress.ip_network(subnet)
     assert ipaddress.ip_network(subnet).is_private
-    for service in compose["services"].values():
-        assert service["networks"] == ["backend"]
+    # The slots join the edge's network, by its fixed name.
+    assert slot["networks"]["backend"] == {"external": True, "name": network["name"]}
+    for service in [*edge["services"].values(), *slot["services"].values()]:
+        assert list(service["networks"]) == ["backend"]
 
 
-@pytest.mark.parametrize("path", [DEV, PROD], ids=["dev", "prod"])
+@pytest.mark.parametrize("path", [DEV, PROD, SLOT], ids=["dev", "prod", "slot"])
 def test_no_real_secret_is_committed(path: Path) -> None:
     text = path.read_text()
     assert "AKIA" not in text
-    if path == PROD:
+    if path != DEV:
         # The app reads its database password from Secrets Manager; compose never carries one.
         assert "PASSWORD" not in text

@@ -54,7 +54,9 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
 
 def test_committed_config_is_the_production_one() -> None:
     site = SITE_CONF.read_text()
-    assert re.search(r"upstream app \{[^}]*server app:8000 resolve;[^}]*keepalive \d+;", site)
+    release = "/etc/nginx/one-system-release/upstream.conf"
+    upstream = rf"upstream app \{{[^}}]*include {release};[^}}]*keepalive \d+;"
+    assert re.search(upstream, site)
     assert "listen 8080 default_server;" in site
     assert "listen 8080;" in site
     assert "include /etc/nginx/conf.d/one-system.conf;" in MAIN_CONF.read_text()

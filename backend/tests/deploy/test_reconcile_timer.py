@@ -23,6 +23,8 @@ SYSTEMD_DIR = REPO_ROOT / "deploy" / "systemd"
 SERVICE = SYSTEMD_DIR / "one-system-reconcile.service"
 TIMER = SYSTEMD_DIR / "one-system-reconcile.timer"
 BACKEND_UNIT = SYSTEMD_DIR / "one-system-backend.service"
+DEPLOY_SCRIPT = REPO_ROOT / "scripts" / "deploy_backend.sh"
+DEPLOY_LOCK = "/run/lock/one-system-deploy.lock"
 
 
 def verify(tmp_path: Path, service_text: str, timer_text: str) -> subprocess.CompletedProcess[str]:
@@ -62,8 +64,12 @@ def test_the_service_runs_the_command_in_a_one_off_container_of_the_release() ->
     # The image of the running release, as the backend unit names it.
     assert service["EnvironmentFile"] == unit_entries()["Service"]["EnvironmentFile"]
     words = command_words()
-    assert words[:2] == ["/usr/bin/docker", "compose"]
-    assert words[words.index("-f") + 1] == "/opt/one-system/docker-compose.prod.yml"
+    # Under the deploy lock: the same file the deploy script locks by default.
+    assert words[:2] == ["/usr/bin/flock", DEPLOY_LOCK]
+    assert f'LOCK_FILE="${{LOCK_FILE:-{DEPLOY_LOCK}}}"' in DEPLOY_SCRIPT.read_text()
+    assert words[2:4] == ["/usr/bin/docker", "compose"]
+    # The live release's slot project and image (SLOT, APP_IMAGE from the release file).
+    assert words[words.index("-f") + 1] == "/opt/one-system/docker-compose.app.yml"
     run = words.index("run")
     assert {"--rm", "-T", "--no-deps"} <= set(words[run : words.index("app")])
     assert words[words.index("app") + 1 :][:3] == ["python", "-m", "app.cli.reconcile"]
@@ -84,8 +90,11 @@ def test_the_service_keeps_the_backend_units_sandbox(tmp_path: Path) -> None:
     assert exposure(tmp_path, SERVICE.read_text()) <= MAX_EXPOSURE
     service = unit_entries(SERVICE.read_text())["Service"]
     backend = unit_entries()["Service"]
-    for key in ("CapabilityBoundingSet", "ProtectSystem", "PrivateNetwork", "SystemCallFilter"):
+    for key in ("CapabilityBoundingSet", "ProtectSystem", "SystemCallFilter"):
         assert service[key] == backend[key], key
+    # It runs the image the deploy pulled: no registry, no network for the CLI.
+    assert service["PrivateNetwork"] == ["yes"]
     (runtime_dir,) = service["RuntimeDirectory"]
-    assert runtime_dir != backend["RuntimeDirectory"][0]
     assert service["Environment"] == [f"DOCKER_CONFIG=/run/{runtime_dir}"]
+    # The one place it writes: the deploy lock's directory.
+    assert service["ReadWritePaths"] == [str(Path(DEPLOY_LOCK).parent)]
