@@ -18,7 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .nginx_harness import REPO_ROOT, RunningNginx, free_port, nginx_command, run_nginx, tool
+from .nginx_harness import (
+    REPO_ROOT,
+    RateLimit,
+    RunningNginx,
+    free_port,
+    nginx_command,
+    run_nginx,
+    tool,
+)
 
 SCRIPT = REPO_ROOT / "scripts" / "deploy_backend.sh"
 INSTALLER = REPO_ROOT / "scripts" / "install_test_tools.sh"
@@ -156,7 +164,11 @@ def live_host(tmp_path: Path) -> Iterator[Host]:
     assert started.returncode == 0, started.stderr
     host.upstream_file.write_text(f"server {host.env['UPSTREAM_BLUE']};\n")
     try:
-        with run_nginx(0, upstream_file=host.upstream_file) as nginx:
+        # The steady client stands for a whole office's traffic, from one address: the
+        # per-address allowance of /health (the zone the client's requests fall in) is not
+        # what a deploy is judged by here (test_nginx_rate_limits.py tests it).
+        office = {"one_system_public": RateLimit(rate="1000r/s", burst=1000)}
+        with run_nginx(0, upstream_file=host.upstream_file, rate_limits=office) as nginx:
             host.nginx = nginx
             host.env["FAKE_NGINX_CMD"] = json.dumps(
                 nginx_command(nginx.prefix, nginx.prefix / "nginx.conf")
