@@ -27,7 +27,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     WEB_CONCURRENCY=2 \
-    FORWARDED_ALLOW_IPS=127.0.0.1
+    FORWARDED_ALLOW_IPS=127.0.0.1 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
 
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
@@ -57,4 +58,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 
 # Keep-alive 15 s stays above nginx's upstream keepalive_timeout (10 s), so nginx never reuses
 # a connection uvicorn is closing. Graceful shutdown stays below compose's stop_grace_period.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-keep-alive", "15", "--timeout-graceful-shutdown", "20", "--no-server-header"]
+# app.serve empties PROMETHEUS_MULTIPROC_DIR (one view of every web worker's metrics), then
+# becomes uvicorn with these arguments.
+CMD ["python", "-m", "app.serve", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--timeout-keep-alive", "15", "--timeout-graceful-shutdown", "20", "--no-server-header"]

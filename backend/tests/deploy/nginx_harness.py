@@ -46,6 +46,7 @@ SITE_CONF = NGINX_DIR / "one-system.conf"
 PROD_UPSTREAM_INCLUDE = "include /etc/nginx/one-system-release/upstream.conf;"
 PROD_LISTEN = "listen 8080 default_server;"
 PROD_NAMED_LISTEN = "listen 8080;"
+PROD_METRICS_LISTEN = "listen 9145;"
 PROD_SITE_DIR = "/etc/nginx/one-system/"
 SITE_FILE_EXAMPLES = REPO_ROOT / "deploy" / "nginx"
 SITE_FILE_NAMES = ("trusted-proxies.conf", "server-name.conf", "cors-origins.map")
@@ -88,6 +89,8 @@ class RunningNginx:
     port: int
     prefix: Path
     process: subprocess.Popen[bytes]
+    # Where the metrics server listens (the host's 127.0.0.1:9145 in production).
+    metrics_port: int = 0
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -148,6 +151,7 @@ def render_nginx_conf(
     listen_port: int,
     rate_limits: Mapping[str, RateLimit] | None = None,
     site_files: SiteFiles | None = None,
+    metrics_port: int | None = None,
 ) -> Path:
     """Write a loopback copy of the committed config into ``prefix``; return the main file.
 
@@ -166,6 +170,8 @@ def render_nginx_conf(
         site, PROD_LISTEN, f"listen 127.0.0.1:{listen_port} default_server;", SITE_CONF
     )
     site = _replace_once(site, PROD_NAMED_LISTEN, f"listen 127.0.0.1:{listen_port};", SITE_CONF)
+    metrics_listen = f"listen 127.0.0.1:{metrics_port or free_port()};"
+    site = _replace_once(site, PROD_METRICS_LISTEN, metrics_listen, SITE_CONF)
     site_dir = prefix / "one-system"
     if site.count(f"include {PROD_SITE_DIR}") != len(SITE_FILE_NAMES):
         raise AssertionError(f"expected {len(SITE_FILE_NAMES)} includes of {PROD_SITE_DIR}")
@@ -250,13 +256,14 @@ def run_nginx(
     """
     with tempfile.TemporaryDirectory(prefix="nginx-") as tmp:
         prefix = Path(tmp)
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         conf = render_nginx_conf(
             prefix,
             upstream=upstream_file or f"{upstream_host}:{upstream_port}",
             listen_port=port,
             rate_limits=rate_limits,
             site_files=site_files,
+            metrics_port=metrics_port,
         )
         log_path = prefix / "nginx.log"
         with log_path.open("wb") as log:
@@ -265,7 +272,7 @@ def run_nginx(
             )
         try:
             wait_for_port(port, process, "nginx", log_path)
-            yield RunningNginx(port=port, prefix=prefix, process=process)
+            yield RunningNginx(port, prefix, process, metrics_port)
         finally:
             _stop(process, signal.SIGQUIT)
 

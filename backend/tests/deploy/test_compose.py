@@ -88,7 +88,6 @@ def test_prod_app_runs_the_pinned_image_read_only_with_settings_from_the_env_fil
     assert not [key for key in app["environment"] if key.startswith("DB_")]
     assert app["restart"] == "unless-stopped"
     assert app["read_only"] is True
-    assert "/tmp" in app["tmpfs"]
     assert "ports" not in app
     assert "build" not in app
     assert app["cap_drop"] == ["ALL"]
@@ -99,9 +98,12 @@ def test_prod_nginx_is_the_only_published_service_and_mounts_config_read_only() 
     assert set(services) == {"nginx"}
     assert not [s for s in load(SLOT)["services"].values() if s.get("ports")]
     nginx = services["nginx"]
-    assert nginx["ports"] == ["80:8080"]
+    # The ALB's port, and the metrics server on the host's loopback alone.
+    assert nginx["ports"] == ["80:8080", "127.0.0.1:9145:9145"]
+    assert "listen 9145;" in SITE_CONF.read_text()
     assert "listen 8080 default_server;" in SITE_CONF.read_text()
-    mounts = {volume.split(":")[0]: volume for volume in nginx["volumes"]}
+    binds = [volume for volume in nginx["volumes"] if isinstance(volume, str)]
+    mounts = {volume.split(":")[0]: volume for volume in binds}
     upstream_dir, site_dir = "/var/lib/one-system/nginx", "/etc/one-system/nginx"
     assert mounts.keys() == {
         "./nginx/nginx.conf",
@@ -170,3 +172,30 @@ def test_no_real_secret_is_committed(path: Path) -> None:
     if path != DEV:
         # The app reads its database password from Secrets Manager; compose never carries one.
         assert "PASSWORD" not in text
+
+
+# What both slots (during a deploy) and Nginx may take at once, at most: within a 4 GiB host
+# with room for dockerd, the CloudWatch agent and the page cache.
+HOST_MEMORY_BUDGET_MIB = 2048
+
+
+def _mib(size: str) -> int:
+    number, unit = int(size[:-1]), size[-1]
+    return number * {"m": 1, "g": 1024}[unit]
+
+
+def test_every_service_is_limited_and_its_tmp_is_sized() -> None:
+    services = {**load(SLOT)["services"], **load(PROD)["services"]}
+    assert set(services) == {"app", "worker", "nginx"}
+    for name, service in services.items():
+        assert service["memswap_limit"] == service["mem_limit"], name  # no swap either
+        assert 0 < float(service["cpus"]) <= 2, name
+        assert 0 < int(service["pids_limit"]) <= 256, name
+        assert "tmpfs" not in service, f"{name}: an unsized tmpfs may take half the host"
+        (tmp,) = [v for v in service["volumes"] if isinstance(v, dict) and v["target"] == "/tmp"]
+        assert tmp["type"] == "tmpfs"
+        assert 0 < tmp["tmpfs"]["size"] <= 128 * 1024 * 1024, name
+    slot = _mib(services["app"]["mem_limit"]) + _mib(services["worker"]["mem_limit"])
+    assert 2 * slot + _mib(services["nginx"]["mem_limit"]) <= HOST_MEMORY_BUDGET_MIB
+    # The bench holds a web worker to 150 MiB; the app runs WEB_CONCURRENCY=2 and uvicorn.
+    assert _mib(services["app"]["mem_limit"]) >= 2 * 150 + 100

@@ -63,8 +63,11 @@ def exec_form(args: str) -> list[str]:
 
 
 def cmd_args() -> list[str]:
+    """uvicorn's command line as the image runs it (`python -m app.serve` becomes uvicorn)."""
     (cmd,) = [i for i in parse_dockerfile() if i.keyword == "CMD"]
-    return exec_form(cmd.args)
+    args = exec_form(cmd.args)
+    assert args[:3] == ["python", "-m", "app.serve"]
+    return ["uvicorn", *args[3:]]
 
 
 def healthcheck_command() -> list[str]:
@@ -179,6 +182,8 @@ def test_cmd_is_exec_form_uvicorn_with_proxy_headers_and_env_driven_workers() ->
     env = " ".join(i.args for i in parse_dockerfile() if i.keyword == "ENV")
     assert "WEB_CONCURRENCY=" in env
     assert "FORWARDED_ALLOW_IPS=" in env
+    # Every web worker's metrics in one directory, on the container's sized /tmp.
+    assert "PROMETHEUS_MULTIPROC_DIR=/tmp/metrics" in env
 
 
 def test_cmd_flags_are_accepted_by_uvicorn_and_env_vars_are_honoured(

@@ -60,6 +60,7 @@ def test_committed_config_is_the_production_one() -> None:
     assert "listen 8080 default_server;" in site
     assert "listen 8080;" in site
     assert "include /etc/nginx/conf.d/one-system.conf;" in MAIN_CONF.read_text()
+    assert "listen 9145;" in site
     # No catch-all proxy: every proxied prefix is listed explicitly. /health twice: for the
     # service's name and for any other Host (the ALB's health check).
     proxied = [
@@ -77,6 +78,8 @@ def test_committed_config_is_the_production_one() -> None:
             "/docs/",
             "= /docs/oauth2-redirect",
             "= /openapi.json",
+            # On the metrics server (listen 9145), which compose publishes on loopback only.
+            "= /metrics",
         ]
     )
 

@@ -116,3 +116,19 @@ async def test_another_spelling_of_a_tokens_signature_is_refused_through_nginx(
     assert canonical.status_code == 200, canonical.text
     assert other.status_code == 401
     assert other.json()["code"] == "not_authenticated"
+
+
+async def test_the_metrics_are_served_to_the_hosts_agent_and_never_to_the_alb(
+    fresh_database_url: str, jwks: JWKSServer
+) -> None:
+    env = app_env(fresh_database_url, jwks)
+    with run_uvicorn("app.main:app", env=env) as app_port, run_nginx(app_port) as proxy:
+        async with httpx.AsyncClient(timeout=10) as client:
+            public = await client.get(proxy.url("/metrics"))
+            agent = await client.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+            other = await client.get(f"http://127.0.0.1:{proxy.metrics_port}/health")
+    assert public.status_code == 404
+    assert "one_system" not in public.text
+    assert agent.status_code == 200
+    assert "one_system_http_requests_total" in agent.text
+    assert other.status_code == 404
