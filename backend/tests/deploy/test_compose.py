@@ -199,3 +199,15 @@ def test_every_service_is_limited_and_its_tmp_is_sized() -> None:
     assert 2 * slot + _mib(services["nginx"]["mem_limit"]) <= HOST_MEMORY_BUDGET_MIB
     # The bench holds a web worker to 150 MiB; the app runs WEB_CONCURRENCY=2 and uvicorn.
     assert _mib(services["app"]["mem_limit"]) >= 2 * 150 + 100
+
+
+def test_nginx_has_the_address_the_metadata_rule_refuses() -> None:
+    """Only the app and the worker need the instance role: the host refuses Nginx's fixed
+    address the metadata service (docs/operations.md), an address Docker never hands a slot."""
+    compose = load(PROD)
+    address = compose["services"]["nginx"]["networks"]["backend"]["ipv4_address"]
+    (pool,) = compose["networks"]["backend"]["ipam"]["config"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(pool["subnet"])
+    assert ipaddress.ip_address(address) not in ipaddress.ip_network(pool["ip_range"])
+    rule = f"iptables -I DOCKER-USER -s {address}/32 -d 169.254.169.254/32 -j REJECT"
+    assert rule in (REPO_ROOT / "docs" / "operations.md").read_text()
