@@ -92,6 +92,29 @@ def test_an_alias_pool_refuses_a_second_user_with_the_same_verified_email(
         alias.create_user(email)
 
 
+async def test_resend_gives_a_never_signed_in_user_a_new_temporary_password(
+    pool: MotoCognito,
+) -> None:
+    """As real Cognito does for AdminCreateUser MessageAction=RESEND: the same user, and the
+    temporary password someone chose before no longer signs in."""
+    email = new_email()
+    sub = pool.create_user(email, password="Chosen-By-Someone-1!")
+    assert pool.signs_in(email, "Chosen-By-Someone-1!")
+    await pool.adapter().resend_invitation(email)
+    assert not pool.signs_in(email, "Chosen-By-Someone-1!")
+    assert pool.find(email)["attributes"]["sub"] == sub  # type: ignore[index]
+
+
+def test_resend_is_refused_for_a_user_who_signed_in(pools: dict[PoolKind, MotoCognito]) -> None:
+    plain = pools["plain"]
+    email = new_email()
+    plain.create_user(email, confirmed=True)
+    with pytest.raises(plain.client.exceptions.UnsupportedUserStateException):
+        plain.client.admin_create_user(
+            UserPoolId=plain.user_pool_id, Username=email, MessageAction="RESEND"
+        )
+
+
 # -- the adapter in every kind of pool -------------------------------------------------------
 
 
