@@ -57,6 +57,12 @@ async def match_user(
         await cognito.add_to_group(username, role)
 
 
+def record_directory_pass(session: AsyncSession, user_id: uuid.UUID, *, sign_out: bool) -> None:
+    """Promise, in the session's transaction, that Cognito will be made to match the user
+    (and sign them out everywhere, when `sign_out`)."""
+    outbox.record(session, KIND, str(user_id), {_SIGN_OUT: True} if sign_out else {})
+
+
 def pending_work(user_id: uuid.UUID | None = None) -> list[ColumnElement[bool]]:
     """The conditions of directory work still to do (a settle pass is a check, not work)."""
     conditions: list[ColumnElement[bool]] = [
@@ -80,10 +86,8 @@ class DirectorySync:
     # -- what a user change does ------------------------------------------------------------
 
     def record(self, session: AsyncSession, user_id: uuid.UUID, *, sign_out: bool) -> None:
-        """Promise, in the session's transaction, that Cognito will be made to match the user
-        (and sign them out everywhere, when `sign_out`)."""
-        payload = {_SIGN_OUT: True} if sign_out else {}
-        outbox.record(session, KIND, str(user_id), payload)
+        """`record_directory_pass`, for callers that hold the handler."""
+        record_directory_pass(session, user_id, sign_out=sign_out)
 
     @staticmethod
     async def in_step(session: AsyncSession, user_id: uuid.UUID) -> bool:

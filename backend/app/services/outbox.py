@@ -44,6 +44,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
+from app.core.compensation import undo_unless_committed
 from app.core.db import ReadSessions, Sessionmaker
 from app.core.errors import DomainError, ServiceUnavailableError
 from app.core.tasks import BackgroundTask
@@ -263,7 +264,8 @@ class OutboxWorker:
             logger.exception("outbox: the %s handler failed", claim.kind)
             await self._retry_later(claim, type(error).__name__, None)
             return _Outcome.FAILED
-        async with self._sessions() as session, session.begin():
+        # What `finish` registers for after the commit (its audit lines) runs once it commits.
+        async with self._sessions() as session, undo_unless_committed(session), session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
                 logger.warning(
                     "outbox: lost the lease of a %s key while working on it; recorded afresh",

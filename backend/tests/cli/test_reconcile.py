@@ -268,7 +268,8 @@ async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_op
 ) -> None:
     await rig.user(Role.ADMIN)
     grouped, officer = new_email("admin-group"), new_email("officer")
-    sub = rig.pool.create_user(grouped, role=Role.ADMIN)
+    # Made in the console with a temporary password someone knows.
+    sub = rig.pool.create_user(grouped, role=Role.ADMIN, password="Known-To-Someone-1!")
     rig.pool.create_user(officer, role=Role.ADMIN)
     for email in (grouped, officer):
         rig.pool.make_older(email, ADOPTABLE_AFTER * 2)
@@ -283,10 +284,11 @@ async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_op
     )
     assert no_role.returncode == 2
     assert "--adopt needs --role" in no_role.stderr
-    # Without an explicit role: reported, never adopted.
+    # Without an explicit role: reported, never adopted, never touched.
     status, document = await rig.reconcile(capsys, apply=True)
     assert status == 1
     assert await rig.row_of(grouped) is None
+    assert rig.pool.signs_in(grouped, "Known-To-Someone-1!")
     assert "--adopt EMAIL --role ROLE" in "\n".join(document["repairs"]["skipped"])
 
     # With one: adopted with that role, whatever the group says; Cognito follows the row.
@@ -312,6 +314,8 @@ async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_op
     )
     assert outbox[0][0] == 1
     assert "adopted as EXECUTIVE" in "\n".join(json.loads(adopted.stdout)["repairs"]["done"])
+    # Adopted with a new temporary password: the one known before no longer signs in.
+    assert not rig.pool.signs_in(grouped, "Known-To-Someone-1!")
 
     # An OFFICER needs the province, as a create through the API does.
     no_province = await asyncio.to_thread(

@@ -138,7 +138,10 @@ class MotoCognito:
                 AuthFlow="ADMIN_USER_PASSWORD_AUTH",
                 AuthParameters={"USERNAME": username, "PASSWORD": password},
             )
-        except self.client.exceptions.NotAuthorizedException:
+        except (
+            self.client.exceptions.NotAuthorizedException,
+            self.client.exceptions.UserNotFoundException,
+        ):
             return False
         return True
 

@@ -202,7 +202,14 @@ class CognitoUserPool:
 
     # -- users ------------------------------------------------------------------------------
 
-    async def _username_for_create(self, email: str) -> str:
+    async def username_for_create(self, email: str) -> str | None:
+        """The username a create of `email` sends when this system names the user (a generated
+        one, in an email-alias pool); None where the email itself is sent (Cognito names the
+        user, or the email is the name). Known before the call, so an intent can record it."""
+        username = await self._username_to_send(email)
+        return None if username == email else username
+
+    async def _username_to_send(self, email: str) -> str:
         mode = await self.known_username_mode()
         if mode is UsernameMode.PHONE_ONLY:
             hint = (
@@ -217,14 +224,15 @@ class CognitoUserPool:
             return str(uuid.uuid4())
         return email
 
-    async def create_user(self, email: str) -> CognitoUser:
-        """Create the user and have Cognito email the invitation (a temporary password).
+    async def create_user(self, email: str, username: str | None = None) -> CognitoUser:
+        """Create the user and have Cognito email the invitation (a temporary password), under
+        `username` when given (from `username_for_create`).
 
         Sent once. Raises `AnswerLostError` when Cognito may have created the user although no
         answer arrived (a read timeout, a dropped connection, a 5xx, the deadline).
         """
         # Outside the `try`: a failure here happens before anything was sent to create.
-        username = await self._username_for_create(email)
+        username = username or await self._username_to_send(email)
         try:
             response = await self._on_user(
                 "AdminCreateUser",
