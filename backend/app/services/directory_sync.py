@@ -39,17 +39,19 @@ _SIGN_OUT: Final = "sign_out"
 async def match_user(
     cognito: CognitoUserPool, username: str, role: Role, is_active: bool, *, sign_out: bool = False
 ) -> None:
-    """Make the Cognito user enabled as `is_active` and in exactly its role's group, signed out
-    everywhere first when `sign_out`.
+    """Make the Cognito user enabled as `is_active`, then signed out everywhere when
+    `sign_out`, then in exactly its role's group.
 
     What the worker does for each user, and the reconcile command for drift it repairs.
     Groups that are not role groups are left alone.
     """
+    # Disabled first: a password sign-in between a sign-out and a later disable would get a
+    # refresh token the sign-out never saw. Once disabled, no sign-in succeeds.
+    await cognito.set_enabled(username, is_active)
     if sign_out:
         # Revokes the refresh tokens, so the sessions mint no new access tokens; those already
         # issued are refused by the API (sessions_revoked_at against their auth_time).
         await cognito.sign_out_everywhere(username)
-    await cognito.set_enabled(username, is_active)
     groups = await cognito.groups_of(username)
     for stale in sorted((groups & set(ROLE_GROUPS)) - {role.value}):
         await cognito.remove_from_group(username, Role(stale))

@@ -166,6 +166,26 @@ async def test_a_user_created_by_email_is_addressed_by_email_throughout(
     assert pool.find(email) is None
 
 
+async def test_a_deactivation_disables_the_user_before_it_signs_them_out(
+    pools: dict[PoolKind, MotoCognito],
+) -> None:
+    """Signed out first, a password sign-in before the disable would get a refresh token the
+    sign-out never saw."""
+    plain = pools["plain"]
+    email = new_email()
+    plain.create_user(email, confirmed=True)
+    cognito = plain.adapter()
+    enabled_at_sign_out: list[bool] = []
+
+    def look(**_: object) -> None:
+        enabled_at_sign_out.append(plain.find(email)["Enabled"])  # type: ignore[index]
+
+    cognito._client.meta.events.register("before-call.cognito-idp.AdminUserGlobalSignOut", look)
+    await match_user(cognito, email, Role.OFFICER, is_active=False, sign_out=True)
+    assert enabled_at_sign_out == [False]
+    assert plain.find(email)["Enabled"] is False  # type: ignore[index]
+
+
 async def test_an_email_taken_in_the_pool_is_a_conflict(pool: MotoCognito) -> None:
     email = new_email()
     pool.create_user(email, confirmed=True)
