@@ -15,6 +15,7 @@ number of processes, and the last pass reads the latest row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Final
@@ -28,7 +29,7 @@ from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.services import outbox
 from app.services.cognito import ROLE_GROUPS, CognitoUserPool, DirectoryMismatchError
-from app.services.outbox import Claim, OutboxWorker
+from app.services.outbox import Claim, Finish, OutboxWorker
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,9 @@ class DirectorySync:
 
     # -- the handler ------------------------------------------------------------------------
 
-    async def handle(self, claim: Claim) -> None:
-        """Make Cognito match the user's row as it is now (the outbox worker's handler)."""
+    async def handle(self, claim: Claim) -> Finish | None:
+        """Make Cognito match the user's row as it is now (the outbox worker's handler); for a
+        confirmation, read Cognito back and repair only what differs."""
         user_id = uuid.UUID(claim.key)
         async with self._worker.read_sessions() as session:
             row = (
@@ -120,13 +122,33 @@ class DirectorySync:
                 )
             ).one_or_none()
         if row is None:
-            return
+            return None
+        cognito = self.cognito.without_sdk_retries()
         sign_out = any(entry.payload.get(_SIGN_OUT) for entry in claim.entries)
         try:
-            with self.cognito.deadline():
-                await match_user(
-                    self.cognito, row.email, row.role, row.is_active, sign_out=sign_out
-                )
+            with cognito.deadline():
+                if claim.confirming and await _matches(cognito, row.email, row.role, row.is_active):
+                    return None
+                await match_user(cognito, row.email, row.role, row.is_active, sign_out=sign_out)
         except DirectoryMismatchError as error:
             # Retrying cannot help; the reconcile command reports it.
             logger.error("directory sync: %s", error.detail, extra={"user_id": str(user_id)})
+            return None
+        if claim.confirming:
+            # Something landed late and was put right: read back again once this has landed.
+            logger.warning(
+                "directory sync: a late call was put right", extra={"user_id": str(user_id)}
+            )
+            return functools.partial(self._confirm_again, claim.key)
+        return None
+
+    async def _confirm_again(self, key: str, session: AsyncSession) -> None:
+        self._worker.record_confirmation(session, KIND, key)
+
+
+async def _matches(cognito: CognitoUserPool, username: str, role: Role, is_active: bool) -> bool:
+    """Whether Cognito, read now, has the user enabled as `is_active` and in exactly `role`'s
+    group among the role groups."""
+    user = await cognito.get_user(username)
+    groups = await cognito.groups_of(username)
+    return user.enabled == is_active and groups & set(ROLE_GROUPS) == {role.value}

@@ -426,8 +426,9 @@ class UserCreations:
         async with self._read_sessions() as read:
             if await find_user_by_email(read, intent.data.email) is not None:
                 return None  # the create (or a retry) finished it
-        with self.cognito.deadline():
-            found = await self.cognito.find_user(intent.data.email)
+        cognito = self.cognito.without_sdk_retries()  # the outbox is the retrier
+        with cognito.deadline():
+            found = await cognito.find_user(intent.data.email)
         if found is None:
             # The database's clock, the one that stamped `tried`.
             async with self._read_sessions() as read:
@@ -441,8 +442,8 @@ class UserCreations:
             logger.warning("create intent dropped: the Cognito user is not its own (%s)", refusal)
             code = "email_taken" if refusal == REFERENCED else CognitoUserExistsError.code
             return functools.partial(_audit_dropped, intent.data, code)
-        with self.cognito.deadline():
-            await fresh_invitation(self.cognito, found)
+        with cognito.deadline():
+            await fresh_invitation(cognito, found)
         return functools.partial(self._adopt, found.sub, intent.data)
 
     async def _adopt(self, sub: str, data: UserCreate, session: AsyncSession) -> None:

@@ -31,6 +31,7 @@ from tests.hardening.harness import (
     live_app,
     proxied_adapter,
     timed,
+    wait_until,
 )
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito
@@ -136,6 +137,45 @@ async def test_one_users_changes_converge_across_instances_whatever_cognitos_spe
         assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
         shown = await second.client.get(f"{USERS}/{user_id}", headers=admin)
         assert shown.json()["directory_in_step"] is True
+
+
+async def test_a_disable_held_past_the_read_timeout_cannot_outlast_the_reactivation_after_it(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    """The disable's first attempt is held past the read timeout and lands 3 s late. Retried
+    by botocore, the handler saw one success and nothing read Cognito back: the reactivation
+    carried out meanwhile was undone by the late landing (Cognito disabled, the row active,
+    nothing pending). Sent once, the timeout is a failure the outbox sees, and the key is read
+    back once every call can have landed."""
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, aws_read_timeout_seconds=1
+    )
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
+        user_id, email = await created(live.client, admin)
+        held = proxy.fail("AdminDisableUser", Fault("slow", times=1, delay=3.0))
+        deactivate = {"is_active": False}
+        assert (
+            await live.client.put(f"{USERS}/{user_id}", json=deactivate, headers=admin)
+        ).status_code == 200
+        await wait_until(lambda: held.seen == 1, within=5)
+        sent = time.monotonic()
+        await directory_caught_up(live.state, within=10)
+        reactivate = {"is_active": True}
+        assert (
+            await live.client.put(f"{USERS}/{user_id}", json=reactivate, headers=admin)
+        ).status_code == 200
+        await directory_caught_up(live.state, within=10)
+        await asyncio.sleep(max(0.0, sent + 3.5 - time.monotonic()))  # the held call has landed
+
+        async def nothing_left() -> bool:
+            rows = await execute_sql(
+                fresh_database_url, f"SELECT count(*) FROM outbox WHERE key = '{user_id}'"
+            )
+            return rows[0][0] == 0
+
+        await wait_until(nothing_left, within=30)
+    assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
 
 
 @asynccontextmanager

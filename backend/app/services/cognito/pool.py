@@ -92,6 +92,19 @@ class CognitoUserPool:
             deadline_seconds=settings.cognito_deadline_seconds,
         )
 
+    def without_sdk_retries(self) -> CognitoUserPool:
+        """This pool with every call sent once (the AdminCreateUser client's configuration):
+        for the outbox's handlers, whose retrier is the outbox. A call botocore retried could
+        land after the handler saw it succeed; sent once, a call that answered has landed, and
+        one that did not is a failure the outbox sees (and confirms by reading back)."""
+        return CognitoUserPool(
+            self._create_client,
+            self.user_pool_id,
+            create_client=self._create_client,
+            deadline_seconds=self.deadline_seconds,
+            username_mode=self.username_mode,
+        )
+
     def deadline(self) -> contextlib.AbstractContextManager[None]:
         """The deadline of one request's (or one outbox entry's) Cognito work."""
         return within_deadline(self.deadline_seconds)
