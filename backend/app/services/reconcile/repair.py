@@ -88,7 +88,7 @@ async def deactivate_row(
                         "the Cognito user"
                     )
                 user.is_active = False
-                user.sessions_revoked_at = sessions_revoked_now()
+                user.sessions_revoked_at = await sessions_revoked_now(session)
                 # As any deactivation: the worker signs the user out everywhere.
                 directory.record(session, user.id, sign_out=True)
     except ConflictError as error:
