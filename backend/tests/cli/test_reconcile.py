@@ -204,6 +204,51 @@ async def test_every_kind_of_drift_is_reported_with_exit_1(
     assert (again_status, kinds(again["found"])) == (1, kinds(document["found"]))
 
 
+async def test_a_create_in_flight_is_counted_in_flight_not_as_a_user_without_a_row(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its Cognito user exists and its row does not yet: the create (or the worker settling
+    its intent) is finishing it. A stuck intent, past the threshold, is drift again."""
+    await rig.user(Role.ADMIN)
+    email = new_email("creating")
+    rig.pool.create_user(email)
+    payload = json.dumps({"email": email, "began": "2026-01-01T00:00:00+00:00"})
+    await execute_sql(
+        rig.database_url,
+        f"INSERT INTO outbox (kind, key, payload) VALUES ('user_creation', '{email}', '{payload}')",
+    )
+    status, document = await rig.reconcile(capsys)
+    assert (status, document["found"]["drift"], document["found"]["in_flight"]) == (0, [], 1)
+    await execute_sql(
+        rig.database_url, "UPDATE outbox SET created_at = now() - interval '6 minutes'"
+    )
+    status, document = await rig.reconcile(capsys)
+    assert status == 1
+    assert kinds(document["found"]) == {"cognito_user_without_row": {email}}
+
+
+async def test_a_difference_is_confirmed_against_the_pending_work_as_it_is_now(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role change recorded after the snapshot of pending work, before the confirming read:
+    in flight, not drift."""
+    user_id, email = await rig.user(Role.DISPATCHER)
+    rig.pool.client.admin_add_user_to_group(
+        UserPoolId=rig.pool.user_pool_id, Username=email, GroupName="OFFICER"
+    )
+    adapter = rig.pool.adapter()
+
+    def change_recorded_meanwhile(**_: object) -> None:
+        asyncio.run(rig.outbox_row(user_id, minutes_ago=0))
+
+    adapter._client.meta.events.register(
+        "before-send.cognito-idp.AdminGetUser",
+        change_recorded_meanwhile,  # type: ignore[arg-type]
+    )
+    status, document = await rig.reconcile(capsys, cognito=adapter)
+    assert (status, document["found"]["drift"]) == (0, [])
+
+
 async def test_apply_repairs_what_is_safe_and_reports_the_rest(
     rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:
