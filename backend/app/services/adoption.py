@@ -95,7 +95,10 @@ async def intent_pending(read_sessions: ReadSessions, email: str) -> bool:
     async with read_sessions() as session:
         found = await session.scalar(
             select(OutboxEntry.id).where(
-                OutboxEntry.kind == CREATION_KIND, OutboxEntry.key == email.lower()
+                OutboxEntry.kind == CREATION_KIND,
+                OutboxEntry.key == email.lower(),
+                # An intent, not a read-back the outbox scheduled for the key.
+                OutboxEntry.payload.has_key("began"),
             )
         )
     return found is not None

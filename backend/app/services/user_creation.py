@@ -422,7 +422,12 @@ class UserCreations:
         intents = [entry for entry in claim.entries if "began" in entry.payload]
         if not intents:
             return None
-        intent = _Intent.of(intents[-1].payload)
+        try:
+            intent = _Intent.of(intents[-1].payload)
+        except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+            # Retrying cannot make it readable, and it would keep its email from reconcile.
+            logger.error("create intent dropped: it cannot be read", extra={"key": claim.key})
+            return _unreadable
         async with self._read_sessions() as read:
             if await find_user_by_email(read, intent.data.email) is not None:
                 return None  # the create (or a retry) finished it
@@ -459,6 +464,11 @@ class UserCreations:
         logger.info(
             "create intent settled: adopted the Cognito user", extra={"user_id": str(user.id)}
         )
+
+
+async def _unreadable(session: AsyncSession) -> None:
+    audit = AuditRecord("user.create", None, details={"settled": "intent dropped"})
+    audit_at_commit(session, audit, outcome="dropped:unreadable_intent")
 
 
 async def _audit_dropped(data: UserCreate, reason: str, session: AsyncSession) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from app.core.db import create_read_sessionmaker, create_sessionmaker
 from app.services import outbox
+from app.services.cognito import DirectoryMisconfiguredError
 from app.services.outbox import Claim, Finish, OutboxWorker
 
 KIND = "test_kind"
@@ -159,3 +160,15 @@ def test_a_turn_that_could_outlast_its_lease_is_refused() -> None:
             lease_seconds=30,
             turn_seconds=25,
         )
+
+
+async def test_a_misconfigured_directory_is_tried_again_when_it_said_not_at_the_backoff_cap(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """An operator has to act first: the 60 s it asks for, not the 30 s backoff cap."""
+    await record(fresh_engine, "user-1")
+    handler = RecordingHandler(failure=DirectoryMisconfiguredError())
+    assert await worker_on(fresh_engine, handler).run_once() == 1
+    assert await rows(
+        fresh_engine, "SELECT next_attempt_at > now() + interval '55 seconds' FROM outbox"
+    ) == [(True,)]

@@ -123,3 +123,21 @@ async def test_an_intent_under_which_nothing_appeared_is_dropped_and_audited_at_
     assert await intents(fresh_engine) == 0
     [line] = audit_lines(caplog)
     assert (line.action, line.outcome) == ("user.create", "dropped:no_cognito_user")  # type: ignore[attr-defined]
+
+
+async def test_an_intent_that_cannot_be_read_is_dropped_once_not_retried_forever(
+    fresh_engine: AsyncEngine, pool: MotoCognito, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retried, it logged an ERROR each time and kept its email from orphan removal."""
+    email = new_email()
+    async with AsyncSession(fresh_engine) as session, session.begin():
+        outbox.record(session, CREATION_KIND, email, {"email": email, "began": "not a time"})
+    with caplog.at_level(logging.INFO):
+        assert await worker_on(fresh_engine, pool).run_once() == 1
+    assert await intents(fresh_engine) == 0
+    [line] = audit_lines(caplog)
+    assert line.outcome == "dropped:unreadable_intent"  # type: ignore[attr-defined]
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in errors] == [
+        "create intent dropped: it cannot be read"
+    ]

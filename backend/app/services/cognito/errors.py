@@ -98,6 +98,8 @@ class DirectoryMisconfiguredError(ServiceUnavailableError):
     """This instance cannot use the user pool as configured; an operator has to act."""
 
     code = "directory_misconfigured"
+    # When the outbox tries again (past its backoff cap): an operator has to act first.
+    retry_after_seconds = float(MISCONFIGURED_RETRY_AFTER_SECONDS)
 
     def __init__(
         self,
