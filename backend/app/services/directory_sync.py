@@ -66,12 +66,14 @@ def record_directory_pass(session: AsyncSession, user_id: uuid.UUID, *, sign_out
     outbox.record(session, KIND, str(user_id), {_SIGN_OUT: True} if sign_out else {})
 
 
-def pending_work(user_id: uuid.UUID | None = None) -> list[ColumnElement[bool]]:
-    """The conditions of directory work still to do (a settle pass is a check, not work)."""
-    conditions: list[ColumnElement[bool]] = [
-        OutboxEntry.kind == KIND,
-        ~OutboxEntry.payload.has_key(outbox.SETTLE_CHECK),
-    ]
+def pending_work(
+    user_id: uuid.UUID | None = None, *, confirmations: bool = False
+) -> list[ColumnElement[bool]]:
+    """The conditions of directory work still to do (a read-back is a check, not work; with
+    `confirmations`, it counts: until it has run, a late landing may still be put right)."""
+    conditions: list[ColumnElement[bool]] = [OutboxEntry.kind == KIND]
+    if not confirmations:
+        conditions.append(~OutboxEntry.payload.has_key(outbox.SETTLE_CHECK))
     if user_id is not None:
         conditions.append(OutboxEntry.key == str(user_id))
     return conditions

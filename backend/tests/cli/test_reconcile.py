@@ -249,6 +249,25 @@ async def test_a_difference_is_confirmed_against_the_pending_work_as_it_is_now(
     assert (status, document["found"]["drift"]) == (0, [])
 
 
+async def test_a_late_disable_awaiting_its_read_back_is_in_flight_not_disabled_wins(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A disable that landed after the reactivation, with the worker's read-back of the user
+    still due: the worker will enable the user; reconcile --apply must not deactivate it."""
+    await rig.user(Role.ADMIN)
+    user_id, email = await rig.user(Role.DISPATCHER)
+    rig.pool.client.admin_disable_user(UserPoolId=rig.pool.user_pool_id, Username=email)
+    await execute_sql(
+        rig.database_url,
+        "INSERT INTO outbox (kind, key, payload, next_attempt_at) VALUES "
+        f"""('directory', '{user_id}', '{{"settle_check": true}}', now() + interval '8 s')""",
+    )
+    status, document = await rig.reconcile(capsys, apply=True)
+    assert (status, document["found"]["drift"], document["found"]["in_flight"]) == (0, [], 1)
+    row = await rig.row_of(email)
+    assert (row.is_active, row.sessions_revoked_at) == (True, None)
+
+
 async def test_apply_repairs_what_is_safe_and_reports_the_rest(
     rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -108,7 +108,8 @@ async def read_pending(
                 OutboxEntry.attempts,
                 OutboxEntry.last_error,
             )
-            .where(*pending_work(user_id))
+            # A read-back still due counts: a late landing it will put right is not drift.
+            .where(*pending_work(user_id, confirmations=True))
             .order_by(OutboxEntry.id)
         )
         entries = result.all()
@@ -154,7 +155,9 @@ async def directory_work_pending(session: AsyncSession, user_id: uuid.UUID) -> b
     For an active row whose Cognito user is disabled, that change is a reactivation (or one
     made while active): the worker will enable the Cognito user.
     """
-    found = await session.scalar(select(OutboxEntry.id).where(*pending_work(user_id)).limit(1))
+    found = await session.scalar(
+        select(OutboxEntry.id).where(*pending_work(user_id, confirmations=True)).limit(1)
+    )
     return found is not None
 
 
