@@ -111,11 +111,22 @@ async def test_two_instances_carry_out_each_row_once(
         assert moto_cognito.find(email)["Enabled"] is False  # type: ignore[index]
 
 
+async def outbox_empty(database_url: str, key: str) -> bool:
+    """Nothing left for the key: no work, and no read-back still due."""
+    rows = await execute_sql(database_url, f"SELECT count(*) FROM outbox WHERE key = '{key}'")
+    return bool(rows[0][0] == 0)
+
+
 async def test_one_users_changes_converge_across_instances_whatever_cognitos_speed(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:
-    """A slow disable on one instance cannot land after the reactivation another carried out."""
-    settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url)
+    """A slow disable on one instance cannot land after the reactivation another carried out.
+
+    Held 4 s, past the 2 s read timeout: the worker's call is abandoned, retried by the outbox,
+    and the key read back once the held call can have landed."""
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, aws_read_timeout_seconds=2
+    )
     admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
     async with (
         live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as first,
@@ -129,11 +140,14 @@ async def test_one_users_changes_converge_across_instances_whatever_cognitos_spe
         assert response.status_code == 200
         while proxy.count("AdminDisableUser") == 0:  # noqa: ASYNC110 - the proxy's log
             await asyncio.sleep(0.05)
+        held_since = time.monotonic()
         response = await second.client.put(
             f"{USERS}/{user_id}", json={"is_active": True}, headers=admin
         )
         assert response.status_code == 200
         await directory_caught_up(first.state, within=20)
+        await asyncio.sleep(max(0.0, held_since + 4.5 - time.monotonic()))  # it has landed
+        await wait_until(lambda: outbox_empty(fresh_database_url, user_id), within=30)
         assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
         shown = await second.client.get(f"{USERS}/{user_id}", headers=admin)
         assert shown.json()["directory_in_step"] is True
@@ -168,13 +182,7 @@ async def test_a_disable_held_past_the_read_timeout_cannot_outlast_the_reactivat
         await directory_caught_up(live.state, within=10)
         await asyncio.sleep(max(0.0, sent + 3.5 - time.monotonic()))  # the held call has landed
 
-        async def nothing_left() -> bool:
-            rows = await execute_sql(
-                fresh_database_url, f"SELECT count(*) FROM outbox WHERE key = '{user_id}'"
-            )
-            return rows[0][0] == 0
-
-        await wait_until(nothing_left, within=30)
+        await wait_until(lambda: outbox_empty(fresh_database_url, user_id), within=30)
     assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
 
 
