@@ -45,7 +45,7 @@ from app.core.logging import configure_logging
 from app.core.secrets import fetch_database_credentials
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
-from app.services.outbox import SETTLE_SECONDS, OutboxWorker
+from app.services.outbox import OutboxWorker, settle_seconds_for
 from app.services.user_creation import UserCreations
 
 logger = logging.getLogger("app.worker")
@@ -61,13 +61,6 @@ def heartbeat_file() -> Path:
 
 def _beat(path: Path) -> None:
     path.touch()
-
-
-def settle_seconds(settings: Settings) -> float:
-    """When a key whose work failed is read back: after any call it sent can have landed (one
-    attempt each, bounded by the connect and read timeouts), with a margin."""
-    timeouts = settings.aws_connect_timeout_seconds + settings.aws_read_timeout_seconds
-    return max(SETTLE_SECONDS, timeouts + 3.0)
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +83,9 @@ async def background_work(
     worker = OutboxWorker(
         create_sessionmaker(engine),
         create_read_sessionmaker(engine),
-        settle_seconds=settle_seconds(settings),
+        settle_seconds=settle_seconds_for(
+            settings.aws_connect_timeout_seconds, settings.aws_read_timeout_seconds
+        ),
         heartbeat=functools.partial(_beat, heartbeat) if heartbeat is not None else None,
     )
     directory = DirectorySync(worker, cognito)

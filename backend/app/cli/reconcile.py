@@ -39,6 +39,8 @@ from pydantic import ValidationError
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.db import (
     DatabaseConnector,
+    ReadSessions,
+    Sessionmaker,
     create_engine,
     create_read_sessionmaker,
     create_sessionmaker,
@@ -50,7 +52,7 @@ from app.core.secrets import fetch_database_credentials
 from app.schemas.user import UserCreate
 from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMisconfiguredError
 from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker
+from app.services.outbox import OutboxWorker, settle_seconds_for
 from app.services.pool_check import PoolCheckUnavailable, check_configured_pool
 from app.services.reconcile import OrphanAction, find_drift, repair
 
@@ -88,6 +90,20 @@ async def run_check_pool(settings: Settings, cognito: CognitoUserPool, *, as_jso
     return EXIT_IN_STEP if check.ok else EXIT_DRIFT
 
 
+def _directory(
+    settings: Settings,
+    sessions: Sessionmaker,
+    read_sessions: ReadSessions,
+    cognito: CognitoUserPool,
+) -> DirectorySync:
+    """The directory's repair step, with a read-back, like the worker's, once its calls can
+    have landed."""
+    settle = settle_seconds_for(
+        settings.aws_connect_timeout_seconds, settings.aws_read_timeout_seconds
+    )
+    return DirectorySync(OutboxWorker(sessions, read_sessions, settle_seconds=settle), cognito)
+
+
 async def run_reconcile(
     settings: Settings,
     cognito: CognitoUserPool,
@@ -111,7 +127,7 @@ async def run_reconcile(
     # One connection is enough: this walks pages one after the other.
     engine = create_engine(connector, settings, pool_size=1, max_overflow=0)
     sessions, read_sessions = create_sessionmaker(engine), create_read_sessionmaker(engine)
-    directory = DirectorySync(OutboxWorker(sessions, read_sessions), cognito)
+    directory = _directory(settings, sessions, read_sessions, cognito)
     try:
         found = await find_drift(cognito, read_sessions, threshold=threshold, page_size=page_size)
         document: dict[str, Any] = {"found": found.as_dict()}

@@ -72,6 +72,12 @@ SETTLE_CHECK: Final = "settle_check"
 CLAIM_MARGIN_SECONDS: Final = 10.0
 
 
+def settle_seconds_for(connect_timeout: float, read_timeout: float) -> float:
+    """When a key whose work failed is read back: after any call it sent can have landed (one
+    attempt each, bounded by the connect and read timeouts), with a margin."""
+    return max(SETTLE_SECONDS, connect_timeout + read_timeout + 3.0)
+
+
 class _Outcome(enum.Enum):
     DONE = enum.auto()
     FAILED = enum.auto()  # retried later
