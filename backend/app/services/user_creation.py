@@ -431,19 +431,23 @@ class UserCreations:
         async with self._read_sessions() as read:
             if await find_user_by_email(read, intent.data.email) is not None:
                 return None  # the create (or a retry) finished it
+            # The database's clock, the one that stamped `tried`.
+            now: datetime = await read.scalar(select(func.now()))  # type: ignore[assignment]
+        # Until then a call of the intent may still land (and make its user).
+        may_land = now - intent.trace.tried < GIVE_UP_AFTER
         cognito = self.cognito.without_sdk_retries()  # the outbox is the retrier
         with cognito.deadline():
             found = await cognito.find_user(intent.data.email)
         if found is None:
-            # The database's clock, the one that stamped `tried`.
-            async with self._read_sessions() as read:
-                now: datetime = await read.scalar(select(func.now()))  # type: ignore[assignment]
-            if now - intent.trace.tried < GIVE_UP_AFTER:
+            if may_land:
                 raise _NotYetError("no Cognito user yet under the intent")
             logger.info("create intent dropped: no Cognito user appeared")
             return functools.partial(_audit_dropped, intent.data, "no_cognito_user")
         refusal = await adoption_refusal(self._read_sessions, found, intent=intent.trace)
         if refusal is not None:
+            if may_land and refusal != REFERENCED:
+                # Someone else's user now; if it goes, the intent's own call may still make one.
+                raise _NotYetError("the Cognito user is not the intent's; its call may land")
             logger.warning("create intent dropped: the Cognito user is not its own (%s)", refusal)
             code = "email_taken" if refusal == REFERENCED else CognitoUserExistsError.code
             return functools.partial(_audit_dropped, intent.data, code)

@@ -63,6 +63,11 @@ async def rows_with_email(engine: AsyncEngine, email: str) -> list[User]:
         return list((await session.scalars(select(User).where(User.email == email))).all())
 
 
+async def rows(engine: AsyncEngine, sql: str) -> list[tuple[object, ...]]:
+    async with engine.begin() as connection:
+        return [tuple(row) for row in await connection.execute(text(sql))]
+
+
 async def intents(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         found = await connection.scalar(
@@ -83,7 +88,7 @@ async def test_an_intent_whose_user_someone_else_made_is_dropped_and_audited(
     email = new_email()
     sub = pool.create_user(email, role=Role.ADMIN, password=KNOWN)
     pool.make_older(email, timedelta(hours=1))
-    await record_intent(fresh_engine, email, ago=timedelta(seconds=1))
+    await record_intent(fresh_engine, email, ago=timedelta(minutes=5))
     with caplog.at_level(logging.INFO, logger="app.audit"):
         assert await worker_on(fresh_engine, pool).run_once() == 1
     assert await rows_with_email(fresh_engine, email) == []
@@ -92,6 +97,28 @@ async def test_an_intent_whose_user_someone_else_made_is_dropped_and_audited(
     assert pool.find(email)["attributes"]["sub"] == sub  # type: ignore[index]
     [line] = audit_lines(caplog)
     assert (line.action, line.outcome) == ("user.create", "dropped:cognito_user_exists")  # type: ignore[attr-defined]
+
+
+async def test_an_intent_whose_call_may_still_land_is_kept_beside_someone_elses_user(
+    fresh_engine: AsyncEngine, pool: MotoCognito
+) -> None:
+    """Found by `make chaos`: the worker dropped the intent on meeting a console-made user;
+    that user was removed, the intent's late AdminCreateUser then landed, and its user was an
+    orphan. Until its give-up the intent stays, and adopts the user its call makes."""
+    email = new_email()
+    pool.create_user(email, password=KNOWN)
+    pool.make_older(email, timedelta(hours=1))
+    await record_intent(fresh_engine, email, ago=timedelta(seconds=1))
+    worker = worker_on(fresh_engine, pool)
+    assert await worker.run_once() == 1
+    assert await intents(fresh_engine) == 1
+    # The console user goes; the intent's own call lands.
+    pool.client.admin_delete_user(UserPoolId=pool.user_pool_id, Username=email)
+    sub = pool.create_user(email)
+    await rows(fresh_engine, "UPDATE outbox SET next_attempt_at = now() RETURNING 1")
+    assert await worker.run_once() >= 1
+    [row] = await rows_with_email(fresh_engine, email)
+    assert row.cognito_user_id == sub
 
 
 async def test_the_user_an_intent_made_is_adopted_with_a_new_password_and_audited(
