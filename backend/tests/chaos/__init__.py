@@ -9,7 +9,8 @@ faults fire at random, several at once: Cognito errors, throttling, hangs, lost 
 calls that land late (`tests.chaos.proxy`); table and row lock windows, read-only windows, a
 killed LISTEN connection (`tests.chaos.stack`); an instance SIGKILLed and restarted; a user
 made in the console with a known password whose email an admin then creates; `reconcile
---apply` mid-run. An admin gives up on some creates that answer 503 (their intents settle).
+--apply` mid-run; a create intent the worker's handler cannot read. An admin gives up on some
+creates that answer 503 (their intents settle).
 
 Then the faults stop, and within 60 s (`tests.chaos.invariants`):
 - no 500 ever, and every 503 of the API says when to retry;

@@ -46,6 +46,7 @@ from tests.chaos.stack import (
     hold_table_lock,
     instance_environment,
     kill_listeners,
+    plant_unreadable_intent,
     read_only_window,
     run_cli,
 )
@@ -53,8 +54,8 @@ from tests.support.moto_cognito import cognito_client, create_pool
 
 DB_FAULTS: Final = ("db_table_lock", "db_row_lock", "db_read_only", "db_listener_killed")
 # What people and timers do beside the app: a user made in the console with a known password,
-# and the hourly reconcile --apply.
-OUTSIDE_ACTIONS: Final = ("console_user", "reconcile_apply")
+# and the hourly reconcile --apply; and work a handler cannot carry out (an unreadable intent).
+OUTSIDE_ACTIONS: Final = ("console_user", "reconcile_apply", "unreadable_intent")
 FAULT_KINDS: Final = (*COGNITO_FAULTS, *DB_FAULTS, "instance_killed", *OUTSIDE_ACTIONS)
 # Kinds of which one at a time: the database has one read-only setting, and one instance stays.
 EXCLUSIVE_FAULTS: Final = frozenset({"db_read_only", "instance_killed"})
@@ -573,6 +574,8 @@ class ChaosRun:
                 fired = await self.console_user(self.admin_tokens[1])
             elif kind == "reconcile_apply":
                 fired = await self.reconcile_apply()
+            elif kind == "unreadable_intent":
+                await plant_unreadable_intent(url)
             elif kind == "instance_killed":
                 up = [i for i in self.stack.instances if i.up]
                 fired = len(up) > 1
