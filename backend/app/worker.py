@@ -40,7 +40,7 @@ from app.core.db import open_database
 from app.core.logging import configure_logging
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker
+from app.services.outbox import OutboxWorker, settle_seconds_for
 from app.services.user_creation import UserCreations
 from app.services.worker_status import TurnRecorder
 
@@ -79,6 +79,9 @@ async def background_work(
     worker = OutboxWorker(
         database.sessions,
         database.read_sessions,
+        settle_seconds=settle_seconds_for(
+            settings.aws_connect_timeout_seconds, settings.aws_read_timeout_seconds
+        ),
         heartbeat=functools.partial(_beat, heartbeat, turns),
     )
     directory = DirectorySync(worker, cognito)

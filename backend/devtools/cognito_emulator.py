@@ -14,7 +14,12 @@ The differences from the real service that matter here and are patched while a s
 - AdminCreateUser with MessageAction=RESEND replaces the user with a new one (new sub, no
   attributes, no groups), and in an email-as-username pool refuses the real username (a UUID)
   with "Username should be either an email or a phone number". Real Cognito keeps the user,
-  accepts any name of it, and only sends a new temporary password.
+  accepts any name of it, and only sends a new temporary password: the AdminCreateUser
+  reference says RESEND resends "the invitation message to a user that already exists, and
+  [resets] the temporary-password duration with a new temporary password"
+  (https://docs.aws.amazon.com/cognito-user-identity-pools/latest/APIReference/API_AdminCreateUser.html,
+  `MessageAction`), so the password the user had before no longer signs in. A user who has
+  left FORCE_CHANGE_PASSWORD has no invitation to resend (UnsupportedUserStateException).
 - moto does not emulate email-alias pools at all. Real Cognito, in a pool with
   `AliasAttributes: [email]`:
   - refuses an email-shaped username in AdminCreateUser with InvalidParameterException
@@ -38,6 +43,7 @@ process (counted, so servers may overlap), and never at import.
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
@@ -47,8 +53,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from moto.cognitoidp.exceptions import AliasExistsException, InvalidParameterException
-from moto.cognitoidp.models import CognitoIdpBackend, CognitoIdpUser, CognitoIdpUserPool
+from moto.cognitoidp.models import (
+    CognitoIdpBackend,
+    CognitoIdpUser,
+    CognitoIdpUserPool,
+    UserStatus,
+)
 from moto.cognitoidp.utils import flatten_attrs, validate_username_format
+from moto.core.exceptions import JsonRESTError
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -62,6 +74,11 @@ _original_admin_create_user = CognitoIdpBackend.admin_create_user
 _original_get_user = CognitoIdpUserPool._get_user
 _original_create_refresh_token = CognitoIdpUserPool.create_refresh_token
 _original_create_jwt = CognitoIdpUserPool.create_jwt
+
+
+class UnsupportedUserStateException(JsonRESTError):
+    def __init__(self, message: str) -> None:
+        super().__init__("UnsupportedUserStateException", message)
 
 
 def _email_is_alias(pool: CognitoIdpUserPool) -> bool:
@@ -83,6 +100,19 @@ def _get_user_like_cognito(self: CognitoIdpUserPool, username: str) -> CognitoId
     return user
 
 
+def _resend(
+    backend: CognitoIdpBackend, user_pool_id: str, username: str, temporary_password: str | None
+) -> CognitoIdpUser:
+    """The same user, with a new temporary password (the old one no longer signs in)."""
+    user = backend.admin_get_user(user_pool_id, username)
+    if user.status != UserStatus.FORCE_CHANGE_PASSWORD:
+        raise UnsupportedUserStateException(
+            f"Resend not possible. {user.username} status is not FORCE_CHANGE_PASSWORD"
+        )
+    user.password = temporary_password or secrets.token_urlsafe(24)
+    return user
+
+
 def _admin_create_user_like_cognito(
     self: CognitoIdpBackend,
     user_pool_id: str,
@@ -93,7 +123,7 @@ def _admin_create_user_like_cognito(
 ) -> Any:
     with _patch_lock:
         if message_action == "RESEND":
-            return self.admin_get_user(user_pool_id, username)
+            return _resend(self, user_pool_id, username, temporary_password)
         pool = self.describe_user_pool(user_pool_id)
         if _email_is_alias(pool):
             if validate_username_format(username, _format="email"):

@@ -5,7 +5,9 @@
 Reads the same settings as the API and goes through the same service function, so the admin
 exists on both sides or on neither. Safe to run again: an email already in the database is
 reported and left alone (exit 0). An email that Cognito knows but the database does not means the
-two sides disagree; that needs a person, so the command says so and exits 1.
+two sides disagree; that needs a person, so the command says so and exits 1, however old the
+Cognito user is (only a user an earlier run of this command made is adopted, with a new
+temporary password).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
 from app.core.roles import Role
 from app.schemas.user import UserCreate
-from app.services.cognito import CognitoUserPool, EmailTakenError
+from app.services.cognito import CognitoUserExistsError, CognitoUserPool, EmailTakenError
 from app.services.user_creation import create_user
 from app.services.users import find_user_by_email
 
@@ -63,7 +65,7 @@ async def create_admin(
                 )
                 return EXIT_OK
             user = await create_user(session, database.read_sessions, cognito, data, actor_id=None)
-    except EmailTakenError:
+    except (EmailTakenError, CognitoUserExistsError):
         print(
             f"{data.email} exists in Cognito but not in the database: the two sides disagree. "
             "Delete the Cognito user or add its row by hand, then run this again.",

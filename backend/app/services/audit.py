@@ -10,6 +10,9 @@ outcome is known, never before:
   whole action, and nothing a commit does can take it back) is made when its call returns.
 - `refused:<code>`: a domain error the caller was told about; nothing was changed.
 - `failed`: anything else raised inside the service; its transaction rolls back.
+- `dropped:<reason>`: a create whose request ended without an answer, finished by the outbox
+  worker with nothing made (no Cognito user appeared, or the one there is someone else's);
+  written once the intent's deletion commits.
 - `rolled_back`: the service succeeded but its transaction did not commit (the commit failed,
   or something after the service raised); what the action changed outside the database has
   been undone by then.
@@ -87,8 +90,14 @@ def audited(
         record.emit("success")
 
 
-def audit_at_commit(session: AsyncSession, audit: AuditRecord, undo: UndoLog | None = None) -> None:
-    """Let the session's transaction decide `audit`'s outcome: `success` once it has committed;
+def audit_at_commit(
+    session: AsyncSession,
+    audit: AuditRecord,
+    undo: UndoLog | None = None,
+    *,
+    outcome: str = "success",
+) -> None:
+    """Let the session's transaction decide `audit`'s outcome: `outcome` once it has committed;
     otherwise `undo` runs (the action's changes outside the database) and `rolled_back` follows.
 
     Called last in the audited block, once the service's work has succeeded.
@@ -100,4 +109,4 @@ def audit_at_commit(session: AsyncSession, audit: AuditRecord, undo: UndoLog | N
     undo_on_rollback(session, audit_log)
     if undo is not None:
         undo_on_rollback(session, undo)
-    after_commit(session, functools.partial(audit.emit, "success"))
+    after_commit(session, functools.partial(audit.emit, outcome))

@@ -15,6 +15,7 @@ number of processes, and the last pass reads the latest row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Final
@@ -28,7 +29,7 @@ from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.services import outbox
 from app.services.cognito import ROLE_GROUPS, CognitoUserPool, DirectoryMismatchError
-from app.services.outbox import Claim, OutboxWorker
+from app.services.outbox import Claim, Finish, OutboxWorker
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +40,19 @@ _SIGN_OUT: Final = "sign_out"
 async def match_user(
     cognito: CognitoUserPool, username: str, role: Role, is_active: bool, *, sign_out: bool = False
 ) -> None:
-    """Make the Cognito user enabled as `is_active` and in exactly its role's group, signed out
-    everywhere first when `sign_out`.
+    """Make the Cognito user enabled as `is_active`, then signed out everywhere when
+    `sign_out`, then in exactly its role's group.
 
     What the worker does for each user, and the reconcile command for drift it repairs.
     Groups that are not role groups are left alone.
     """
+    # Disabled first: a password sign-in between a sign-out and a later disable would get a
+    # refresh token the sign-out never saw. Once disabled, no sign-in succeeds.
+    await cognito.set_enabled(username, is_active)
     if sign_out:
         # Revokes the refresh tokens, so the sessions mint no new access tokens; those already
         # issued are refused by the API (sessions_revoked_at against their auth_time).
         await cognito.sign_out_everywhere(username)
-    await cognito.set_enabled(username, is_active)
     groups = await cognito.groups_of(username)
     for stale in sorted((groups & set(ROLE_GROUPS)) - {role.value}):
         await cognito.remove_from_group(username, Role(stale))
@@ -57,12 +60,20 @@ async def match_user(
         await cognito.add_to_group(username, role)
 
 
-def pending_work(user_id: uuid.UUID | None = None) -> list[ColumnElement[bool]]:
-    """The conditions of directory work still to do (a settle pass is a check, not work)."""
-    conditions: list[ColumnElement[bool]] = [
-        OutboxEntry.kind == KIND,
-        ~OutboxEntry.payload.has_key(outbox.SETTLE_CHECK),
-    ]
+def record_directory_pass(session: AsyncSession, user_id: uuid.UUID, *, sign_out: bool) -> None:
+    """Promise, in the session's transaction, that Cognito will be made to match the user
+    (and sign them out everywhere, when `sign_out`)."""
+    outbox.record(session, KIND, str(user_id), {_SIGN_OUT: True} if sign_out else {})
+
+
+def pending_work(
+    user_id: uuid.UUID | None = None, *, confirmations: bool = False
+) -> list[ColumnElement[bool]]:
+    """The conditions of directory work still to do (a read-back is a check, not work; with
+    `confirmations`, it counts: until it has run, a late landing may still be put right)."""
+    conditions: list[ColumnElement[bool]] = [OutboxEntry.kind == KIND]
+    if not confirmations:
+        conditions.append(~OutboxEntry.payload.has_key(outbox.SETTLE_CHECK))
     if user_id is not None:
         conditions.append(OutboxEntry.key == str(user_id))
     return conditions
@@ -80,10 +91,8 @@ class DirectorySync:
     # -- what a user change does ------------------------------------------------------------
 
     def record(self, session: AsyncSession, user_id: uuid.UUID, *, sign_out: bool) -> None:
-        """Promise, in the session's transaction, that Cognito will be made to match the user
-        (and sign them out everywhere, when `sign_out`)."""
-        payload = {_SIGN_OUT: True} if sign_out else {}
-        outbox.record(session, KIND, str(user_id), payload)
+        """`record_directory_pass`, for callers that hold the handler."""
+        record_directory_pass(session, user_id, sign_out=sign_out)
 
     @staticmethod
     async def in_step(session: AsyncSession, user_id: uuid.UUID) -> bool:
@@ -104,8 +113,9 @@ class DirectorySync:
 
     # -- the handler ------------------------------------------------------------------------
 
-    async def handle(self, claim: Claim) -> None:
-        """Make Cognito match the user's row as it is now (the outbox worker's handler)."""
+    async def handle(self, claim: Claim) -> Finish | None:
+        """Make Cognito match the user's row as it is now (the outbox worker's handler); for a
+        confirmation, read Cognito back and repair only what differs."""
         user_id = uuid.UUID(claim.key)
         async with self._worker.read_sessions() as session:
             row = (
@@ -114,13 +124,33 @@ class DirectorySync:
                 )
             ).one_or_none()
         if row is None:
-            return
+            return None
+        cognito = self.cognito.without_sdk_retries()
         sign_out = any(entry.payload.get(_SIGN_OUT) for entry in claim.entries)
         try:
-            with self.cognito.deadline():
-                await match_user(
-                    self.cognito, row.email, row.role, row.is_active, sign_out=sign_out
-                )
+            with cognito.deadline():
+                if claim.confirming and await _matches(cognito, row.email, row.role, row.is_active):
+                    return None
+                await match_user(cognito, row.email, row.role, row.is_active, sign_out=sign_out)
         except DirectoryMismatchError as error:
             # Retrying cannot help; the reconcile command reports it.
             logger.error("directory sync: %s", error.detail, extra={"user_id": str(user_id)})
+            return None
+        if claim.confirming:
+            # Something landed late and was put right: read back again once this has landed.
+            logger.warning(
+                "directory sync: a late call was put right", extra={"user_id": str(user_id)}
+            )
+            return functools.partial(self._confirm_again, claim.key)
+        return None
+
+    async def _confirm_again(self, key: str, session: AsyncSession) -> None:
+        self._worker.record_confirmation(session, KIND, key)
+
+
+async def _matches(cognito: CognitoUserPool, username: str, role: Role, is_active: bool) -> bool:
+    """Whether Cognito, read now, has the user enabled as `is_active` and in exactly `role`'s
+    group among the role groups."""
+    user = await cognito.get_user(username)
+    groups = await cognito.groups_of(username)
+    return user.enabled == is_active and groups & set(ROLE_GROUPS) == {role.value}

@@ -16,11 +16,17 @@ time:
    lease, or cut off from the database) records the key afresh instead, so whatever it did late
    is put right by whoever works on the key next.
 
-A handler's outside work is bounded (the Cognito deadline) well inside the lease, so a lease
-does not run out under a running call. A call whose outcome is unknown (a timeout) may still
-land later; after any failure, the key's next success is followed by one more pass
-`SETTLE_SECONDS` later, which overwrites such a late landing. A failure that says the outside
-world is unavailable ends the batch early: the other keys would only wait on it too.
+A turn is bounded by construction inside its lease: the handler's work, outside and database
+alike, is cut at `turn_seconds` (the lease less `CLAIM_MARGIN_SECONDS`, which covers the claim's
+own statement), and the finish is fenced anyway. A call whose outcome is unknown (a timeout)
+may still land later, so convergence is **confirmed by reading back**: after any failure of a
+key's work (each call is sent once: handler clients make no SDK retries, the outbox is the only
+retrier), the key's next success records a confirmation due `settle_seconds` later, longer than
+any call can still land; a claim that lost its lease records one too, whatever its outcome.
+A confirmation belongs to its key: it is handed out only once due, so no other entry or change
+consumes it early, and the handler reads the outside world back and repairs what differs
+(recording another). A failure that says the outside world is unavailable ends the batch
+early: the other keys would only wait on it too.
 
 No database connection is held while a handler works outside the database. The worker runs in
 a process of its own (`app.worker`) and polls every `poll_interval` seconds; the web processes
@@ -39,13 +45,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Protocol
 
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
+from app.core.compensation import undo_unless_committed
 from app.core.db import ReadSessions, Sessionmaker
-from app.core.errors import DomainError, ServiceUnavailableError
+from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError, ServiceUnavailableError
 from app.core.tasks import BackgroundTask
 from app.models.outbox import LAST_ERROR_LENGTH, OutboxEntry, OutboxLease
 
@@ -56,10 +63,19 @@ MAX_BACKOFF_SECONDS: Final = 30.0
 # database work around it (statement timeouts of seconds); what a killed worker held waits
 # this long.
 LEASE_SECONDS: Final = 30.0
-# After a failure, how long the key's next success is checked again for a late landing: longer
-# than a call can be in flight (connect and read timeouts, 2 + 5 s by default).
+# After a failure, how long the key's next success is confirmed by reading back: longer than a
+# call can be in flight (connect and read timeouts, 2 + 5 s by default, one attempt).
 SETTLE_SECONDS: Final = 10.0
 SETTLE_CHECK: Final = "settle_check"
+# What a turn leaves of its lease for the claim itself (the statement that counts the attempt,
+# bounded by the statement timeout) and for the finish to start before the lease runs out.
+CLAIM_MARGIN_SECONDS: Final = 10.0
+
+
+def settle_seconds_for(connect_timeout: float, read_timeout: float) -> float:
+    """When a key whose work failed is read back: after any call it sent can have landed (one
+    attempt each, bounded by the connect and read timeouts), with a margin."""
+    return max(SETTLE_SECONDS, connect_timeout + read_timeout + 3.0)
 
 
 class _Outcome(enum.Enum):
@@ -78,7 +94,16 @@ class Claim:
     @property
     def retried(self) -> bool:
         """Whether an earlier attempt at this work failed (so a late landing is possible)."""
-        return any(entry.attempts > 1 or entry.payload.get(SETTLE_CHECK) for entry in self.entries)
+        return any(entry.attempts > 1 for entry in self.entries)
+
+    @property
+    def confirming(self) -> bool:
+        """Whether the claim is only confirmations: read back, repair what differs."""
+        return bool(self.entries) and all(is_confirmation(entry) for entry in self.entries)
+
+
+def is_confirmation(entry: OutboxEntry) -> bool:
+    return bool(entry.payload.get(SETTLE_CHECK))
 
 
 Finish = Callable[[AsyncSession], Awaitable[None]]
@@ -143,6 +168,7 @@ class OutboxWorker:
         batch_size: int = 20,
         lease_seconds: float = LEASE_SECONDS,
         settle_seconds: float = SETTLE_SECONDS,
+        turn_seconds: float | None = None,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
@@ -152,6 +178,9 @@ class OutboxWorker:
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
         self._settle_seconds = settle_seconds
+        self._turn_seconds = turn_seconds or lease_seconds - CLAIM_MARGIN_SECONDS
+        if not 0 < self._turn_seconds <= lease_seconds - CLAIM_MARGIN_SECONDS:
+            raise ValueError("a turn must end inside its lease, less the claim's margin")
         self._heartbeat = heartbeat
         self._task = BackgroundTask(self._run_forever, "outbox")
 
@@ -224,14 +253,19 @@ class OutboxWorker:
             return await self._take(session, found.kind, found.key, holder)
 
     async def _take(
-        self, session: AsyncSession, kind: str, key: str, holder: uuid.UUID
+        self, session: AsyncSession, kind: str, key: str, holder: uuid.UUID, *, repair: bool = False
     ) -> Claim | None:
+        """Lease the key and hand out its due entries (a `repair` also takes work not yet due;
+        a confirmation is never handed out before it is due)."""
         if not await take_lease(session, kind, key, holder, self._lease_seconds):
             return None
+        due = OutboxEntry.next_attempt_at <= func.now()
+        if repair:
+            due = due | ~OutboxEntry.payload.has_key(SETTLE_CHECK)
         entries = (
             await session.scalars(
                 update(OutboxEntry)
-                .where(OutboxEntry.kind == kind, OutboxEntry.key == key)
+                .where(OutboxEntry.kind == kind, OutboxEntry.key == key, due)
                 .values(attempts=OutboxEntry.attempts + 1)
                 .returning(OutboxEntry)
             )
@@ -242,50 +276,78 @@ class OutboxWorker:
         """Carry out one key's work now, due or not, with or without entries (a repair);
         whether it was done (False: it failed, or someone else holds the key)."""
         async with self._sessions() as session, session.begin():
-            claim = await self._take(session, kind, key, uuid.uuid4())
+            claim = await self._take(session, kind, key, uuid.uuid4(), repair=True)
         if claim is None:
             return False
         return await self.carry_out(claim) is _Outcome.DONE
 
+    def record_confirmation(self, session: AsyncSession, kind: str, key: str) -> None:
+        """A read-back of the key, due once every call issued until now can have landed."""
+        session.add(
+            OutboxEntry(
+                kind=kind,
+                key=key,
+                payload={SETTLE_CHECK: True},
+                next_attempt_at=func.now() + timedelta(seconds=self._settle_seconds),
+            )
+        )
+
     async def carry_out(self, claim: Claim) -> _Outcome:
-        """Hand the claim to its handler and finish it."""
+        """Hand the claim to its handler, within the turn's bound, and finish it."""
         handler = self._handlers[claim.kind]
         try:
-            finish = await handler.handle(claim)
+            async with asyncio.timeout(self._turn_seconds):
+                finish = await handler.handle(claim)
         except DomainError as error:
             await self._retry_later(claim, error.code, getattr(error, "retry_after_seconds", None))
             if isinstance(error, ServiceUnavailableError):
                 return _Outcome.UNAVAILABLE
             return _Outcome.FAILED
+        except TimeoutError:
+            # Past the turn's bound (a database wait, say): the lease must outlive the turn.
+            logger.warning(
+                "outbox: %s work cut at its %.0f s bound", claim.kind, self._turn_seconds
+            )
+            await self._retry_later(claim, "turn_timeout", None)
+            return _Outcome.FAILED
         except Exception as error:
-            # A bug (or an entry it cannot read): said loudly, and retried with backoff rather
+            # A bug, or an entry it cannot read: said loudly, and retried with backoff rather
             # than holding the key until the lease runs out, again and again.
             logger.exception("outbox: the %s handler failed", claim.kind)
             await self._retry_later(claim, type(error).__name__, None)
             return _Outcome.FAILED
-        async with self._sessions() as session, session.begin():
+        try:
+            return await self._finish(claim, finish)
+        except DATABASE_UNAVAILABLE_ERRORS:
+            raise  # the loop says the outbox cannot be reached; the lease runs out
+        except Exception as error:
+            logger.exception("outbox: finishing %s work failed", claim.kind)
+            await self._retry_later(claim, type(error).__name__, None)
+            return _Outcome.FAILED
+
+    async def _finish(self, claim: Claim, finish: Finish | None) -> _Outcome:
+        """Delete the entries handed out, fenced by the lease; what `finish` registers for after
+        the commit (its audit lines) runs once it commits."""
+        async with self._sessions() as session, undo_unless_committed(session), session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
-                logger.warning(
-                    "outbox: lost the lease of a %s key while working on it; recorded afresh",
-                    claim.kind,
-                )
-                record(session, claim.kind, claim.key)
+                self._lost_lease(session, claim)
                 return _Outcome.FAILED
             if finish is not None:
                 await finish(session)
             await session.execute(
                 delete(OutboxEntry).where(OutboxEntry.id.in_([e.id for e in claim.entries]))
             )
-            if claim.retried and not any(e.payload.get(SETTLE_CHECK) for e in claim.entries):
-                await session.execute(
-                    insert(OutboxEntry).values(
-                        kind=claim.kind,
-                        key=claim.key,
-                        payload={SETTLE_CHECK: True},
-                        next_attempt_at=func.now() + timedelta(seconds=self._settle_seconds),
-                    )
-                )
+            if claim.retried:
+                self.record_confirmation(session, claim.kind, claim.key)
         return _Outcome.DONE
+
+    def _lost_lease(self, session: AsyncSession, claim: Claim) -> None:
+        """Whatever this claim did may land after the new holder's work: read the key back once
+        it all can have landed."""
+        logger.warning(
+            "outbox: lost the lease of a %s key while working on it; recorded afresh", claim.kind
+        )
+        self.record_confirmation(session, claim.kind, claim.key)
 
     async def _retry_later(self, claim: Claim, reason: str, delay: float | None) -> None:
         """Put the claim's entries back; after `delay` (a handler that knows when to look
@@ -296,10 +358,16 @@ class OutboxWorker:
             delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
         async with self._sessions() as session, session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
-                return  # someone else works on the key now
+                # Someone else works on the key now; what this claim sent may still land.
+                self._lost_lease(session, claim)
+                return
+            if not claim.entries:
+                # A repair with no entry to put back: what it sent may still land.
+                self.record_confirmation(session, claim.kind, claim.key)
+            # Only the entries handed out: a confirmation not yet due keeps its time.
             await session.execute(
                 update(OutboxEntry)
-                .where(OutboxEntry.kind == claim.kind, OutboxEntry.key == claim.key)
+                .where(OutboxEntry.id.in_([entry.id for entry in claim.entries]))
                 .values(
                     next_attempt_at=func.now() + timedelta(seconds=delay),
                     last_error=literal(reason[:LAST_ERROR_LENGTH]),

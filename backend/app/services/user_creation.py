@@ -7,8 +7,9 @@ deadline. So, before calling Cognito, the create commits an **intent** (an outbo
 `user_creation`, keyed by the email, with what was asked) and holds the email's lease:
 
 1. the email is checked against the table (a clear 409 when a row holds it);
-2. the intent is committed and the lease taken; while another create holds it, 503 with
-   `Retry-After` (never 409 while no row holds the email);
+2. the intent is committed and the lease taken; while another create holds it, `409
+   create_in_progress` with `Retry-After` (a conflict, never a 5xx, and never `email_taken`
+   while no row holds the email); the row is checked again once the lease is taken;
 3. AdminCreateUser, AdminAddUserToGroup, then the row is inserted, and the intent deleted and
    the lease given back in the request's transaction, fenced by the lease's holder.
 
@@ -31,7 +32,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import delete, func, select
@@ -40,20 +41,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.compensation import UndoLog
 from app.core.db import ReadSessions
-from app.core.errors import DomainError, ServiceUnavailableError
+from app.core.errors import ConflictError, DomainError, ServiceUnavailableError
 from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.schemas.user import UserCreate
 from app.services import outbox
-from app.services.adoption import CREATION_KIND, adoption_refusal, sub_is_referenced
-from app.services.audit import audit_at_commit, audited
+from app.services.adoption import (
+    CREATION_KIND,
+    LANDS_WITHIN,
+    REFERENCED,
+    TRACE_FIELDS,
+    IntentTrace,
+    adoption_refusal,
+    fresh_invitation,
+    merged_usernames,
+    sub_is_referenced,
+)
+from app.services.audit import AuditRecord, audit_at_commit, audited
 from app.services.cognito import (
     AnswerLostError,
     CognitoUser,
+    CognitoUserExistsError,
     CognitoUserPool,
     EmailTakenError,
 )
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectorySync, match_user, record_directory_pass
 from app.services.outbox import Claim, Finish, OutboxWorker, give_back_lease, take_lease
 from app.services.users import find_user_by_email
 
@@ -64,13 +76,26 @@ EMAIL_INDEX: Final = "uq_users_lower_email"
 SUB_INDEX: Final = "uq_users_cognito_user_id"
 # An intent under which no Cognito user appeared this long after its last try is dropped: a call
 # held up on its way lands well within it.
-GIVE_UP_AFTER: Final = timedelta(seconds=30)
+GIVE_UP_AFTER: Final = LANDS_WITHIN
+# When to try a create again that met another create of its email in progress: most end in
+# well under a second.
+IN_PROGRESS_RETRY_AFTER_SECONDS: Final = 2
 # How often the worker looks for the Cognito user of an unsettled intent meanwhile.
 LOOK_AGAIN_SECONDS: Final = 5.0
 
 
 class CreateUnderWayError(ServiceUnavailableError):
-    """Another create of the email holds it (or its outcome is being settled)."""
+    """This create ran past its hold of the email: it is being finished by someone else."""
+
+
+class CreateInProgressError(ConflictError):
+    """Another create of the email holds it (or its outcome is being settled): a conflict, not
+    a failure of the server; once it ends the email is taken, or free again."""
+
+    code = "create_in_progress"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)})
 
 
 class _OutcomeUnknownError(ServiceUnavailableError):
@@ -100,40 +125,42 @@ def _hold_seconds(cognito: CognitoUserPool) -> float:
 
 
 async def _record_intent(
-    session: AsyncSession, data: UserCreate, holder: uuid.UUID, hold_seconds: float
-) -> tuple[datetime, bool]:
-    """Take the email's lease and commit the intent.
+    session: AsyncSession,
+    data: UserCreate,
+    holder: uuid.UUID,
+    hold_seconds: float,
+    username: str | None,
+) -> tuple[IntentTrace, bool]:
+    """Take the email's lease and commit the intent, with the username this try sends.
 
-    Returns when the earliest try under the intent began, and whether an earlier try's outcome
-    is still unknown (its intent was left unsettled; its call may yet land).
+    Returns the intent's trace (its first and latest tries, every username they sent), and
+    whether an earlier try's outcome is still unknown (its intent was left unsettled; its call
+    may yet land).
     """
     key = _key(data.email)
     async with AsyncSession(session.bind) as own, own.begin():
         if not await take_lease(own, KIND, key, holder, hold_seconds):
-            raise CreateUnderWayError("A create of this email is under way; try again shortly")
-        began = await own.scalar(
-            select(func.min(OutboxEntry.payload["began"].astext)).where(
-                OutboxEntry.kind == KIND, OutboxEntry.key == key
+            raise CreateInProgressError("A create of this email is in progress; try again shortly")
+        # The create that held the email before gave it back in the transaction that
+        # committed its row: seen here, it is a clear conflict, and nothing is recorded.
+        if await find_user_by_email(own, data.email) is not None:
+            raise EmailTakenError("A user with this email already exists")
+        earlier = (
+            await own.scalars(
+                select(OutboxEntry.payload).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
             )
-        )
+        ).all()
+        earlier = [payload for payload in earlier if "began" in payload]
         now: datetime = await own.scalar(select(func.now()))  # type: ignore[assignment]
-        began_at = datetime.fromisoformat(began) if began else now
+        began = min((IntentTrace.of(payload).began for payload in earlier), default=now)
+        # `began`: the earliest try, which a user created under the intent postdates;
+        # `tried`: the latest, which a call still on its way may land after.
+        trace = IntentTrace(began, now, merged_usernames(earlier, username))
         await own.execute(
             delete(OutboxEntry).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
         )
-        outbox.record(
-            own,
-            KIND,
-            key,
-            # `began`: the earliest try, which a user created under the intent postdates;
-            # `tried`: the latest, which a call still on its way may land after.
-            {
-                **data.model_dump(mode="json"),
-                "began": began_at.isoformat(),
-                "tried": now.isoformat(),
-            },
-        )
-    return began_at, began is not None
+        outbox.record(own, KIND, key, {**data.model_dump(mode="json"), **trace.to_payload()})
+    return trace, bool(earlier)
 
 
 async def _drop_intent(
@@ -175,22 +202,37 @@ async def _delete_unless_referenced(
 
 
 async def _adopt_existing(
-    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, began: datetime
+    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, intent: IntentTrace
 ) -> CognitoUser | None:
+    """The user of `email` that this create's intent made, ready to adopt (a fresh temporary
+    password if it never signed in); None when the pool has no user of `email`.
+
+    Any other user of the email is a conflict: someone else's (`CognitoUserExistsError`), or,
+    once a row refers to it, an email taken."""
     existing = await cognito.find_user(email)
     if existing is None:
         return None
-    refusal = await adoption_refusal(read_sessions, existing, intent_began=began)
-    return existing if refusal is None else None
+    refusal = await adoption_refusal(read_sessions, existing, intent=intent)
+    if refusal == REFERENCED:
+        raise EmailTakenError("A user with this email already exists")
+    if refusal is not None:
+        raise CognitoUserExistsError(
+            "The user directory (Cognito) has a user with this email that this system did not "
+            "create; an operator can take it over with the reconcile command's --adopt"
+        )
+    await fresh_invitation(cognito, existing)
+    return existing
 
 
 async def _existing_or_unknown(
-    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, began: datetime
+    read_sessions: ReadSessions, cognito: CognitoUserPool, email: str, intent: IntentTrace
 ) -> CognitoUser | None:
     """The adoptable user of `email`; a failed look-up leaves the outcome unknown (the user may
     be this intent's), so the intent stays."""
     try:
-        return await _adopt_existing(read_sessions, cognito, email, began)
+        return await _adopt_existing(read_sessions, cognito, email, intent)
+    except ConflictError:
+        raise
     except Exception as error:  # Cognito or the database: whether it is ours is unknown
         raise _OutcomeUnknownError(
             "The user directory (Cognito) could not be asked whether the user exists; the "
@@ -202,35 +244,39 @@ async def _cognito_user_for(
     read_sessions: ReadSessions,
     cognito: CognitoUserPool,
     email: str,
-    began: datetime,
+    intent: IntentTrace,
+    username: str | None,
     undo: UndoLog,
     drop_intent: Callable[[], Awaitable[None]],
-) -> CognitoUser:
-    """Create the Cognito user, or adopt the one this intent (or an old failure) left."""
+) -> tuple[CognitoUser, bool]:
+    """Create the Cognito user, or adopt the one this intent made; whether it was adopted."""
     try:
-        created = await cognito.create_user(email)
+        created = await cognito.create_user(email, username)
     except AnswerLostError:
-        adopted = await _existing_or_unknown(read_sessions, cognito, email, began)
+        adopted = await _existing_or_unknown(read_sessions, cognito, email, intent)
         if adopted is None:
             raise _OutcomeUnknownError(
                 "The user directory (Cognito) did not confirm the creation; it is being "
                 "settled, try again shortly"
             ) from None
         logger.info("adopted the Cognito user whose creation answer was lost")
-        return adopted
+        return adopted, True
     except EmailTakenError:
-        adopted = await _existing_or_unknown(read_sessions, cognito, email, began)
+        adopted = await _existing_or_unknown(read_sessions, cognito, email, intent)
         if adopted is None:
-            raise
-        logger.info("adopted a Cognito user created under this email's intent or left unclaimed")
-        return adopted
+            raise CognitoUserExistsError(
+                "The user directory (Cognito) had a user with this email a moment ago and "
+                "has none now; try again"
+            ) from None
+        logger.info("adopted the Cognito user an earlier try of this create made")
+        return adopted, True
     undo.add(
         "delete the new Cognito user",
         functools.partial(
             _delete_unless_referenced, read_sessions, cognito, email, created.sub, drop_intent
         ),
     )
-    return created
+    return created, False
 
 
 def _violated_constraint(error: IntegrityError) -> str | None:
@@ -251,6 +297,47 @@ def _new_user(sub: str, data: UserCreate) -> User:
     )
 
 
+async def _cognito_side(
+    session: AsyncSession,
+    read_sessions: ReadSessions,
+    cognito: CognitoUserPool,
+    data: UserCreate,
+    holder: uuid.UUID,
+    undo: UndoLog,
+) -> tuple[CognitoUser, bool]:
+    """The create's Cognito user, made or adopted, in exactly its role's group; whether it was
+    adopted. Records the intent first and settles it on every way out but success."""
+    with cognito.deadline():
+        username = await cognito.username_for_create(data.email)
+    intent, earlier_try = await _record_intent(
+        session, data, holder, _hold_seconds(cognito), username
+    )
+    drop_intent = functools.partial(
+        _drop_intent, session, data.email, holder, earlier_try=earlier_try
+    )
+    with cognito.deadline():
+        try:
+            cognito_user, adopted = await _cognito_user_for(
+                read_sessions, cognito, data.email, intent, username, undo, drop_intent
+            )
+        except _OutcomeUnknownError:
+            # The intent stays, for whoever settles it first: the worker, or a retry, which
+            # may take the email at once.
+            await _give_back(session, data.email, holder)
+            raise
+        except BaseException:
+            await drop_intent()  # nothing of this try was created
+            raise
+        # From here on a Cognito user exists: a failure undoes what this request created and
+        # leaves the intent to settle what the undo could not.
+        if adopted:
+            # Whatever groups it had before are not the row's: exactly the role's group.
+            await match_user(cognito, data.email, data.role, is_active=True)
+        else:
+            await cognito.add_to_group(data.email, data.role)
+    return cognito_user, adopted
+
+
 async def create_user(
     session: AsyncSession,
     read_sessions: ReadSessions,
@@ -266,28 +353,11 @@ async def create_user(
                 raise EmailTakenError("A user with this email already exists")
         holder = uuid.uuid4()
         key = _key(data.email)
-        began, earlier_try = await _record_intent(session, data, holder, _hold_seconds(cognito))
         undo = UndoLog()
-        drop_intent = functools.partial(
-            _drop_intent, session, data.email, holder, earlier_try=earlier_try
-        )
         try:
-            with cognito.deadline():
-                try:
-                    cognito_user = await _cognito_user_for(
-                        read_sessions, cognito, data.email, began, undo, drop_intent
-                    )
-                except _OutcomeUnknownError:
-                    # The intent stays, for whoever settles it first: the worker, or a retry,
-                    # which may take the email at once.
-                    await _give_back(session, data.email, holder)
-                    raise
-                except BaseException:
-                    await drop_intent()  # nothing of this try was created
-                    raise
-                # From here on a Cognito user exists: a failure undoes what this request
-                # created and leaves the intent to settle what the undo could not.
-                await cognito.add_to_group(data.email, data.role)
+            cognito_user, adopted = await _cognito_side(
+                session, read_sessions, cognito, data, holder, undo
+            )
             user = _new_user(cognito_user.sub, data)
             session.add(user)
             try:
@@ -306,10 +376,15 @@ async def create_user(
             await session.execute(
                 delete(OutboxEntry).where(OutboxEntry.kind == KIND, OutboxEntry.key == key)
             )
+            if adopted:
+                # A pass of the directory's own work confirms the groups (and enabled state).
+                record_directory_pass(session, user.id, sign_out=False)
         except BaseException:
             await undo.undo()
             raise
         audit.target_id = user.id
+        if adopted:
+            audit.details["settled"] = "adopted the user an earlier try made"
         audit_at_commit(session, audit, undo)
         return user
 
@@ -321,17 +396,13 @@ async def create_user(
 @dataclass(frozen=True, slots=True)
 class _Intent:
     data: UserCreate
-    began: datetime
-    tried: datetime
+    trace: IntentTrace
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> _Intent:
-        fields = {name: value for name, value in payload.items() if name not in ("began", "tried")}
-        return cls(
-            UserCreate.model_validate(fields),
-            datetime.fromisoformat(payload["began"]),
-            datetime.fromisoformat(payload["tried"]),
-        )
+        trace = IntentTrace.of(payload)
+        fields = {name: value for name, value in payload.items() if name not in TRACE_FIELDS}
+        return cls(UserCreate.model_validate(fields), trace)
 
 
 class UserCreations:
@@ -351,21 +422,37 @@ class UserCreations:
         intents = [entry for entry in claim.entries if "began" in entry.payload]
         if not intents:
             return None
-        intent = _Intent.of(intents[-1].payload)
+        try:
+            intent = _Intent.of(intents[-1].payload)
+        except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+            # Retrying cannot make it readable, and it would keep its email from reconcile.
+            logger.error("create intent dropped: it cannot be read", extra={"key": claim.key})
+            return _unreadable
         async with self._read_sessions() as read:
             if await find_user_by_email(read, intent.data.email) is not None:
                 return None  # the create (or a retry) finished it
-        with self.cognito.deadline():
-            found = await self.cognito.find_user(intent.data.email)
+            # The database's clock, the one that stamped `tried`.
+            now: datetime = await read.scalar(select(func.now()))  # type: ignore[assignment]
+        # Until then a call of the intent may still land (and make its user).
+        may_land = now - intent.trace.tried < GIVE_UP_AFTER
+        cognito = self.cognito.without_sdk_retries()  # the outbox is the retrier
+        with cognito.deadline():
+            found = await cognito.find_user(intent.data.email)
         if found is None:
-            if datetime.now(UTC) - intent.tried < GIVE_UP_AFTER:
+            if may_land:
                 raise _NotYetError("no Cognito user yet under the intent")
             logger.info("create intent dropped: no Cognito user appeared")
-            return None
-        refusal = await adoption_refusal(self._read_sessions, found, intent_began=intent.began)
+            return functools.partial(_audit_dropped, intent.data, "no_cognito_user")
+        refusal = await adoption_refusal(self._read_sessions, found, intent=intent.trace)
         if refusal is not None:
+            if may_land and refusal != REFERENCED:
+                # Someone else's user now; if it goes, the intent's own call may still make one.
+                raise _NotYetError("the Cognito user is not the intent's; its call may land")
             logger.warning("create intent dropped: the Cognito user is not its own (%s)", refusal)
-            return None
+            code = "email_taken" if refusal == REFERENCED else CognitoUserExistsError.code
+            return functools.partial(_audit_dropped, intent.data, code)
+        with cognito.deadline():
+            await fresh_invitation(cognito, found)
         return functools.partial(self._adopt, found.sub, intent.data)
 
     async def _adopt(self, sub: str, data: UserCreate, session: AsyncSession) -> None:
@@ -381,3 +468,15 @@ class UserCreations:
         logger.info(
             "create intent settled: adopted the Cognito user", extra={"user_id": str(user.id)}
         )
+
+
+async def _unreadable(session: AsyncSession) -> None:
+    audit = AuditRecord("user.create", None, details={"settled": "intent dropped"})
+    audit_at_commit(session, audit, outcome="dropped:unreadable_intent")
+
+
+async def _audit_dropped(data: UserCreate, reason: str, session: AsyncSession) -> None:
+    """The audit line of a create the worker finished with nothing made: written once the
+    intent's deletion commits."""
+    audit = AuditRecord("user.create", None, details={"settled": "intent dropped"})
+    audit_at_commit(session, audit, outcome=f"dropped:{reason}")

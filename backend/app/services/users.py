@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -142,13 +141,22 @@ def _province_after(user: User, changes: dict[str, Any], role: Role) -> str | No
     return province
 
 
-def sessions_revoked_now() -> datetime:
-    """The revocation instant: the next whole second, as a token's `auth_time` has whole seconds.
+# The most Cognito's clock, which stamps a session's `auth_time`, may run ahead of the
+# database's: both keep NTP time (AWS's time sync), well within it.
+AUTH_TIME_SKEW: Final = timedelta(seconds=1)
+
+
+async def sessions_revoked_now(session: AsyncSession) -> datetime:
+    """The revocation instant, on the database's clock (one clock for every host that writes
+    it; `clock_timestamp()`, the time of this call, not of the transaction's start): its next
+    whole second, as a token's `auth_time` has whole seconds, plus `AUTH_TIME_SKEW`.
 
     Every session begun up to now (and every token refreshed from one) has `auth_time` before
-    it; a session begun afterwards (a new sign-in, at least a second later) does not.
+    it, even by a Cognito clock `AUTH_TIME_SKEW` ahead; a session begun afterwards (a new
+    sign-in, at least 2 s later) does not.
     """
-    return datetime.fromtimestamp(math.floor(time.time()) + 1, UTC)
+    now: datetime = await session.scalar(select(func.clock_timestamp()))  # type: ignore[assignment]
+    return datetime.fromtimestamp(math.floor(now.timestamp()) + 1, UTC) + AUTH_TIME_SKEW
 
 
 async def update_user(
@@ -177,7 +185,7 @@ async def update_user(
         directory_changes = role is not user.role or is_active is not user.is_active
         deactivated = user.is_active and not is_active
         if deactivated:
-            user.sessions_revoked_at = sessions_revoked_now()
+            user.sessions_revoked_at = await sessions_revoked_now(session)
         user.full_name = changes.get("full_name", user.full_name)
         user.role = role
         user.responsible_province = province

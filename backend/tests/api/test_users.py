@@ -188,12 +188,12 @@ async def test_email_known_only_to_cognito_is_409_and_that_user_is_left_alone(
 ) -> None:
     email = new_email("cognito-only")
     sub = moto_cognito.create_user(email)
-    # Someone else's, made before this create began (one made under it would be adopted) and
-    # too young to be a left-over.
-    moto_cognito.make_older(email, timedelta(seconds=20))
+    # Someone else's, made before this create began; its age does not matter.
+    moto_cognito.make_older(email, timedelta(days=1))
     response = await client.post(USERS, json=body(email), headers=admin_headers)
     assert response.status_code == 409
-    assert response.json()["code"] == "email_taken"
+    # Not email_taken: no row holds the email; an operator may take the user over.
+    assert response.json()["code"] == "cognito_user_exists"
     assert await row_for(db_session, email) is None
     assert moto_cognito.find(email)["attributes"]["sub"] == sub  # type: ignore[index]
 
@@ -1013,13 +1013,18 @@ async def test_twenty_concurrent_creates_of_one_email_make_exactly_one_user(
         *(committed.client.post(USERS, json=body(s), headers=headers) for s in spellings)
     )
     statuses = [response.status_code for response in responses]
-    # One creates; the others meet its row (409) or, while it holds the email, are told to try
-    # again shortly (503): never a second user.
-    assert statuses.count(201) == 1, statuses
-    assert set(statuses) <= {201, 409, 503}, [r.text for r in responses]
-    for response in responses:
-        if response.status_code == 503:
-            assert response.headers["Retry-After"]
+    # One creates; every other is a conflict, never a 5xx: it meets the create in progress
+    # (and is told when to try again) or, once committed, its row. Never a second user.
+    assert sorted(statuses) == [201] + [409] * 19, [r.text for r in responses]
+    conflicts = [r for r in responses if r.status_code == 409]
+    codes = [r.json()["code"] for r in conflicts]
+    assert set(codes) <= {"create_in_progress", "email_taken"}, codes
+    assert "create_in_progress" in codes, codes
+    assert all(
+        r.headers.get("Retry-After") == "2"
+        for r in conflicts
+        if r.json()["code"] == "create_in_progress"
+    )
     row = await committed.row(email)
     assert row is not None
     in_cognito = moto_cognito.users_with_email(email)

@@ -7,7 +7,10 @@ through the emulator, refresh their sessions and call /users/me, presenting the 
 of sessions a deactivation ended; /health is probed twice a second per instance. Meanwhile
 faults fire at random, several at once: Cognito errors, throttling, hangs, lost answers and
 calls that land late (`tests.chaos.proxy`); table and row lock windows, read-only windows, a
-killed LISTEN connection (`tests.chaos.stack`); an instance SIGKILLed and restarted.
+killed LISTEN connection (`tests.chaos.stack`); an instance SIGKILLed and restarted; a user
+made in the console with a known password whose email an admin then creates; `reconcile
+--apply` mid-run; a create intent the worker's handler cannot read. An admin gives up on some
+creates that answer 503 (their intents settle).
 
 Then the faults stop, and within 60 s (`tests.chaos.invariants`):
 - no 500 ever, and every 503 of the API says when to retry;
@@ -15,7 +18,10 @@ Then the faults stop, and within 60 s (`tests.chaos.invariants`):
 - /health never starved;
 - no orphan either side, Cognito's enabled state and role group match every row, no work
   pending, and `reconcile --json` reports no drift;
-- no create answered 409 email_taken while no row holds the email;
+- no create answered 409 email_taken unless a row held the email when it answered, and no
+  other 409 for the harness's own emails but create_in_progress;
+- a console-made user's email is 409 cognito_user_exists, its password untouched;
+- reconcile --apply during the run never crashed;
 - every active user, signing in anew, is served by both instances.
 
 The harness reads the apps through their public faces only (HTTP, the `users` table, Cognito's

@@ -106,7 +106,8 @@ async def directory_findings(
     against each row, and work the apps still owe Cognito. Also the rows, by email."""
     async with harness_connection(database_url) as connection:
         rows = await connection.fetch(
-            "SELECT cognito_user_id, lower(email) AS email, role, is_active FROM users"
+            "SELECT cognito_user_id, lower(email) AS email, role, is_active, "
+            "extract(epoch FROM created_at)::float8 AS created FROM users"
         )
     by_sub = {str(row["cognito_user_id"]): dict(row) for row in rows}
     cognito_users = await asyncio.to_thread(_all_cognito_users, cognito, pool_id)
@@ -174,18 +175,24 @@ def reconcile_findings(exit_status: int, stdout: str, stderr: str) -> list[str]:
 
 
 def no_false_email_taken(
-    refusals: list[tuple[str, float]], rows: dict[str, Any], t0: float
+    refusals: list[tuple[str, float, float]], rows: dict[str, Any], t0: float
 ) -> Verdict:
-    """A create refused as `email_taken` while no row holds the email (rows are never deleted,
-    so a row that held it then holds it now)."""
-    return Verdict(
-        "409 email_taken only when a row holds the email",
-        [
-            f"create of {email} answered 409 email_taken at {at - t0:.2f} s; no row holds it"
-            for email, at in refusals
-            if email not in rows
-        ],
-    )
+    """A create refused as `email_taken` while no row held the email, judged at the moment it
+    was answered: the row that holds it now (rows are never deleted) must have been created
+    before the answer (its transaction began before it; same host, one clock)."""
+    violations = []
+    for email, at, wall in refusals:
+        row = rows.get(email)
+        if row is None:
+            violations.append(
+                f"create of {email} answered 409 email_taken at {at - t0:.2f} s; no row holds it"
+            )
+        elif row["created"] > wall:
+            violations.append(
+                f"create of {email} answered 409 email_taken at {at - t0:.2f} s; its row was "
+                f"created {row['created'] - wall:.2f} s after that answer"
+            )
+    return Verdict("409 email_taken only when a row holds the email", violations)
 
 
 def every_fault_fired(

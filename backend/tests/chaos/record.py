@@ -99,8 +99,18 @@ class Recorder:
     unhonest_503s: list[str] = field(default_factory=list)
     accepted_me_calls: list[MeCall] = field(default_factory=list)
     health_probes: list[HealthProbe] = field(default_factory=list)
-    # Emails a create was refused with 409 email_taken for, and when.
-    email_taken: list[tuple[str, float]] = field(default_factory=list)
+    # Emails a create was refused with 409 email_taken for, and when (monotonic, and epoch:
+    # the row that holds the email must have been created before that answer).
+    email_taken: list[tuple[str, float, float]] = field(default_factory=list)
+    # Creates of the harness's own emails answered with any other 409.
+    unexpected_conflicts: list[str] = field(default_factory=list)
+    # Users made "in the console" with a known password, then created through the API: what
+    # went wrong (a create that adopted one and left the password working, or 5xx).
+    console_users: list[str] = field(default_factory=list)
+    # reconcile --apply runs during the run: what went wrong (a crash, an unknown status).
+    reconcile_runs: list[str] = field(default_factory=list)
+    # Creates the admin gave up on after a 503 (their intents settle or reach their give-up).
+    abandoned_creates: int = 0
     # Instants at which the harness cut the apps' database sessions.
     sessions_cut_at: list[float] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)

@@ -46,13 +46,17 @@ from tests.chaos.stack import (
     hold_table_lock,
     instance_environment,
     kill_listeners,
+    plant_unreadable_intent,
     read_only_window,
     run_cli,
 )
 from tests.support.moto_cognito import cognito_client, create_pool
 
 DB_FAULTS: Final = ("db_table_lock", "db_row_lock", "db_read_only", "db_listener_killed")
-FAULT_KINDS: Final = (*COGNITO_FAULTS, *DB_FAULTS, "instance_killed")
+# What people and timers do beside the app: a user made in the console with a known password,
+# and the hourly reconcile --apply; and work a handler cannot carry out (an unreadable intent).
+OUTSIDE_ACTIONS: Final = ("console_user", "reconcile_apply", "unreadable_intent")
+FAULT_KINDS: Final = (*COGNITO_FAULTS, *DB_FAULTS, "instance_killed", *OUTSIDE_ACTIONS)
 # Kinds of which one at a time: the database has one read-only setting, and one instance stays.
 EXCLUSIVE_FAULTS: Final = frozenset({"db_read_only", "instance_killed"})
 CONVERGE_WITHIN_SECONDS: Final = 60.0
@@ -61,9 +65,22 @@ CLIENT_TIMEOUT_SECONDS: Final = 25.0
 MAX_USERS: Final = 60
 MAX_SESSIONS_PER_USER: Final = 4
 PASSWORD: Final = "Chaos-Passw0rd!"
+CONSOLE_PASSWORD: Final = "Console-Passw0rd!"
 ROLES: Final = ("DISPATCHER", "OFFICER", "EXECUTIVE", "ADMIN")
 USERS: Final = "/api/v1/users"
 ME: Final = "/api/v1/users/me"
+
+
+def _conflict_code(response: httpx.Response | None) -> str | None:
+    if response is None or response.status_code != 409:
+        return None
+    return str(response.json().get("code"))
+
+
+def _says_try_again(response: httpx.Response) -> bool:
+    """429, 503, or a conflict with a create of the email still in flight."""
+    in_progress = _conflict_code(response) == "create_in_progress"
+    return response.status_code in (429, 503) or in_progress
 
 
 def _role_body(role: str) -> dict[str, Any]:
@@ -217,13 +234,84 @@ class ChaosRun:
                 created = response.json()
                 self.users.append(ManagedUser(created["id"], email, created["role"]))
                 return
-            if response is not None and response.status_code == 409:
-                self.recorder.email_taken.append((email, answered))
+            if response is not None and not self._retry_create(email, response, answered):
                 return
-            if response is not None and response.status_code not in (429, 503):
-                return  # refused for good
+            if response is not None and response.status_code == 503 and self.rng.random() < 0.2:
+                # The admin gives up: the intent is settled by the worker, adopted or dropped
+                # at its give-up time.
+                self.recorder.abandoned_creates += 1
+                return
             retry_after = response.headers.get("Retry-After", "2") if response else "2"
             await asyncio.sleep(min(max(float(retry_after), 1.0), 6.0))
+
+    def _retry_create(self, email: str, response: httpx.Response, answered: float) -> bool:
+        """Whether the create's answer says to try again; records the conflicts it judges."""
+        if _says_try_again(response):
+            return True
+        code = _conflict_code(response)
+        if code == "email_taken":
+            wall = time.time() - (time.monotonic() - answered)
+            self.recorder.email_taken.append((email, answered, wall))
+        elif code is not None:
+            self.recorder.unexpected_conflicts.append(f"create of {email}: 409 {code}")
+        return False
+
+    async def console_user(self, token: str) -> bool:
+        """Someone makes a user in the console with a password they know; then an admin creates
+        that email through the API. It must not become the app's user with that password."""
+        email = f"console-{uuid.uuid4().hex[:10]}@example.gov"
+        await asyncio.to_thread(
+            self.cognito.admin_create_user,
+            UserPoolId=self.pool_id,
+            Username=email,
+            UserAttributes=[
+                {"Name": "email", "Value": email},
+                {"Name": "email_verified", "Value": "true"},
+            ],
+            TemporaryPassword=CONSOLE_PASSWORD,
+            MessageAction="SUPPRESS",
+        )
+        await asyncio.sleep(1.5)  # made before the create: not the create's to adopt
+        body = {"full_name": "Console", "email": email, "role": "DISPATCHER"}
+        response = None
+        while time.monotonic() < self.admin_deadline:
+            response, *_ = await self.call("create", "POST", USERS, token, body)
+            if response is not None and not _says_try_again(response):
+                break
+            await asyncio.sleep(1.0)
+        known_works = await asyncio.to_thread(self._temporary_password_works, email)
+        code = _conflict_code(response)
+        if code == "cognito_user_exists":
+            if not known_works:
+                self.recorder.console_users.append(f"{email}: refused, yet its password changed")
+            # The operator removes it (it never signed in), so nothing is left behind.
+            await asyncio.to_thread(
+                self.cognito.admin_delete_user, UserPoolId=self.pool_id, Username=email
+            )
+        else:
+            outcome = "no answer" if response is None else f"{response.status_code} {code}"
+            self.recorder.console_users.append(f"{email}: {outcome}, not 409 cognito_user_exists")
+        return True
+
+    def _temporary_password_works(self, email: str) -> bool:
+        try:
+            self.cognito.initiate_auth(
+                ClientId=self.client_id,
+                AuthFlow="USER_PASSWORD_AUTH",
+                AuthParameters={"USERNAME": email, "PASSWORD": CONSOLE_PASSWORD},
+            )
+        except ClientError:
+            return False
+        return True
+
+    async def reconcile_apply(self) -> bool:
+        """`reconcile --apply`, as its hourly timer runs it, in the middle of everything."""
+        status, _, err = await run_cli(
+            self.cli_env(), self.stack.workdir, "app.cli.reconcile", "--apply", "--json"
+        )
+        if status not in (0, 1, 2) or "Traceback" in err:
+            self.recorder.reconcile_runs.append(f"exit {status}: {err.strip()[-300:]}")
+        return True
 
     def target(self, wanted: Callable[[ManagedUser], bool]) -> ManagedUser | None:
         candidates = [u for u in self.users if wanted(u) and not u.lock.locked()]
@@ -482,6 +570,12 @@ class ChaosRun:
             elif kind == "db_listener_killed":
                 self.recorder.sessions_cut_at.append(time.monotonic())
                 fired = await kill_listeners(url) > 0
+            elif kind == "console_user":
+                fired = await self.console_user(self.admin_tokens[1])
+            elif kind == "reconcile_apply":
+                fired = await self.reconcile_apply()
+            elif kind == "unreadable_intent":
+                await plant_unreadable_intent(url)
             elif kind == "instance_killed":
                 up = [i for i in self.stack.instances if i.up]
                 fired = len(up) > 1
@@ -540,6 +634,15 @@ class ChaosRun:
                 findings,
             ),
             invariants.no_false_email_taken(self.recorder.email_taken, rows, self.t0),
+            invariants.Verdict(
+                "a create of an email only someone else's Cognito user has is 409 "
+                "cognito_user_exists and leaves its password alone; no other 409",
+                [*self.recorder.console_users, *self.recorder.unexpected_conflicts],
+            ),
+            invariants.Verdict(
+                "reconcile --apply during the run exits 0, 1 or 2, never a crash",
+                self.recorder.reconcile_runs,
+            ),
             invariants.every_fault_fired(
                 FAULT_KINDS, self.recorder.faults, COGNITO_FAULTS, self.faults.injected
             ),
@@ -558,6 +661,7 @@ class ChaosRun:
             "sessions": dict(sorted(self.recorder.sign_ins.items())),
             "instance_starts": {i.name: i.starts for i in self.stack.instances},
             "users": len(self.users),
+            "abandoned_creates": self.recorder.abandoned_creates,
             "deactivations": sum(len(u.deactivations) for u in self.users),
             "converged_seconds": None if converged_at is None else round(converged_at - healed, 1),
             "error_log_lines": invariants.error_lines(self.stack.instances),
@@ -592,7 +696,8 @@ class ChaosRun:
         """Every active user signs in anew and is served by every instance: nothing refuses
         a session begun after the last deactivation."""
         last = max((d.answered for u in self.users for d in u.deactivations), default=0.0)
-        await asyncio.sleep(max(0.0, last + 2.0 - time.monotonic()))
+        # A revocation instant is up to 2 s after the deactivation (AUTH_TIME_SKEW).
+        await asyncio.sleep(max(0.0, last + 3.0 - time.monotonic()))
         problems = []
         for email, row in sorted(rows.items()):
             if not row["is_active"]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -357,6 +359,18 @@ _LISTENER_SESSIONS: Final = (
 async def kill_listeners(database_url: str) -> int:
     async with harness_connection(database_url) as connection:
         return await terminate_app_sessions(connection, _LISTENER_SESSIONS)
+
+
+async def plant_unreadable_intent(database_url: str) -> None:
+    """A create intent the worker's handler cannot read (as one written by a release whose
+    format this one does not know): it must be dropped, not retried forever."""
+    email = f"unreadable-{uuid.uuid4().hex[:10]}@example.gov"
+    async with harness_connection(database_url) as connection:
+        await connection.execute(
+            "INSERT INTO outbox (kind, key, payload) VALUES ('user_creation', $1, $2::jsonb)",
+            email,
+            json.dumps({"email": email, "began": "not a time"}),
+        )
 
 
 async def pending_background_work(database_url: str) -> dict[str, int]:

@@ -74,21 +74,26 @@ async def test_creates_the_admin_on_both_sides_and_a_rerun_changes_nothing(
     assert len(moto.users_with_email(email)) == 1
 
 
+@pytest.mark.parametrize("age", [timedelta(seconds=20), timedelta(minutes=2), timedelta(days=30)])
 async def test_an_email_known_only_to_cognito_is_reported_and_fails(
     fresh_database_url: str,
     fresh_engine: AsyncEngine,
     moto: MotoCognito,
     capsys: pytest.CaptureFixture[str],
+    age: timedelta,
 ) -> None:
+    """Whatever its age: a user made in the console with a password someone knows never
+    becomes an ADMIN by this command."""
     email = new_email()
-    sub = moto.create_user(email)
-    # Someone else's: made before this create began, too young to be a left-over.
-    moto.make_older(email, timedelta(seconds=20))
+    sub = moto.create_user(email, password="Known-To-Someone-1!")
+    moto.make_older(email, age)
     settings = make_settings(fresh_database_url, cognito_user_pool_id=moto.user_pool_id)
     assert await create_admin(settings, email, "Someone", moto.adapter()) == 1
     assert "disagree" in capsys.readouterr().err
     assert await users_with_email(fresh_engine, email) == []
     assert moto.find(email)["attributes"]["sub"] == sub  # type: ignore[index]
+    assert moto.signs_in(email, "Known-To-Someone-1!")
+    assert moto.groups_of(email) == set()
 
 
 async def test_a_failure_half_way_leaves_nothing_behind(

@@ -204,6 +204,70 @@ async def test_every_kind_of_drift_is_reported_with_exit_1(
     assert (again_status, kinds(again["found"])) == (1, kinds(document["found"]))
 
 
+async def test_a_create_in_flight_is_counted_in_flight_not_as_a_user_without_a_row(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its Cognito user exists and its row does not yet: the create (or the worker settling
+    its intent) is finishing it. A stuck intent, past the threshold, is drift again."""
+    await rig.user(Role.ADMIN)
+    email = new_email("creating")
+    rig.pool.create_user(email)
+    payload = json.dumps({"email": email, "began": "2026-01-01T00:00:00+00:00"})
+    await execute_sql(
+        rig.database_url,
+        f"INSERT INTO outbox (kind, key, payload) VALUES ('user_creation', '{email}', '{payload}')",
+    )
+    status, document = await rig.reconcile(capsys)
+    assert (status, document["found"]["drift"], document["found"]["in_flight"]) == (0, [], 1)
+    await execute_sql(
+        rig.database_url, "UPDATE outbox SET created_at = now() - interval '6 minutes'"
+    )
+    status, document = await rig.reconcile(capsys)
+    assert status == 1
+    assert kinds(document["found"]) == {"cognito_user_without_row": {email}}
+
+
+async def test_a_difference_is_confirmed_against_the_pending_work_as_it_is_now(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role change recorded after the snapshot of pending work, before the confirming read:
+    in flight, not drift."""
+    user_id, email = await rig.user(Role.DISPATCHER)
+    rig.pool.client.admin_add_user_to_group(
+        UserPoolId=rig.pool.user_pool_id, Username=email, GroupName="OFFICER"
+    )
+    adapter = rig.pool.adapter()
+
+    def change_recorded_meanwhile(**_: object) -> None:
+        asyncio.run(rig.outbox_row(user_id, minutes_ago=0))
+
+    adapter._client.meta.events.register(
+        "before-send.cognito-idp.AdminGetUser",
+        change_recorded_meanwhile,  # type: ignore[arg-type]
+    )
+    status, document = await rig.reconcile(capsys, cognito=adapter)
+    assert (status, document["found"]["drift"]) == (0, [])
+
+
+async def test_a_late_disable_awaiting_its_read_back_is_in_flight_not_disabled_wins(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A disable that landed after the reactivation, with the worker's read-back of the user
+    still due: the worker will enable the user; reconcile --apply must not deactivate it."""
+    await rig.user(Role.ADMIN)
+    user_id, email = await rig.user(Role.DISPATCHER)
+    rig.pool.client.admin_disable_user(UserPoolId=rig.pool.user_pool_id, Username=email)
+    await execute_sql(
+        rig.database_url,
+        "INSERT INTO outbox (kind, key, payload, next_attempt_at) VALUES "
+        f"""('directory', '{user_id}', '{{"settle_check": true}}', now() + interval '8 s')""",
+    )
+    status, document = await rig.reconcile(capsys, apply=True)
+    assert (status, document["found"]["drift"], document["found"]["in_flight"]) == (0, [], 1)
+    row = await rig.row_of(email)
+    assert (row.is_active, row.sessions_revoked_at) == (True, None)
+
+
 async def test_apply_repairs_what_is_safe_and_reports_the_rest(
     rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -268,7 +332,8 @@ async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_op
 ) -> None:
     await rig.user(Role.ADMIN)
     grouped, officer = new_email("admin-group"), new_email("officer")
-    sub = rig.pool.create_user(grouped, role=Role.ADMIN)
+    # Made in the console with a temporary password someone knows.
+    sub = rig.pool.create_user(grouped, role=Role.ADMIN, password="Known-To-Someone-1!")
     rig.pool.create_user(officer, role=Role.ADMIN)
     for email in (grouped, officer):
         rig.pool.make_older(email, ADOPTABLE_AFTER * 2)
@@ -283,10 +348,11 @@ async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_op
     )
     assert no_role.returncode == 2
     assert "--adopt needs --role" in no_role.stderr
-    # Without an explicit role: reported, never adopted.
+    # Without an explicit role: reported, never adopted, never touched.
     status, document = await rig.reconcile(capsys, apply=True)
     assert status == 1
     assert await rig.row_of(grouped) is None
+    assert rig.pool.signs_in(grouped, "Known-To-Someone-1!")
     assert "--adopt EMAIL --role ROLE" in "\n".join(document["repairs"]["skipped"])
 
     # With one: adopted with that role, whatever the group says; Cognito follows the row.
@@ -312,6 +378,8 @@ async def test_an_orphan_in_the_admin_group_is_adopted_only_with_the_role_the_op
     )
     assert outbox[0][0] == 1
     assert "adopted as EXECUTIVE" in "\n".join(json.loads(adopted.stdout)["repairs"]["done"])
+    # Adopted with a new temporary password: the one known before no longer signs in.
+    assert not rig.pool.signs_in(grouped, "Known-To-Someone-1!")
 
     # An OFFICER needs the province, as a create through the API does.
     no_province = await asyncio.to_thread(

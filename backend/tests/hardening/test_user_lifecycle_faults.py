@@ -31,6 +31,7 @@ from tests.hardening.harness import (
     live_app,
     proxied_adapter,
     timed,
+    wait_until,
 )
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito
@@ -110,11 +111,22 @@ async def test_two_instances_carry_out_each_row_once(
         assert moto_cognito.find(email)["Enabled"] is False  # type: ignore[index]
 
 
+async def outbox_empty(database_url: str, key: str) -> bool:
+    """Nothing left for the key: no work, and no read-back still due."""
+    rows = await execute_sql(database_url, f"SELECT count(*) FROM outbox WHERE key = '{key}'")
+    return bool(rows[0][0] == 0)
+
+
 async def test_one_users_changes_converge_across_instances_whatever_cognitos_speed(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:
-    """A slow disable on one instance cannot land after the reactivation another carried out."""
-    settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url)
+    """A slow disable on one instance cannot land after the reactivation another carried out.
+
+    Held 4 s, past the 2 s read timeout: the worker's call is abandoned, retried by the outbox,
+    and the key read back once the held call can have landed."""
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, aws_read_timeout_seconds=2
+    )
     admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
     async with (
         live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as first,
@@ -128,14 +140,50 @@ async def test_one_users_changes_converge_across_instances_whatever_cognitos_spe
         assert response.status_code == 200
         while proxy.count("AdminDisableUser") == 0:  # noqa: ASYNC110 - the proxy's log
             await asyncio.sleep(0.05)
+        held_since = time.monotonic()
         response = await second.client.put(
             f"{USERS}/{user_id}", json={"is_active": True}, headers=admin
         )
         assert response.status_code == 200
         await directory_caught_up(first.state, within=20)
+        await asyncio.sleep(max(0.0, held_since + 4.5 - time.monotonic()))  # it has landed
+        await wait_until(lambda: outbox_empty(fresh_database_url, user_id), within=30)
         assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
         shown = await second.client.get(f"{USERS}/{user_id}", headers=admin)
         assert shown.json()["directory_in_step"] is True
+
+
+async def test_a_disable_held_past_the_read_timeout_cannot_outlast_the_reactivation_after_it(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    """The disable's first attempt is held past the read timeout and lands 3 s late. Retried
+    by botocore, the handler saw one success and nothing read Cognito back: the reactivation
+    carried out meanwhile was undone by the late landing (Cognito disabled, the row active,
+    nothing pending). Sent once, the timeout is a failure the outbox sees, and the key is read
+    back once every call can have landed."""
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, aws_read_timeout_seconds=1
+    )
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
+        user_id, email = await created(live.client, admin)
+        held = proxy.fail("AdminDisableUser", Fault("slow", times=1, delay=3.0))
+        deactivate = {"is_active": False}
+        assert (
+            await live.client.put(f"{USERS}/{user_id}", json=deactivate, headers=admin)
+        ).status_code == 200
+        await wait_until(lambda: held.seen == 1, within=5)
+        sent = time.monotonic()
+        await directory_caught_up(live.state, within=10)
+        reactivate = {"is_active": True}
+        assert (
+            await live.client.put(f"{USERS}/{user_id}", json=reactivate, headers=admin)
+        ).status_code == 200
+        await directory_caught_up(live.state, within=10)
+        await asyncio.sleep(max(0.0, sent + 3.5 - time.monotonic()))  # the held call has landed
+
+        await wait_until(lambda: outbox_empty(fresh_database_url, user_id), within=30)
+    assert moto_cognito.find(email)["Enabled"] is True  # type: ignore[index]
 
 
 @asynccontextmanager
@@ -163,17 +211,23 @@ async def first_create_lands_late(
 async def retried_until_settled(
     client: httpx.AsyncClient, body: dict[str, str], headers: dict[str, str]
 ) -> tuple[list[int], httpx.Response]:
-    """What an admin retrying a create every half second sees: each status until one is not a
-    503 (every 503 with `Retry-After`), and that last answer."""
+    """What an admin retrying a create every half second sees: each status until one is neither
+    a 503 nor a `409 create_in_progress` (each of those with `Retry-After`), and that last
+    answer."""
     answers: list[int] = []
     for _ in range(60):
         response = await client.post(USERS, json=body, headers=headers)
         answers.append(response.status_code)
-        if response.status_code != 503:
+        if response.status_code != 503 and not in_progress(response):
             break
         assert response.headers["Retry-After"]
         await asyncio.sleep(0.5)
     return answers, response
+
+
+def in_progress(response: httpx.Response) -> bool:
+    """Whether the create met another create of its email still in progress."""
+    return response.status_code == 409 and response.json()["code"] == "create_in_progress"
 
 
 async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_never_meet_409(
@@ -183,9 +237,10 @@ async def test_a_create_that_lands_after_its_deadline_is_finished_and_retries_ne
     late = first_create_lands_late(fresh_database_url, jwks_server, moto_cognito, proxy, body)
     async with late as (live, admin):
         answers, response = await retried_until_settled(live.client, body, admin)
-        # Until the outcome is known, 503; then the user, created once, is the admin's.
+        # Until the outcome is known, 503 or 409 create_in_progress (the worker settling it
+        # holds the email); then the user, created once, is the admin's.
         assert answers[-1] == 201, answers
-        assert set(answers) == {503, 201} or answers == [201], answers
+        assert set(answers) <= {503, 409, 201}, answers
         in_cognito = moto_cognito.users_with_email(body["email"])
         assert len(in_cognito) == 1
         sub = {a["Name"]: a["Value"] for a in in_cognito[0]["Attributes"]}["sub"]
@@ -211,7 +266,7 @@ async def test_a_retry_refused_outright_keeps_the_intent_an_earlier_late_create_
         while throttled.seen == 0 and len(retried) < 20:  # the worker may hold the email a moment
             retried.append((await live.client.post(USERS, json=body, headers=admin)).status_code)
         assert throttled.seen == 1, retried
-        assert set(retried) <= {429, 503}, retried
+        assert set(retried) <= {409, 429, 503}, retried
         await asyncio.sleep(2.0)  # the first try's call lands meanwhile (3 s after it was sent)
         assert len(moto_cognito.users_with_email(body["email"])) == 1
         answers, _ = await retried_until_settled(live.client, body, admin)

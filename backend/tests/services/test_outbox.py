@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.core.db import create_read_sessionmaker, create_sessionmaker
 from app.services import outbox
+from app.services.cognito import DirectoryMisconfiguredError
 from app.services.outbox import Claim, Finish, OutboxWorker
 
 KIND = "test_kind"
@@ -93,3 +96,79 @@ async def test_an_unexpected_handler_error_gives_the_key_back_for_a_later_try(
     assert await rows(
         fresh_engine, "SELECT last_error, next_attempt_at > now(), attempts FROM outbox"
     ) == [("KeyError", True, 1)]
+
+
+async def test_a_holder_that_lost_its_lease_and_then_failed_records_the_key_again(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """Its abandoned call can still land after the new holder's work: the key is read back
+    once it can have landed, whatever this holder's outcome."""
+    await record(fresh_engine, "user-1")
+    steal = rows(fresh_engine, "UPDATE outbox_leases SET holder = gen_random_uuid() RETURNING 1")
+    handler = RecordingHandler(meanwhile=lambda: steal, failure=KeyError("late"))
+    assert await worker_on(fresh_engine, handler).run_once() == 1
+    remaining = await rows(
+        fresh_engine,
+        "SELECT payload ? 'settle_check', next_attempt_at > now() FROM outbox ORDER BY id",
+    )
+    # Its entry stays for the holder, and a read-back of the key is due later.
+    assert remaining == [(False, False), (True, True)]
+
+
+async def test_a_confirmation_not_yet_due_is_handed_out_with_no_other_entry(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """A change of the key one second after a recovery must not use up the read-back due ten
+    seconds later."""
+    await rows(
+        fresh_engine,
+        f"INSERT INTO outbox (kind, key, payload, next_attempt_at) VALUES "
+        f"('{KIND}', 'user-1', '{{\"settle_check\": true}}', now() + interval '10 seconds') "
+        "RETURNING 1",
+    )
+    await record(fresh_engine, "user-1")
+    handler = RecordingHandler()
+    assert await worker_on(fresh_engine, handler).run_once() == 1
+    [(key, ids)] = handler.handled
+    assert (key, len(ids)) == ("user-1", 1)
+    assert await rows(fresh_engine, "SELECT payload ? 'settle_check' FROM outbox") == [(True,)]
+
+
+async def test_a_turn_past_its_bound_gives_the_key_back_before_the_lease_runs_out(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """The lease outlives the longest turn by construction: a handler stuck (on a database
+    wait, say) is cut at the turn's bound, and the key is retried."""
+    await record(fresh_engine, "user-1")
+    handler = RecordingHandler(meanwhile=lambda: asyncio.sleep(30))
+    worker = OutboxWorker(
+        create_sessionmaker(fresh_engine),
+        create_read_sessionmaker(fresh_engine),
+        lease_seconds=outbox.CLAIM_MARGIN_SECONDS + 0.5,
+    )
+    worker.register(KIND, handler)
+    assert await worker.run_once() == 1
+    assert await rows(fresh_engine, "SELECT count(*) FROM outbox_leases") == [(0,)]
+    assert await rows(fresh_engine, "SELECT last_error FROM outbox") == [("turn_timeout",)]
+
+
+def test_a_turn_that_could_outlast_its_lease_is_refused() -> None:
+    with pytest.raises(ValueError, match="inside its lease"):
+        OutboxWorker(
+            create_sessionmaker(create_async_engine("postgresql+asyncpg://u@h/d")),
+            create_read_sessionmaker(create_async_engine("postgresql+asyncpg://u@h/d")),
+            lease_seconds=30,
+            turn_seconds=25,
+        )
+
+
+async def test_a_misconfigured_directory_is_tried_again_when_it_said_not_at_the_backoff_cap(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """An operator has to act first: the 60 s it asks for, not the 30 s backoff cap."""
+    await record(fresh_engine, "user-1")
+    handler = RecordingHandler(failure=DirectoryMisconfiguredError())
+    assert await worker_on(fresh_engine, handler).run_once() == 1
+    assert await rows(
+        fresh_engine, "SELECT next_attempt_at > now() + interval '55 seconds' FROM outbox"
+    ) == [(True,)]

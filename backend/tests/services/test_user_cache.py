@@ -7,7 +7,6 @@ runs on a database of its own and talks to the app through its real sessions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -234,13 +233,17 @@ async def test_two_instances_a_deactivation_through_one_is_refused_by_the_other(
             assert (await client.get(ME, headers=headers_of(user))).status_code == 200
         assert cache_b.get(user.cognito_user_id) is not None, "B serves the user from memory"
 
-        heard = asyncio.create_task(cache_b.wait_for_change())
         await deactivate_through(state_a, user)
         assert (await client_a.get(ME, headers=headers_of(user))).status_code == 401
-        # B learns of A's commit from PostgreSQL's notification only. A bound for correctness,
-        # not a speed measurement (the bench times it: well under a millisecond).
-        await asyncio.wait_for(heard, 5)
-        assert (await client_b.get(ME, headers=headers_of(user))).status_code == 401
+        # B learns of A's commit from PostgreSQL's notification only: B's requests from A's
+        # answer on, with nothing awaited of B's internals, until one is refused. A bound for
+        # correctness, not a speed measurement (the bench times delivery: under a millisecond).
+        answers: list[int] = []
+        async with asyncio.timeout(3):
+            while not answers or answers[-1] != 401:
+                answers.append((await client_b.get(ME, headers=headers_of(user))).status_code)
+        assert set(answers) <= {200, 401}, answers
+        assert cache_b.get(user.cognito_user_id) is None
 
 
 async def test_two_instances_while_the_others_listener_is_down_it_refuses_at_once(
@@ -563,8 +566,8 @@ async def test_a_notify_the_listening_session_sends_itself_proves_nothing(
             # Listening, and a few heartbeats later still nothing proven.
             await until_listening_through(proxy, dsn)
             dropped = proxy.dropped
-            with contextlib.suppress(TimeoutError):
-                await eventually(lambda: proxy.dropped >= dropped + 3, within=5)
+            # The heartbeats are sent (and dropped): without them this would prove nothing.
+            await eventually(lambda: proxy.dropped >= dropped + 3, within=5)
             assert not listener.listening
             assert lost == []  # nothing was ever trusted, so nothing had to be forgotten
         finally:

@@ -17,7 +17,7 @@ from app.schemas.user import UserUpdate
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker
-from app.services.users import sessions_revoked_now, update_user
+from app.services.users import AUTH_TIME_SKEW, sessions_revoked_now, update_user
 from tests.support.moto_cognito import cognito_client, unreachable_endpoint
 
 
@@ -92,10 +92,30 @@ async def test_a_deactivation_revokes_every_token_issued_until_now_and_no_later_
     )
     revoked_at = target.sessions_revoked_at
     assert revoked_at is not None
-    # A token's iat has whole seconds: each one issued so far is before the revocation.
-    assert int(before) < revoked_at.timestamp() <= int(time.time()) + 1
+    # A token's iat has whole seconds: each one issued so far is before the revocation, even
+    # stamped by a Cognito clock AUTH_TIME_SKEW ahead; a sign-in 2 s later is after it.
+    skew = AUTH_TIME_SKEW.total_seconds()
+    assert int(before) + skew < revoked_at.timestamp() <= int(time.time()) + 1 + skew
     assert revoked_at.timestamp() == int(revoked_at.timestamp())
-    assert sessions_revoked_now() >= revoked_at
+    assert await sessions_revoked_now(db_session) >= revoked_at
+
+
+async def test_revocation_is_judged_on_the_database_clock_not_the_web_hosts(
+    db_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web host whose clock runs an hour behind must not revoke only the sessions of an hour
+    ago."""
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    target = await add_user(db_session, Role.DISPATCHER)
+    actor = await add_user(db_session, Role.ADMIN)
+    await update_user(
+        db_session, directory(db_session), target.id, UserUpdate(is_active=False), actor_id=actor.id
+    )
+    monkeypatch.undo()
+    revoked_at = target.sessions_revoked_at
+    assert revoked_at is not None
+    assert revoked_at.timestamp() > time.time()
 
 
 async def test_a_rename_records_no_directory_work(db_session: AsyncSession) -> None:

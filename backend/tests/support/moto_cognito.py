@@ -123,6 +123,28 @@ class MotoCognito:
         user = backend.user_pools[self.user_pool_id]._get_user(username)
         user.create_date -= by
 
+    def signs_in(self, username: str, password: str) -> bool:
+        """Whether `password` signs the user in (or, for a temporary password, gets the
+        NEW_PASSWORD_REQUIRED challenge that follows a correct one)."""
+        client_id = self.client.create_user_pool_client(
+            UserPoolId=self.user_pool_id,
+            ClientName="sign-in-check",
+            ExplicitAuthFlows=["ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+        )["UserPoolClient"]["ClientId"]
+        try:
+            self.client.admin_initiate_auth(
+                UserPoolId=self.user_pool_id,
+                ClientId=client_id,
+                AuthFlow="ADMIN_USER_PASSWORD_AUTH",
+                AuthParameters={"USERNAME": username, "PASSWORD": password},
+            )
+        except (
+            self.client.exceptions.NotAuthorizedException,
+            self.client.exceptions.UserNotFoundException,
+        ):
+            return False
+        return True
+
     def groups_of(self, username: str) -> set[str]:
         response = self.client.admin_list_groups_for_user(
             UserPoolId=self.user_pool_id, Username=username
@@ -134,8 +156,16 @@ class MotoCognito:
         users: list[dict[str, Any]] = response["Users"]
         return users
 
-    def create_user(self, email: str, *, role: Role | None = None, confirmed: bool = False) -> str:
-        """A Cognito user made directly, as if by someone else; returns its sub."""
+    def create_user(
+        self,
+        email: str,
+        *,
+        role: Role | None = None,
+        confirmed: bool = False,
+        password: str | None = None,
+    ) -> str:
+        """A Cognito user made directly, as if by someone else (in the console, with the
+        temporary `password` they chose, when given); returns its sub."""
         # An email-alias pool refuses an email-shaped username, as it does the service's.
         username = str(uuid.uuid4()) if self.kind == "email_alias" else email
         response = self.client.admin_create_user(
@@ -146,6 +176,7 @@ class MotoCognito:
                 {"Name": "email_verified", "Value": "true"},
             ],
             MessageAction="SUPPRESS",
+            **({"TemporaryPassword": password} if password else {}),
         )
         if role is not None:
             self.client.admin_add_user_to_group(

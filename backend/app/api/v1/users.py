@@ -49,7 +49,13 @@ CREATE_RESPONSES: Responses = {
     **_INVALID,
     **_THROTTLED,
     **_DIRECTORY_UNAVAILABLE,
-    409: {"model": ErrorResponse, "description": "A user with this email already exists"},
+    409: {
+        "model": ErrorResponse,
+        "description": "Code email_taken: a user with this email exists. Code "
+        "create_in_progress: another create of this email is under way (see Retry-After). "
+        "Code cognito_user_exists: the user directory has a user with this email that this "
+        "system did not create (an operator's reconcile --adopt takes it over)",
+    },
 }
 READ_RESPONSES: Responses = {**ADMIN_RESPONSES, **_INVALID, **_NOT_FOUND}
 UPDATE_RESPONSES: Responses = {

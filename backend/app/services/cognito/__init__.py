@@ -8,6 +8,7 @@
 
 from app.services.cognito.errors import (
     AnswerLostError,
+    CognitoUserExistsError,
     DirectoryMisconfiguredError,
     DirectoryMismatchError,
     DirectoryTimeoutError,
@@ -29,6 +30,7 @@ __all__ = [
     "ROLE_GROUPS",
     "AnswerLostError",
     "CognitoUser",
+    "CognitoUserExistsError",
     "CognitoUserPool",
     "DirectoryMisconfiguredError",
     "DirectoryMismatchError",

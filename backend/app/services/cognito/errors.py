@@ -76,6 +76,14 @@ class EmailTakenError(ConflictError):
     code = "email_taken"
 
 
+class CognitoUserExistsError(ConflictError):
+    """The email belongs to a Cognito user that this create did not make and no row refers to:
+    someone else's (made in the console, say); an operator takes it over with
+    `reconcile --adopt`, never a create."""
+
+    code = "cognito_user_exists"
+
+
 class DirectoryMismatchError(ConflictError):
     """The user directory (Cognito) and the users table disagree about a user."""
 
@@ -90,6 +98,8 @@ class DirectoryMisconfiguredError(ServiceUnavailableError):
     """This instance cannot use the user pool as configured; an operator has to act."""
 
     code = "directory_misconfigured"
+    # When the outbox tries again (past its backoff cap): an operator has to act first.
+    retry_after_seconds = float(MISCONFIGURED_RETRY_AFTER_SECONDS)
 
     def __init__(
         self,

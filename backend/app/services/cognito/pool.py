@@ -95,6 +95,19 @@ class CognitoUserPool:
             deadline_seconds=settings.cognito_deadline_seconds,
         )
 
+    def without_sdk_retries(self) -> CognitoUserPool:
+        """This pool with every call sent once (the AdminCreateUser client's configuration):
+        for the outbox's handlers, whose retrier is the outbox. A call botocore retried could
+        land after the handler saw it succeed; sent once, a call that answered has landed, and
+        one that did not is a failure the outbox sees (and confirms by reading back)."""
+        return CognitoUserPool(
+            self._create_client,
+            self.user_pool_id,
+            create_client=self._create_client,
+            deadline_seconds=self.deadline_seconds,
+            username_mode=self.username_mode,
+        )
+
     def deadline(self) -> contextlib.AbstractContextManager[None]:
         """The deadline of one request's (or one outbox entry's) Cognito work."""
         return within_deadline(self.deadline_seconds)
@@ -206,7 +219,14 @@ class CognitoUserPool:
 
     # -- users ------------------------------------------------------------------------------
 
-    async def _username_for_create(self, email: str) -> str:
+    async def username_for_create(self, email: str) -> str | None:
+        """The username a create of `email` sends when this system names the user (a generated
+        one, in an email-alias pool); None where the email itself is sent (Cognito names the
+        user, or the email is the name). Known before the call, so an intent can record it."""
+        username = await self._username_to_send(email)
+        return None if username == email else username
+
+    async def _username_to_send(self, email: str) -> str:
         mode = await self.known_username_mode()
         if mode is UsernameMode.PHONE_ONLY:
             hint = (
@@ -221,14 +241,15 @@ class CognitoUserPool:
             return str(uuid.uuid4())
         return email
 
-    async def create_user(self, email: str) -> CognitoUser:
-        """Create the user and have Cognito email the invitation (a temporary password).
+    async def create_user(self, email: str, username: str | None = None) -> CognitoUser:
+        """Create the user and have Cognito email the invitation (a temporary password), under
+        `username` when given (from `username_for_create`).
 
         Sent once. Raises `AnswerLostError` when Cognito may have created the user although no
         answer arrived (a read timeout, a dropped connection, a 5xx, the deadline).
         """
         # Outside the `try`: a failure here happens before anything was sent to create.
-        username = await self._username_for_create(email)
+        username = username or await self._username_to_send(email)
         try:
             response = await self._on_user(
                 "AdminCreateUser",

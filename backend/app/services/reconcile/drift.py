@@ -20,6 +20,8 @@ from app.services.reconcile.snapshot import (
     PendingWork,
     PoolUser,
     Row,
+    creates_in_flight,
+    fresh_pending,
     fresh_pool_user,
     fresh_row,
     read_pending,
@@ -119,6 +121,7 @@ def compare(
     rows: Mapping[str, Row],
     pending: Mapping[uuid.UUID, PendingWork],
     threshold: timedelta,
+    creating: Mapping[str, timedelta] | None = None,
 ) -> Report:
     """The differences between two snapshots (candidates: `find_drift` confirms them)."""
     report = Report(cognito_users=len(pool), rows=len(rows))
@@ -153,6 +156,10 @@ def compare(
     for sub, pool_user in pool.items():
         if sub not in rows:
             user = pool_user.user
+            intent_age = (creating or {}).get((user.email or "").lower())
+            if intent_age is not None and intent_age <= threshold:
+                report.in_flight += 1  # a create the request or the worker is finishing
+                continue
             report.drift.append(
                 Drift(
                     DriftKind.COGNITO_USER_WITHOUT_ROW,
@@ -173,16 +180,20 @@ async def _confirmed(
     cognito: CognitoUserPool,
     read_sessions: ReadSessions,
     pool: Mapping[str, PoolUser],
-    pending: Mapping[uuid.UUID, PendingWork],
     threshold: timedelta,
 ) -> list[Drift]:
-    """`item` as it stands now: the same, changed, or gone."""
+    """`item` as it stands now (row, Cognito user, pending work and create intents read
+    afresh): the same, changed, or gone."""
     assert item.sub is not None
     if item.kind is DriftKind.STALE_OUTBOX:
         return [item]  # read from the outbox itself
     row = await fresh_row(read_sessions, item.sub)
     if item.kind is DriftKind.COGNITO_USER_WITHOUT_ROW:
-        return [] if row is not None else [item]
+        if row is not None:
+            return []
+        creating = await creates_in_flight(read_sessions, item.email or "")
+        in_flight = any(age <= threshold for age in creating.values())
+        return [] if in_flight else [item]
     if row is None:
         return []  # the row went away meanwhile
     snapshot = pool.get(item.sub)
@@ -192,7 +203,8 @@ async def _confirmed(
     )
     if pool_user is None:
         return [item] if item.kind is DriftKind.ROW_WITHOUT_COGNITO_USER else []
-    work = pending.get(row.id)
+    # The pending work as it is now, not the snapshot's: a change recorded since is in flight.
+    work = await fresh_pending(read_sessions, row.id)
     if work is not None and work.age <= threshold:
         return []
     return [drift for drift in _mismatches(row, pool_user) if drift.kind is item.kind]
@@ -216,9 +228,10 @@ async def find_drift(
     pool = await read_pool(cognito, page_size)
     rows = await read_rows(read_sessions)
     pending = await read_pending(read_sessions)
-    candidates = compare(pool, rows, pending, threshold)
+    creating = await creates_in_flight(read_sessions)
+    candidates = compare(pool, rows, pending, threshold, creating)
     confirmed: list[Drift] = []
     for item in candidates.drift:
-        confirmed += await _confirmed(item, cognito, read_sessions, pool, pending, threshold)
+        confirmed += await _confirmed(item, cognito, read_sessions, pool, threshold)
     candidates.drift = confirmed
     return candidates

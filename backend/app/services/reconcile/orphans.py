@@ -1,7 +1,9 @@
 """Repairing a Cognito user without a row: adopted with the role an operator names, or removed.
 
-Neither is done to a user someone else may claim (`app.services.adoption`: it signed in, a
-create may still be in flight, or a row refers to it now). The rule is asked after the last
+An adopted user gets a new temporary password first (AdminCreateUser RESEND): whoever made it
+in the console may know the one it had. Neither is done to a user someone else may claim
+(`app.services.adoption`: it signed in, a create may still be in flight, or a row refers to
+it now). The rule is asked after the last
 read of the Cognito user and right before the write or the delete, so a row a concurrent
 create commits before that moment stops the repair.
 
@@ -20,7 +22,7 @@ from app.core.db import ReadSessions, Sessionmaker
 from app.core.errors import ConflictError
 from app.models.user import User
 from app.schemas.user import UserCreate
-from app.services.adoption import adoption_refusal
+from app.services.adoption import adoption_refusal, fresh_invitation
 from app.services.audit import audited
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
@@ -60,6 +62,10 @@ async def adopt(
     refusal = await adoption_refusal(read_sessions, found)
     if refusal is not None:
         return False, f"not adopted: {refusal}"
+    # Never signed in (the rule above): whoever made it may know its temporary password, so it
+    # gets a new one before it gets a row and a role.
+    with cognito.deadline():
+        await fresh_invitation(cognito, found)
     user = User(
         cognito_user_id=found.sub,
         email=adoption.email,

@@ -30,11 +30,10 @@ from app.services.directory_sync import DirectorySync
 from app.services.reconcile.drift import Drift, DriftKind, Report
 from app.services.reconcile.orphans import OrphanAction, names, repair_orphan
 from app.services.reconcile.snapshot import (
-    PendingWork,
     directory_work_pending,
     fresh_cognito_user,
+    fresh_pending,
     fresh_row,
-    read_pending,
 )
 from app.services.users import sessions_revoked_now
 
@@ -88,7 +87,7 @@ async def deactivate_row(
                         "the Cognito user"
                     )
                 user.is_active = False
-                user.sessions_revoked_at = sessions_revoked_now()
+                user.sessions_revoked_at = await sessions_revoked_now(session)
                 # As any deactivation: the worker signs the user out everywhere.
                 directory.record(session, user.id, sign_out=True)
     except ConflictError as error:
@@ -115,10 +114,10 @@ async def _carry_out(
     cognito: CognitoUserPool,
     directory: DirectorySync,
     read_sessions: ReadSessions,
-    pending: dict[uuid.UUID, PendingWork],
 ) -> tuple[bool, str]:
     assert item.user_id is not None
-    work = pending.get(item.user_id)
+    # As it is now: an earlier repair of this run may have recorded work for the user.
+    work = await fresh_pending(read_sessions, item.user_id)
     # Without pending work, making Cognito match an active row would enable a user someone
     # disabled in Cognito since the report: that one is the next run's disabled_in_cognito.
     if work is None and not await _enabled_in_cognito_if_active(item, cognito, read_sessions):
@@ -145,7 +144,6 @@ async def repair(
     `adoption`: the one Cognito user without a row to adopt (by its email), with its role.
     """
     result = RepairResult()
-    pending = await read_pending(read_sessions)
     disabled = {item.user_id for item in report.drift if item.kind is DriftKind.DISABLED_IN_COGNITO}
     repaired_users: set[uuid.UUID] = set()
     adopted = False
@@ -163,9 +161,7 @@ async def repair(
                     )
                 elif item.user_id not in repaired_users:
                     repaired_users.add(item.user_id)
-                    result.add(
-                        item, *await _carry_out(item, cognito, directory, read_sessions, pending)
-                    )
+                    result.add(item, *await _carry_out(item, cognito, directory, read_sessions))
             elif item.kind is DriftKind.COGNITO_USER_WITHOUT_ROW:
                 done, what = await repair_orphan(
                     item,

@@ -1,8 +1,8 @@
 """Reading both sides: the pool (Cognito) and the table, whole or one user at a time.
 
 Whole: ListUsers, and ListUsersInGroup once per role group (not a call per user); `users` in
-keyset pages; the pending directory entries of the outbox. One user: the fresh reads that confirm a
-difference and that every repair makes right before it acts.
+keyset pages; the pending directory entries and create intents of the outbox. One user: the
+fresh reads that confirm a difference and that every repair makes right before it acts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from app.core.db import ReadSessions
 from app.core.roles import Role
 from app.models.outbox import OutboxEntry
 from app.models.user import User
+from app.services.adoption import CREATION_KIND
 from app.services.cognito import MAX_PAGE_SIZE, ROLE_GROUPS, CognitoUser, CognitoUserPool
 from app.services.directory_sync import pending_work
 
@@ -93,8 +94,11 @@ async def read_rows(read_sessions: ReadSessions) -> dict[str, Row]:
         after = page[-1].id
 
 
-async def read_pending(read_sessions: ReadSessions) -> dict[uuid.UUID, PendingWork]:
-    """Each user's pending outbox entries, with the age of the oldest (the database's clock)."""
+async def read_pending(
+    read_sessions: ReadSessions, user_id: uuid.UUID | None = None
+) -> dict[uuid.UUID, PendingWork]:
+    """Each user's pending outbox entries (or `user_id`'s, as they are now), with the age of the
+    oldest (the database's clock)."""
     async with read_sessions() as session:
         result = await session.execute(
             select(
@@ -104,7 +108,8 @@ async def read_pending(read_sessions: ReadSessions) -> dict[uuid.UUID, PendingWo
                 OutboxEntry.attempts,
                 OutboxEntry.last_error,
             )
-            .where(*pending_work())
+            # A read-back still due counts: a late landing it will put right is not drift.
+            .where(*pending_work(user_id, confirmations=True))
             .order_by(OutboxEntry.id)
         )
         entries = result.all()
@@ -124,13 +129,35 @@ async def read_pending(read_sessions: ReadSessions) -> dict[uuid.UUID, PendingWo
     return pending
 
 
+async def fresh_pending(read_sessions: ReadSessions, user_id: uuid.UUID) -> PendingWork | None:
+    """The user's pending directory work as it is now (after any repair made meanwhile)."""
+    return (await read_pending(read_sessions, user_id)).get(user_id)
+
+
+async def creates_in_flight(
+    read_sessions: ReadSessions, email: str | None = None
+) -> dict[str, timedelta]:
+    """The emails (lower-cased) whose create intent is pending, with its age (the database's
+    clock): a Cognito user of such an email without a row is a create still being finished."""
+    query = select(
+        OutboxEntry.key, func.max(func.now() - OutboxEntry.created_at).label("age")
+    ).where(OutboxEntry.kind == CREATION_KIND, OutboxEntry.payload.has_key("began"))
+    if email is not None:
+        query = query.where(OutboxEntry.key == email.lower())
+    async with read_sessions() as session:
+        found = (await session.execute(query.group_by(OutboxEntry.key))).all()
+    return {row.key: row.age for row in found}
+
+
 async def directory_work_pending(session: AsyncSession, user_id: uuid.UUID) -> bool:
     """Whether Cognito has yet to follow a change of the user (an outbox entry waits).
 
     For an active row whose Cognito user is disabled, that change is a reactivation (or one
     made while active): the worker will enable the Cognito user.
     """
-    found = await session.scalar(select(OutboxEntry.id).where(*pending_work(user_id)).limit(1))
+    found = await session.scalar(
+        select(OutboxEntry.id).where(*pending_work(user_id, confirmations=True)).limit(1)
+    )
     return found is not None
 
 
