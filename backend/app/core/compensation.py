@@ -52,9 +52,12 @@ class UndoLog:
             for description, action in reversed(actions):
                 try:
                     await action()
-                except Exception:
-                    # Left for an operator: the log line says exactly which change survived.
-                    logger.exception("undo failed: %s", description)
+                except Exception as error:
+                    # Left for an operator: the log line says exactly which change survived,
+                    # and why (the error's kind; a dependency's failure is no bug to trace).
+                    logger.error(
+                        "undo failed: %s (%s: %s)", description, type(error).__name__, error
+                    )
                 else:
                     logger.info("undone: %s", description)
 

@@ -52,7 +52,12 @@ from sqlalchemy.sql import ColumnElement
 
 from app.core.compensation import undo_unless_committed
 from app.core.db import ReadSessions, Sessionmaker
-from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError, ServiceUnavailableError
+from app.core.errors import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    DomainError,
+    ServiceUnavailableError,
+    describe_database_error,
+)
 from app.core.tasks import BackgroundTask
 from app.models.outbox import LAST_ERROR_LENGTH, OutboxEntry, OutboxLease
 
@@ -210,9 +215,11 @@ class OutboxWorker:
             try:
                 while await self.run_once() == self._batch_size:
                     pass  # a full batch: there may be more
-            except Exception:
+            except Exception as error:
                 # The database is down or refused the claim: nothing was claimed, try later.
-                logger.warning("outbox: cannot reach the outbox", exc_info=True)
+                logger.warning(
+                    "outbox: cannot reach the outbox: %s", describe_database_error(error)
+                )
             else:
                 if self._heartbeat is not None:
                     self._heartbeat()
