@@ -664,8 +664,10 @@ async def test_deactivation_applies_at_once_and_cognito_follows(
     assert (await client.get(ME, headers=token_before)).status_code == 401
     refreshed = auth_headers(row, auth_time=signed_in_at, iat=int(time.time()) + 1)
     assert (await client.get(ME, headers=refreshed)).status_code == 401
-    # A new sign-in works.
-    signed_in_again = int(time.time()) + 1
+    # A new sign-in works: a session begun at the revocation instant (`sessions_revoked_at`,
+    # the database's clock with Cognito's skew allowed), or later.
+    assert row.sessions_revoked_at is not None
+    signed_in_again = int(row.sessions_revoked_at.timestamp())
     new_session = auth_headers(row, auth_time=signed_in_again, iat=signed_in_again)
     assert (await client.get(ME, headers=new_session)).status_code == 200
 
