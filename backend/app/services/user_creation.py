@@ -104,6 +104,15 @@ class _OutcomeUnknownError(ServiceUnavailableError):
     code = "create_unsettled"
 
 
+class _ConflictWhileCallMayLandError(Exception):
+    """A conflict met by a try whose own AdminCreateUser may still land (its answer was lost):
+    the create answers the conflict, and its intent stays for the worker to settle."""
+
+    def __init__(self, conflict: ConflictError) -> None:
+        super().__init__(conflict.detail)
+        self.conflict = conflict
+
+
 class _NotYetError(DomainError):
     """The intent's Cognito user has not appeared yet (it may still land): look again soon."""
 
@@ -253,7 +262,10 @@ async def _cognito_user_for(
     try:
         created = await cognito.create_user(email, username)
     except AnswerLostError:
-        adopted = await _existing_or_unknown(read_sessions, cognito, email, intent)
+        try:
+            adopted = await _existing_or_unknown(read_sessions, cognito, email, intent)
+        except ConflictError as conflict:
+            raise _ConflictWhileCallMayLandError(conflict) from conflict
         if adopted is None:
             raise _OutcomeUnknownError(
                 "The user directory (Cognito) did not confirm the creation; it is being "
@@ -325,6 +337,11 @@ async def _cognito_side(
             # may take the email at once.
             await _give_back(session, data.email, holder)
             raise
+        except _ConflictWhileCallMayLandError as pending:
+            # The conflict is the answer, and the intent stays: this try's own call may still
+            # land, and the worker adopts what it made (or drops the intent once it cannot).
+            await _give_back(session, data.email, holder)
+            raise pending.conflict from None
         except BaseException:
             await drop_intent()  # nothing of this try was created
             raise

@@ -271,6 +271,17 @@ class ChaosRun:
             TemporaryPassword=CONSOLE_PASSWORD,
             MessageAction="SUPPRESS",
         )
+        try:
+            await self._create_over_a_console_user(email, token)
+        finally:
+            # The operator removes the user they made (it never signed in), so nothing is left
+            # behind, even when the run stops this action half-way: blocking, so that no
+            # cancellation skips it.
+            with contextlib.suppress(Exception):
+                self.cognito.admin_delete_user(UserPoolId=self.pool_id, Username=email)
+        return True
+
+    async def _create_over_a_console_user(self, email: str, token: str) -> None:
         await asyncio.sleep(1.5)  # made before the create: not the create's to adopt
         body = {"full_name": "Console", "email": email, "role": "DISPATCHER"}
         response = None
@@ -284,14 +295,9 @@ class ChaosRun:
         if code == "cognito_user_exists":
             if not known_works:
                 self.recorder.console_users.append(f"{email}: refused, yet its password changed")
-            # The operator removes it (it never signed in), so nothing is left behind.
-            await asyncio.to_thread(
-                self.cognito.admin_delete_user, UserPoolId=self.pool_id, Username=email
-            )
         else:
             outcome = "no answer" if response is None else f"{response.status_code} {code}"
             self.recorder.console_users.append(f"{email}: {outcome}, not 409 cognito_user_exists")
-        return True
 
     def _temporary_password_works(self, email: str) -> bool:
         try:

@@ -313,14 +313,15 @@ def run_uvicorn(
     args: tuple[str, ...] = (),
     env: Mapping[str, str] | None = None,
     app_dir: Path | None = None,
+    launcher: str = "uvicorn",
 ) -> Iterator[int]:
     """Start ``uvicorn app`` as a subprocess on a free loopback port; yield the port.
 
     Only nginx's address (127.0.0.1) is trusted for X-Forwarded-* unless ``env`` or ``args``
-    say otherwise, as in production.
+    say otherwise, as in production. ``launcher="app.serve"`` starts it as the image does.
     """
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", launcher, app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--app-dir", str(app_dir or REPO_ROOT / "backend")]
     full_env = {**os.environ, "FORWARDED_ALLOW_IPS": "127.0.0.1", "WEB_CONCURRENCY": "1"}
     full_env.pop("PYTHONWARNINGS", None)

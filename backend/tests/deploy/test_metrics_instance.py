@@ -23,7 +23,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from devtools.postgres import PsqlAdmin
 from tests.conftest import REPO_ROOT, unique_database_name
 from tests.support.app_env import app_environment
-from tests.support.net import free_port
+
+from .nginx_harness import run_uvicorn
 
 REQUESTS = 300
 ROUTE = "/health/live"
@@ -79,40 +80,21 @@ def metrics_dir() -> Iterator[Path]:
 @pytest.fixture
 def two_workers(database: str, metrics_dir: Path) -> Iterator[str]:
     stale_count_from_an_earlier_run(metrics_dir)
-    port = free_port()
     env = app_environment(
         database,
         "http://127.0.0.1:9/jwks.json",
-        PYTHONPATH=str(REPO_ROOT / "backend"),
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         LOG_LEVEL="WARNING",
         APP_RELEASE="metrics-test",
     )
-    workdir = Path(tempfile.mkdtemp(prefix="onesys-metrics-run-"))  # no .env of the repo
-    log = workdir / "server.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "app.serve", "app.main:app", "--workers", "2"),
-                *("--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    args = ("--workers", "2", "--no-access-log")
+    with run_uvicorn("app.main:app", args=args, env=env, launcher="app.serve") as port:
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while len(list(metrics_dir.glob("counter_*.db"))) < 2 or not _answers(url):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"server did not start: {log.read_text()}"
+            assert time.monotonic() < deadline, "the two workers did not start"
             time.sleep(0.2)
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _answers(url: str) -> bool:

@@ -274,6 +274,45 @@ async def test_a_retry_refused_outright_keeps_the_intent_an_earlier_late_create_
         assert len(moto_cognito.users_with_email(body["email"])) == 1
 
 
+async def test_a_create_whose_answer_was_lost_beside_a_console_user_keeps_its_intent(
+    fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
+) -> None:
+    """Found by `make chaos`: a create's AdminCreateUser is held past the read timeout (its
+    answer lost) while someone else's user of the email exists. The create rightly answers
+    409 cognito_user_exists, but it dropped its intent although its own call was still on its
+    way; the operator then removed the console user, the call landed, and its user was an
+    orphan. The intent must stay until the call can no longer land: the worker then settles
+    it (here: adopts the user it made)."""
+    settings = make_settings(
+        fresh_database_url, cognito_jwks_url=jwks_server.url, aws_read_timeout_seconds=1.0
+    )
+    admin = bearer((await add_user(fresh_database_url, Role.ADMIN)).cognito_user_id)
+    body = new_user()
+    email = body["email"]
+    moto_cognito.client.admin_create_user(
+        UserPoolId=moto_cognito.user_pool_id,
+        Username=email,
+        UserAttributes=[{"Name": "email", "Value": email}],
+        MessageAction="SUPPRESS",
+    )
+    await asyncio.sleep(1.5)  # made before the create: not the create's to adopt
+    proxy.fail("AdminCreateUser", Fault("slow", times=1, delay=2.5))
+    async with live_app(settings, cognito=proxied_adapter(proxy, moto_cognito, settings)) as live:
+        refused = await live.client.post(USERS, json=body, headers=admin)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "cognito_user_exists"
+        # The operator removes the user made in the console; then the create's call lands.
+        moto_cognito.client.admin_delete_user(UserPoolId=moto_cognito.user_pool_id, Username=email)
+        await wait_until(lambda: bool(moto_cognito.users_with_email(email)), within=10)
+
+        async def adopted() -> bool:
+            listed = await live.client.get(USERS, params={"q": email}, headers=admin)
+            return bool(listed.json()["items"])
+
+        await wait_until(adopted, within=60)
+        assert len(moto_cognito.users_with_email(email)) == 1
+
+
 async def test_creates_against_a_hanging_cognito_end_at_the_deadline_and_health_stays_up(
     fresh_database_url: str, jwks_server: JWKSServer, moto_cognito: MotoCognito, proxy: FaultProxy
 ) -> None:
