@@ -27,7 +27,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import DomainError, describe_database_error
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +57,19 @@ class UndoLog:
                     await action()
                 except Exception as error:
                     # Left for an operator: the log line says exactly which change survived,
-                    # and why (the error's kind; a dependency's failure is no bug to trace).
-                    logger.error(
-                        "undo failed: %s (%s: %s)", description, type(error).__name__, error
-                    )
+                    # and why (a dependency's failure is no bug to trace, and a database
+                    # error's text may quote a row: its SQLSTATE and class only).
+                    logger.error("undo failed: %s (%s)", description, _why(error))
                 else:
                     logger.info("undone: %s", description)
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, DomainError):
+        return f"{type(error).__name__}: {error.detail}"
+    if isinstance(error, sqlalchemy.exc.SQLAlchemyError | OSError):
+        return describe_database_error(error)
+    return type(error).__name__
 
 
 def undo_on_rollback(session: AsyncSession, log: UndoLog) -> None:
