@@ -201,6 +201,12 @@ def make_user(db_session: AsyncSession) -> UserFactory:
     return create
 
 
+@pytest.fixture
+async def admin_headers(make_user: UserFactory) -> dict[str, str]:
+    """The headers of a new active ADMIN's request."""
+    return auth_headers(await make_user(Role.ADMIN))
+
+
 @pytest.fixture(scope="session")
 def app(app_settings: Settings) -> FastAPI:
     return create_app(app_settings)
