@@ -45,7 +45,7 @@ from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMiscon
 from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker, settle_seconds_for
 from app.services.pool_check import PoolCheckUnavailable, check_configured_pool
-from app.services.reconcile import OrphanAction, find_drift, repair
+from app.services.reconcile import OrphanAction, Report, find_drift, repair
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,7 @@ async def run_reconcile(
     try:
         found = await find_drift(cognito, read_sessions, threshold=threshold, page_size=page_size)
         document: dict[str, Any] = {"found": found.as_dict()}
-        lines = [
-            f"pool {cognito.user_pool_id}: {found.cognito_users} Cognito user(s), "
-            f"{found.rows} row(s), {found.in_flight} with directory work in flight",
-            *(f"drift: {item.line()}" for item in found.drift),
-        ]
+        lines = _found_lines(cognito.user_pool_id, found)
         remaining = found
         if apply and (found.drift or adoption is not None):
             repaired = await repair(
@@ -158,6 +154,14 @@ async def run_reconcile(
     return EXIT_IN_STEP if in_step else EXIT_DRIFT
 
 
+def _found_lines(user_pool_id: str, found: Report) -> list[str]:
+    return [
+        f"pool {user_pool_id}: {found.cognito_users} Cognito user(s), "
+        f"{found.rows} row(s), {found.in_flight} with directory work in flight",
+        *(f"drift: {item.line()}" for item in found.drift),
+    ]
+
+
 def _adoption(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> UserCreate | None:
     """The user --adopt names, checked as a create through the API would check it."""
     if arguments.adopt is None:
@@ -183,7 +187,7 @@ def _adoption(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
         parser.error(f"--adopt: {problems}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app.cli.reconcile",
         description="Report (--apply: repair) drift between the Cognito user pool and the "
@@ -227,6 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--page-size", type=int, default=MAX_PAGE_SIZE, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     arguments = parser.parse_args(argv)
     if not 1 <= arguments.page_size <= MAX_PAGE_SIZE:
         parser.error(f"--page-size must be between 1 and {MAX_PAGE_SIZE}")

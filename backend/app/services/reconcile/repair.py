@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import select
 
@@ -129,6 +129,12 @@ async def _carry_out(
     return False, "could not be carried out (see the log)"
 
 
+# A row whose Cognito user is gone: not this command's to recreate.
+_REPORTED_ONLY: Final = (
+    "reported only: find out who this is; recreate the user through the API or deactivate the row"
+)
+
+
 async def repair(
     report: Report,
     cognito: CognitoUserPool,
@@ -175,12 +181,7 @@ async def repair(
                 adopted |= names(adoption, item)
                 result.add(item, done, what)
             else:
-                result.add(
-                    item,
-                    False,
-                    "reported only: find out who this is; recreate the user through the API "
-                    "or deactivate the row",
-                )
+                result.add(item, False, _REPORTED_ONLY)
         except DomainError as error:
             result.add(item, False, f"failed: {error.detail}")
     if adoption is not None and not adopted:
