@@ -34,7 +34,10 @@ SATURATED_CONNECTIONS: Final = 16
 COLD_ME_SCENARIO: Final = "users/me cold"
 # The baseline measured as a scenario, beside baseline rounds: its ratios are the box's noise.
 CONTROL_SCENARIO: Final = "baseline A/A"
-# /users/me on a second API server with its request metrics off (METRICS=false).
+# /users/me on two more API servers that serve nothing else, alike but for METRICS: what the
+# request metrics cost, between servers in the same state (the main API server also serves
+# every other scenario, so its heap and collector differ).
+METRICS_ON_SCENARIO: Final = "users/me metrics on"
 METRICS_OFF_SCENARIO: Final = "users/me metrics off"
 # A deactivation through one instance must be refused by another within this bound (seconds):
 # correctness (the notification arrived), not speed; the figures themselves are reported.

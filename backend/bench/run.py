@@ -53,7 +53,7 @@ from bench.report import (
     fixed_rate_plan,
 )
 from bench.scaling import two_instances, two_workers
-from bench.scenarios import METRICS_OFF_SERVER, Scenario, scenarios
+from bench.scenarios import METRICS_OFF_SERVER, METRICS_ON_SERVER, Scenario, scenarios
 from bench.servers import (
     BACKEND,
     BASELINE_APP,
@@ -252,14 +252,14 @@ def serve_and_measure(bench: Bench, env: dict[str, str]) -> Served:
     args = bench.args
     api = start_server("api", args.api_app, env, args.workers, bench.run_dir)
     baseline = start_server("baseline", BASELINE_APP, env, args.workers, bench.run_dir)
-    metrics_off = start_server(
-        METRICS_OFF_SERVER, args.api_app, {**env, "METRICS": "false"}, args.workers, bench.run_dir
-    )
-    servers = {"api": api, "baseline": baseline, METRICS_OFF_SERVER: metrics_off}
+    servers = {"api": api, "baseline": baseline}
+    for name, metrics in ((METRICS_ON_SERVER, "true"), (METRICS_OFF_SERVER, "false")):
+        environment = {**env, "METRICS": metrics}
+        servers[name] = start_server(name, args.api_app, environment, args.workers, bench.run_dir)
     try:
-        wait_until_ok(api.base_url + "/health", api.process)
-        wait_until_ok(baseline.base_url + "/", baseline.process)
-        wait_until_ok(metrics_off.base_url + "/health", metrics_off.process)
+        for server in servers.values():
+            ready = "/" if server is baseline else "/health"
+            wait_until_ok(server.base_url + ready, server.process)
         api_workers = api.worker_pids()
         with RssSampler(api_workers) as sampler:
             bench.warm_up(servers)

@@ -8,15 +8,21 @@ from urllib.parse import urlencode
 
 from bench import data
 from bench.database import PAGE_SIZE
-from bench.report import COLD_ME_SCENARIO, CONTROL_SCENARIO, METRICS_OFF_SCENARIO
+from bench.report import (
+    COLD_ME_SCENARIO,
+    CONTROL_SCENARIO,
+    METRICS_OFF_SCENARIO,
+    METRICS_ON_SCENARIO,
+)
 
+METRICS_ON_SERVER = "api-metrics-on"
 METRICS_OFF_SERVER = "api-metrics-off"
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    server: str  # "api", "baseline" or METRICS_OFF_SERVER
+    server: str  # "api", "baseline", METRICS_ON_SERVER or METRICS_OFF_SERVER
     path: str
     tokens: str  # "admin", "users" or "none"
 
@@ -30,7 +36,8 @@ def scenarios(users: int) -> list[Scenario]:
         Scenario(CONTROL_SCENARIO, "baseline", "/", "admin"),
         Scenario("health/live", "api", "/health/live", "admin"),
         Scenario("users/me", "api", "/api/v1/users/me", "users"),
-        # The same API with its request metrics off: what they cost (`METRICS_OFF_SCENARIO`).
+        # What the request metrics cost: two servers alike but for METRICS (`bench.report`).
+        Scenario(METRICS_ON_SCENARIO, METRICS_ON_SERVER, "/api/v1/users/me", "users"),
         Scenario(METRICS_OFF_SCENARIO, METRICS_OFF_SERVER, "/api/v1/users/me", "users"),
         Scenario(COLD_ME_SCENARIO, "api", "/api/v1/users/me", "cold"),
         Scenario("service-types", "api", "/api/v1/reference/service-types", "users"),
