@@ -126,19 +126,28 @@ def _control(report: BenchReport, level: int, figure: Callable[[WrkResult], floa
         return None
 
 
-def throughput_target(report: BenchReport, scenario: str, minimum: float) -> TargetOutcome:
-    """req/s over the neighbouring baseline's at every saturated level; the worst verdict."""
+def _at_saturated_levels(
+    report: BenchReport, ratio_of: Callable[[int], float], minimum: float, digits: int = 2
+) -> tuple[Verdict, str]:
+    """A req/s ratio judged at every saturated level against the control there; the worst."""
     verdicts, parts = [], []
     for level in report.saturated_levels():
-        ratio = report.ratio(scenario, level, rps_of)
+        ratio = ratio_of(level)
         control = _control(report, level, rps_of)
         noise = box_noise(control)
         verdicts.append(judge(ratio, minimum, noise, at_most=False))
-        parts.append(f"{ratio:.2f} at {level} connections ({_box(noise, control)})")
+        parts.append(f"{ratio:.{digits}f} at {level} connections ({_box(noise, control)})")
     if not verdicts:
         raise KeyError("no saturated level measured")
-    name = f"{scenario} throughput >= {minimum:g} x baseline"
-    return TargetOutcome(name, worst_of(verdicts), "; ".join(parts))
+    return worst_of(verdicts), "; ".join(parts)
+
+
+def throughput_target(report: BenchReport, scenario: str, minimum: float) -> TargetOutcome:
+    """req/s over the neighbouring baseline's at every saturated level; the worst verdict."""
+    verdict, detail = _at_saturated_levels(
+        report, lambda level: report.ratio(scenario, level, rps_of), minimum
+    )
+    return TargetOutcome(f"{scenario} throughput >= {minimum:g} x baseline", verdict, detail)
 
 
 def metrics_overhead_target(report: BenchReport) -> TargetOutcome:
@@ -148,19 +157,14 @@ def metrics_overhead_target(report: BenchReport) -> TargetOutcome:
     Both are ratios to their neighbouring baseline rounds, so the box's drift between the two
     servers' rounds is taken out as it is for every other target.
     """
-    verdicts, parts = [], []
-    for level in report.saturated_levels():
-        ratio = report.ratio(METRICS_ON_SCENARIO, level, rps_of) / report.ratio(
-            METRICS_OFF_SCENARIO, level, rps_of
-        )
-        control = _control(report, level, rps_of)
-        noise = box_noise(control)
-        verdicts.append(judge(ratio, METRICS_OVERHEAD_MINIMUM, noise, at_most=False))
-        parts.append(f"{ratio:.3f} at {level} connections ({_box(noise, control)})")
-    if not verdicts:
-        raise KeyError("no saturated level measured")
+
+    def on_over_off(level: int) -> float:
+        on = report.ratio(METRICS_ON_SCENARIO, level, rps_of)
+        return on / report.ratio(METRICS_OFF_SCENARIO, level, rps_of)
+
+    verdict, detail = _at_saturated_levels(report, on_over_off, METRICS_OVERHEAD_MINIMUM, digits=3)
     name = f"users/me throughput with metrics >= {METRICS_OVERHEAD_MINIMUM:g} x without"
-    return TargetOutcome(name, worst_of(verdicts), "; ".join(parts))
+    return TargetOutcome(name, verdict, detail)
 
 
 def fixed_rate_target(
