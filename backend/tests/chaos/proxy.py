@@ -50,6 +50,9 @@ class CognitoFaults:
         self._rng = rng
         self._lock = threading.Lock()
         self._open_until: dict[str, float] = {}
+        # Kinds opened that no call has met yet: the next call meets one, whatever the chance,
+        # so that a short run (make test's 30 s) never opens a window no call falls into.
+        self._unmet: set[str] = set()
         self.injected: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         # Set when the run is over: held calls are let go at once.
@@ -59,10 +62,13 @@ class CognitoFaults:
         with self._lock:
             until = time.monotonic() + seconds
             self._open_until[kind] = max(self._open_until.get(kind, 0.0), until)
+            if not self.injected[kind]:
+                self._unmet.add(kind)
 
     def close_all(self) -> None:
         with self._lock:
             self._open_until.clear()
+            self._unmet.clear()
         self.released.set()
 
     def draw(self, operation: str) -> str | None:
@@ -70,6 +76,11 @@ class CognitoFaults:
         now = time.monotonic()
         with self._lock:
             self.calls[operation] += 1
+            if self._unmet:
+                kind = min(self._unmet)
+                self._unmet.discard(kind)
+                self.injected[kind] += 1
+                return kind
             open_kinds = sorted(kind for kind, until in self._open_until.items() if until > now)
             if not open_kinds or self._rng.random() >= FAULT_CHANCE:
                 return None
