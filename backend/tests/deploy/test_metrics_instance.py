@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,8 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from devtools.postgres import PsqlAdmin
-from tests.conftest import REPO_ROOT, unique_database_name
+from tests.conftest import REPO_ROOT
 from tests.support.app_env import app_environment
 
 from .nginx_harness import run_uvicorn
@@ -61,16 +60,6 @@ def stale_count_from_an_earlier_run(directory: Path) -> None:
 
 
 @pytest.fixture
-async def database(pg: PsqlAdmin, migrated_template: str) -> AsyncIterator[str]:
-    name = unique_database_name("metrics")
-    await asyncio.to_thread(pg.create_database, name, migrated_template)
-    try:
-        yield pg.url(name)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
-
-
-@pytest.fixture
 def metrics_dir() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="onesys-metrics-"))
     yield directory
@@ -78,10 +67,10 @@ def metrics_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def two_workers(database: str, metrics_dir: Path) -> Iterator[str]:
+def two_workers(fresh_database_url: str, metrics_dir: Path) -> Iterator[str]:
     stale_count_from_an_earlier_run(metrics_dir)
     env = app_environment(
-        database,
+        fresh_database_url,
         "http://127.0.0.1:9/jwks.json",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         LOG_LEVEL="WARNING",

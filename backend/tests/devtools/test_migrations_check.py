@@ -115,9 +115,8 @@ def test_a_rename_fails_naming_the_previous_release_and_what_broke(tmp_path: Pat
     assert 'column "full_name" of relation "users" does not exist' in result.stderr
 
 
-@pytest.mark.long
-def test_a_nullable_column_added_passes(tmp_path: Path) -> None:
-    repo, head = scratch_repository(tmp_path)
+def add_a_nullable_column(repo: Path, head: str) -> None:
+    """A release whose migration adds users.nickname, nullable: the previous release runs on it."""
     release(
         repo,
         head,
@@ -126,6 +125,12 @@ def test_a_nullable_column_added_passes(tmp_path: Path) -> None:
         downgrade='op.drop_column("users", "nickname")',
         model=MODEL_LINE + "    nickname: Mapped[str | None] = mapped_column(sa.String(100))\n",
     )
+
+
+@pytest.mark.long
+def test_a_nullable_column_added_passes(tmp_path: Path) -> None:
+    repo, head = scratch_repository(tmp_path)
+    add_a_nullable_column(repo, head)
     result = migrations_check(repo)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok   previous release on the new schema: the previous release (commit" in (
@@ -135,14 +140,7 @@ def test_a_nullable_column_added_passes(tmp_path: Path) -> None:
 
 def test_a_shallow_clone_says_how_to_get_the_history(tmp_path: Path) -> None:
     repo, head = scratch_repository(tmp_path)
-    release(
-        repo,
-        head,
-        doc="Add users.nickname, nullable.",
-        upgrade='op.add_column("users", sa.Column("nickname", sa.String(100), nullable=True))',
-        downgrade='op.drop_column("users", "nickname")',
-        model=MODEL_LINE + "    nickname: Mapped[str | None] = mapped_column(sa.String(100))\n",
-    )
+    add_a_nullable_column(repo, head)
     shallow = tmp_path / "shallow"
     git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow))
     code = (
