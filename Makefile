@@ -59,7 +59,7 @@ lint: venv-dev ## ruff check + ruff format --check + import contracts (layers, n
 typecheck: venv-dev ## mypy, strict on backend/app
 	$(VENV)/bin/mypy
 
-migrations-check: venv-dev ## alembic check on a throwaway embedded database
+migrations-check: venv-dev ## alembic check, squawk, up/down/up and the previous release on the new schema (throwaway database)
 	$(PY) -m devtools.migrations_check
 
 # One pytest worker per core (pytest-xdist): most tests wait on real servers, timeouts and
