@@ -36,6 +36,7 @@ from app.core.listener import NotificationListener
 from app.core.logging import configure_logging
 from app.core.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from app.core.rbac import UserLookup
+from app.core.tasks import BackgroundTask
 from app.core.tokens import AccessTokenVerifier
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
@@ -76,6 +77,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         metrics.RELEASE.labels(settings.app_release or __version__, __version__).set(1)
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(metrics.forget_this_process)  # the last thing a clean stop does
+            if settings.metrics:
+                flushing = BackgroundTask(metrics.flushing, "metrics")
+                flushing.start()
+                stack.push_async_callback(flushing.aclose)  # a last flush before forgetting
             state = await _start(settings, stack)
             # Start-up is over: what it built is never walked by the collector again.
             with startup_heap_frozen():
@@ -189,10 +194,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware, access_log=settings.access_log, metrics=settings.metrics
     )
     app.include_router(health_router)
-    if settings.metrics:
-        app.include_router(metrics_router)
     for router in v1_routers:
         app.include_router(router, prefix=API_PREFIX)
+    if settings.metrics:
+        app.include_router(metrics_router)  # after the API's routes, which are matched first
     install_docs(app, settings)
     return app
 

@@ -71,6 +71,7 @@ async def instance_metrics(read_sessions: ReadSessionsDep) -> Response:
         # A scrape still reports the processes' metrics while the database is down.
         logger.warning("metrics: background work not read: %s", describe_database_error(error))
         status = None
+    metrics.PER_REQUEST.flush()  # this process's requests up to now; the others' flush each second
     background = CollectorRegistry()
     background.register(_BackgroundWork(status))
     body = generate_latest(metrics.instance_registry()) + generate_latest(background)

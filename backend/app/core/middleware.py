@@ -6,7 +6,6 @@ import logging
 import random
 import re
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,46 +45,29 @@ def route_template(scope: Scope) -> str:
     route_path = getattr(scope.get("route"), "path", None)
     if not isinstance(route_path, str):
         return metrics.UNMATCHED_ROUTE
-    path: str = scope["path"]
-    segments = route_path.count("/")
-    cut = len(path)
-    for _ in range(segments):
-        cut = path.rfind("/", 0, cut)
-    return path[:cut] + route_path if cut > 0 else route_path
+    # The path less as many segments as the template has: the prefix.
+    prefix = scope["path"].rsplit("/", route_path.count("/"))[0]
+    return prefix + route_path
 
 
-class _RequestMetrics:
-    """The request counter and latency histogram, their labelled children looked up once each.
+# Indexed by a status code's hundreds: a request builds no string for its label.
+_STATUS_CLASSES = tuple(f"{hundreds}xx" for hundreds in range(10))
 
-    prometheus_client's `labels()` builds and hashes a key on every call; a request's children
-    are the same for every request of its route, so they are kept here.
-    """
 
-    def __init__(self) -> None:
-        self._counted: dict[tuple[str, str, int], Any] = {}
-        self._timed: dict[tuple[str, str], Any] = {}
-
-    def record(self, scope: Scope, status_code: int, seconds: float) -> None:
-        template = route_template(scope)
-        method = scope["method"]
-        status_class = status_code // 100
-        counter = self._counted.get((template, method, status_class))
-        if counter is None:
-            counter = metrics.HTTP_REQUESTS.labels(template, method, f"{status_class}xx")
-            self._counted[(template, method, status_class)] = counter
-        counter.inc()
-        histogram = self._timed.get((template, method))
-        if histogram is None:
-            histogram = metrics.HTTP_REQUEST_DURATION.labels(template, method)
-            self._timed[(template, method)] = histogram
-        histogram.observe(seconds)
+def _count(scope: Scope, status_code: int, seconds: float) -> None:
+    """The request in this process's counts (`app.core.metrics`, flushed once a second)."""
+    template = route_template(scope)
+    method = scope["method"]
+    per_request = metrics.PER_REQUEST
+    per_request.requests.add((template, method, _STATUS_CLASSES[status_code // 100 % 10]))
+    per_request.durations.observe((template, method), seconds)
 
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: bool = True, metrics: bool = True) -> None:
         self.app = app
         self.access_log = access_log
-        self._metrics = _RequestMetrics() if metrics else None
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,14 +90,14 @@ class RequestContextMiddleware:
                     message["headers"] = [*headers, header]
             await send(message)
 
-        if self._metrics is not None:
-            metrics.HTTP_IN_FLIGHT.inc()
+        if self.metrics:
+            metrics.PER_REQUEST.in_flight += 1
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            if self._metrics is not None:
-                metrics.HTTP_IN_FLIGHT.dec()
-                self._metrics.record(scope, status_code, time.perf_counter() - started)
+            if self.metrics:
+                metrics.PER_REQUEST.in_flight -= 1
+                _count(scope, status_code, time.perf_counter() - started)
             if self.access_log:
                 self._log(scope, status_code, started)
             request_id_var.reset(token)

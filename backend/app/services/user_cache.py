@@ -82,9 +82,9 @@ _USERS_BY_SUBS: Final = select(*_SNAPSHOT_COLUMNS).where(
 )
 
 
-_LOOKUP_HIT: Final = metrics.USER_CACHE_LOOKUPS.labels("hit")
-_LOOKUP_MISSED: Final = metrics.USER_CACHE_LOOKUPS.labels("miss")
-_LOOKUP_BYPASSED: Final = metrics.USER_CACHE_LOOKUPS.labels("bypassed")
+_LOOKUP_HIT: Final = ("hit",)
+_LOOKUP_MISSED: Final = ("miss",)
+_LOOKUP_BYPASSED: Final = ("bypassed",)
 
 
 class UserCache:
@@ -122,11 +122,11 @@ class UserCache:
     def get(self, sub: str) -> AuthenticatedUser | None:
         if not self.trusted:
             if self._counted:
-                _LOOKUP_BYPASSED.inc()
+                metrics.PER_REQUEST.user_lookups.add(_LOOKUP_BYPASSED)
             return None
         user = self._entries.get(sub)
         if self._counted:
-            (_LOOKUP_MISSED if user is None else _LOOKUP_HIT).inc()
+            metrics.PER_REQUEST.user_lookups.add(_LOOKUP_MISSED if user is None else _LOOKUP_HIT)
         return user
 
     def ticket(self) -> int | None:

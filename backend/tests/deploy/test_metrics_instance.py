@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.core.metrics import FLUSH_INTERVAL_SECONDS
 from tests.conftest import REPO_ROOT
 from tests.support.app_env import app_environment
 
@@ -107,7 +108,11 @@ async def test_one_scrape_counts_the_requests_of_both_workers(
     two_workers: str, metrics_dir: Path
 ) -> None:
     await _send(two_workers, REQUESTS, concurrency=20)
-    per_process = served_by_each_process(metrics_dir)
+    # Each worker adds its requests to its file within a flush interval.
+    deadline = time.monotonic() + 10 * FLUSH_INTERVAL_SECONDS
+    while sum(per_process := served_by_each_process(metrics_dir)) < REQUESTS:
+        assert time.monotonic() < deadline, per_process
+        await asyncio.sleep(0.1)
     assert sum(1 for count in per_process if count > 0) == 2, per_process
     labels = {"route": ROUTE, "method": "GET", "status": "2xx"}
     async with httpx.AsyncClient(base_url=two_workers, timeout=10) as client:
