@@ -3,7 +3,9 @@
 Starlette's middleware does the work; this subclass only changes how a refused preflight is
 answered: a JSON error body with a `code` and the request id, like every other error, instead of
 Starlette's text/plain. The browser fails the cross-origin call either way (the status is not
-2xx); the body is for whoever debugs it.
+2xx); the body is for whoever debugs it. A request without `Origin` (same-origin, a script, the
+ALB's probe) skips Starlette's header parsing: its answer only gets the `Vary: Origin` Starlette
+would have added, so that a cache never hands it to a cross-origin caller.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Final
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.core.errors import error_response
 
@@ -31,12 +33,26 @@ REFUSED_CODE: Final = "cors_refused"
 
 # Starlette's own body headers of the text answer it built; the JSON error sets its own.
 _BODY_HEADERS: Final = frozenset({"content-length", "content-type"})
+# A field line of its own: several Vary lines mean their values joined (RFC 9110 §5.3).
+_VARY_ORIGIN: Final = (b"vary", b"Origin")
+
+
+def _varying_by_origin(send: Send) -> Send:
+    async def send_varying_by_origin(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), _VARY_ORIGIN]
+        await send(message)
+
+    return send_varying_by_origin
 
 
 class ApiCORSMiddleware(CORSMiddleware):
     """Starlette's CORS middleware; a refused preflight is a JSON error of the API's shape."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not any(name == b"origin" for name, _ in scope["headers"]):
+            await self.app(scope, receive, _varying_by_origin(send))
+            return
         if scope["type"] == "http" and scope["method"] == "OPTIONS":
             headers = Headers(scope=scope)
             if "origin" in headers and "access-control-request-method" in headers:

@@ -116,3 +116,18 @@ async def test_a_stranger_origin_gets_no_cors_grant_on_a_real_request(
 
     assert response.status_code == 200
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("origin", [None, SPA, STRANGER])
+async def test_every_answer_says_it_varies_by_origin_once(
+    client: httpx.AsyncClient, origin: str | None
+) -> None:
+    """With an `Origin` or without (a same-origin call, the probe): a cache keys the answer on it,
+    so an answer without a grant never reaches a cross-origin caller."""
+    headers = {"Origin": origin} if origin else {}
+    response = await client.get("/health/live", headers=headers)
+
+    assert response.status_code == 200
+    vary = [value for name, value in response.headers.multi_items() if name == "vary"]
+    assert [v.strip().lower() for line in vary for v in line.split(",")].count("origin") == 1
+    assert ("access-control-allow-origin" in response.headers) == (origin == SPA)
