@@ -46,7 +46,8 @@ def route_template(scope: Scope) -> str:
     if not isinstance(route_path, str):
         return metrics.UNMATCHED_ROUTE
     # The path less as many segments as the template has: the prefix.
-    prefix = scope["path"].rsplit("/", route_path.count("/"))[0]
+    path: str = scope["path"]
+    prefix = path.rsplit("/", route_path.count("/"))[0]
     return prefix + route_path
 
 
