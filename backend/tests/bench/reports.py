@@ -33,13 +33,15 @@ def result(rps: float, p50_ms: float, errors: int = 0) -> WrkResult:
 PASSING = {
     "baseline": ((1000, 1.0), (4000, 4.0)),
     "health/live": ((900, 1.1), (3900, 4.2)),
-    "users/me": ((600, 1.6), (2400, 6.6)),
-    "users/me metrics on": ((600, 1.6), (2400, 6.6)),
-    "users/me metrics off": ((600, 1.6), (2400, 6.6)),
-    "users/me cold": ((200, 4.0), (1100, 14.0)),
+    "users/me": ((850, 1.2), (3600, 4.8)),
+    "users/me metrics on": ((850, 1.2), (3600, 4.8)),
+    "users/me metrics off": ((850, 1.2), (3600, 4.8)),
+    "users/me cold": ((450, 2.2), (1900, 9.0)),
     "service-types": ((800, 1.2), (3400, 4.7)),
     "users first page": ((300, 3.0), (1000, 16.0)),
     "users last page": ((250, 4.0), (900, 18.0)),
+    "users middle page": ((250, 4.0), (900, 18.0)),
+    "users q": ((220, 4.5), (800, 20.0)),
     "provinces": ((600, 2.0), (2000, 8.0)),
 }
 

@@ -138,13 +138,13 @@ def test_a_response_is_complete_once_its_content_length_has_arrived() -> None:
 
 
 def test_rates_are_shares_of_the_capacities_measured() -> None:
-    report = report_of(PASSING)  # capacities at 16 connections: baseline 4,000, users/me 2,400
+    report = report_of(PASSING)  # capacities at 16 connections: baseline 4,000, users/me 3,600
     own = fixed_rate_plan(report, [CONTROL_SCENARIO, "users/me"], [0.5, 0.8], own_capacity=True)
     assert own == [
         (CONTROL_SCENARIO, 0.5, 2000.0),
-        ("users/me", 0.5, 1200.0),
+        ("users/me", 0.5, 1800.0),
         (CONTROL_SCENARIO, 0.8, 3200.0),
-        ("users/me", 0.8, 1920.0),
+        ("users/me", 0.8, 2880.0),
     ]
     same = fixed_rate_plan(report, ["users/me"], [0.5], own_capacity=False)
     assert same == [("users/me", 0.5, 2000.0)]
@@ -216,5 +216,5 @@ def test_capacity_is_what_the_server_sustained_at_every_saturated_level() -> Non
     me = next(m for m in at_16 if m.scenario == "users/me")
     fewer = dataclasses.replace(me.result, requests=me.result.requests // 2)
     report.measurements += [*slower, dataclasses.replace(me, connections=64, result=fewer)]
-    assert report.capacity("users/me") == pytest.approx(1200)  # not 2,400 at 16
+    assert report.capacity("users/me") == pytest.approx(1800)  # not 3,600 at 16
     assert report.capacity("baseline") == pytest.approx(4000)

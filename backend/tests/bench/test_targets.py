@@ -175,21 +175,21 @@ def test_throughput_misses_are_failures_when_the_control_is_quiet() -> None:
     figures["service-types"] = ((800, 1.2), (0.58 * 4000, 4.7))
     quiet = with_closed_control(report_of(figures), rps_ratio=0.92, p50_ratio=1.0)
     assert not_passed(quiet) == {
-        "service-types throughput >= 0.7 x baseline": Verdict.FAIL,
+        "service-types throughput >= 0.8 x baseline": Verdict.FAIL,
         # A box that moves ratios by 8 % cannot tell a 5 % cost from none.
         "users/me throughput with metrics >= 0.95 x without": Verdict.INCONCLUSIVE,
     }
     noisy = with_closed_control(report_of(figures), rps_ratio=0.6, p50_ratio=1.0)
-    assert not_passed(noisy)["service-types throughput >= 0.7 x baseline"] is (Verdict.INCONCLUSIVE)
+    assert not_passed(noisy)["service-types throughput >= 0.8 x baseline"] is (Verdict.INCONCLUSIVE)
     assert exit_status(evaluate_targets(noisy)) == EXIT_INCONCLUSIVE
 
 
 def test_the_first_page_p50_against_users_me_fails_beyond_the_box() -> None:
-    # The fresh clone: the first page's p50 8.1 x /users/me's (target 6).
+    # The fresh clone: the first page's p50 6.45 x /users/me's (target 3).
     figures = dict(PASSING)
-    figures["users first page"] = ((300, 1.6 * 8.1), (1000, 16.0))
+    figures["users first page"] = ((300, 1.2 * 6.45), (1000, 16.0))
     report = with_closed_control(report_of(figures), rps_ratio=1.0, p50_ratio=1.05)
-    assert not_passed(report)["users first page p50 <= 6 x users/me p50"] is Verdict.FAIL
+    assert not_passed(report)["users first page p50 <= 3 x users/me p50"] is Verdict.FAIL
 
 
 def test_the_exit_status_is_the_worst_verdict() -> None:
@@ -208,7 +208,7 @@ def test_the_metrics_cost_more_than_five_percent_of_users_me_only_beyond_the_box
     name = "users/me throughput with metrics >= 0.95 x without"
     assert verdicts(with_closed_control(report_of(PASSING), 1.0, 1.0))[name] is Verdict.PASS
     costly = dict(PASSING)
-    costly["users/me metrics on"] = ((600, 1.6), (0.85 * 2400, 6.6))
+    costly["users/me metrics on"] = ((850, 1.2), (0.85 * 3600, 4.8))
     quiet = with_closed_control(report_of(costly), rps_ratio=1.02, p50_ratio=1.0)
     assert not_passed(quiet) == {name: Verdict.FAIL}
     noisy = with_closed_control(report_of(costly), rps_ratio=1.15, p50_ratio=1.0)
