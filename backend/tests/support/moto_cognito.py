@@ -245,7 +245,7 @@ def fail_operation(
 
     for client in {
         id(adapter._client): adapter._client,
-        id(adapter._create_client): adapter._create_client,
+        id(adapter._once_client): adapter._once_client,
     }.values():
         client.meta.events.register(f"before-send.cognito-idp.{operation}", intercept)  # type: ignore[arg-type]
     return calls
