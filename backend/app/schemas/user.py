@@ -26,6 +26,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.roles import Role
 from app.core.scope import province_problem
+from app.schemas.page import Page, PageParams
 from app.schemas.text import Province, SearchText, Text
 
 FULL_NAME_LENGTH = 200
@@ -204,11 +205,8 @@ class ManagedUserResponse(UserResponse):
     )
 
 
-class UserList(BaseModel):
-    items: list[UserResponse]
+class UserList(Page[UserResponse]):
     total: int = Field(description="Users matching the filters, over all pages")
-    page: int
-    page_size: int
 
 
 class PasswordResetOutcome(StrEnum):
@@ -231,16 +229,9 @@ class UserSort(StrEnum):
     EMAIL_DESC = "-email"
 
 
-MAX_PAGE = 1_000_000
-
-
-class UserListParams(BaseModel):
+class UserListParams(PageParams):
     """Query parameters of the user list; unknown parameters are refused, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    page: int = Field(1, ge=1, le=MAX_PAGE)
-    page_size: int = Field(20, ge=1, le=100)
     role: Role | None = None
     is_active: bool | None = None
     province: Province | None = None
