@@ -15,9 +15,11 @@ from typing import Any, ClassVar
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries.standard import RetryContext, ThrottledRetryableChecker
 from prometheus_client import CollectorRegistry, Counter
 
 from app.core.aws import (
+    THROTTLING_CODES,
     AwsAdapter,
     AwsCallMetrics,
     DependencyTimeoutError,
@@ -203,3 +205,10 @@ async def test_throttling_is_retried_within_bounds_then_a_429(
     assert raised.value.headers == {"Retry-After": "2"}
     assert len(sent) == attempts
     assert calls(metrics, "RequestThrottled") == 1
+
+
+@pytest.mark.parametrize("code", sorted(THROTTLING_CODES))
+def test_every_code_mapped_as_throttling_is_throttling_to_botocore(code: str) -> None:
+    """Checked against botocore's own standard-mode checker, not a copy of its list."""
+    answer = RetryContext(attempt_number=1, parsed_response={"Error": {"Code": code}})
+    assert ThrottledRetryableChecker().is_retryable(answer)

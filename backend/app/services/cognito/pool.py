@@ -94,7 +94,7 @@ class CognitoUserPool(AwsAdapter["CognitoIdentityProviderClient"]):
     def domain_error(self, operation: str, error: ClientError | BotoCoreError) -> DomainError:
         region = self._client.meta.region_name
         mapped = cognito_error(operation, error, self.user_pool_id, region)
-        return mapped or self.common_error(operation, error)
+        return mapped if mapped is not None else self.common_error(operation, error)
 
     async def _on_user(
         self, operation: str, method: Callable[..., T], username: str, **params: Any
