@@ -13,10 +13,10 @@ every scenario gets its own:
 - **GC pauses**: `gc.callbacks` timings per generation.
 - **(de)activation** of a user through this instance (`POST /__bench/users/{sub}/active`), for
   the coherence measurement between two instances.
-- **the pool**: time spent waiting for a connection (`_do_get`: the queue, or opening a new
-  one), the checkout ping, how long a connection is held, and time in SQL statements. Pool
-  wait is what queueing behind other database requests costs; it is reported apart from the
-  statements' own time.
+- **the pool**: time spent waiting for a connection (the queue, or opening a new one:
+  `app.core.compat.wrap_checkout`), the checkout ping, how long a connection is held, and time
+  in SQL statements. Pool wait is what queueing behind other database requests costs; it is
+  reported apart from the statements' own time.
 
 Each instrument costs a few microseconds per event; the bench's ratios are read with them on
 (`--no-probe` gives the bare figures).
@@ -38,6 +38,7 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from app.core.compat import Checkout, wrap_checkout
 from app.core.db import SESSIONMAKER
 from app.main import create_app
 from app.models.user import User
@@ -99,17 +100,19 @@ class Probe:
 
     def _watch_pool(self, engine: AsyncEngine) -> None:
         pool = engine.sync_engine.pool
-        do_get = pool._do_get
 
-        def timed_do_get() -> ConnectionPoolEntry:
-            started = time.perf_counter()
-            record: ConnectionPoolEntry = do_get()
-            now = time.perf_counter()
-            self.pool_wait.append(now - started)
-            record.info["bench_got_at"] = now
-            return record
+        def timed(checkout: Checkout) -> Checkout:
+            def timed_checkout() -> ConnectionPoolEntry:
+                started = time.perf_counter()
+                record = checkout()
+                now = time.perf_counter()
+                self.pool_wait.append(now - started)
+                record.info["bench_got_at"] = now
+                return record
 
-        pool._do_get = timed_do_get  # type: ignore[method-assign]
+            return timed_checkout
+
+        wrap_checkout(pool, timed)
 
         # Registered after the app's own checkout ping, so this runs once the ping is done.
         def on_checkout(

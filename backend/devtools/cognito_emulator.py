@@ -48,9 +48,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 from moto.cognitoidp.exceptions import AliasExistsException, InvalidParameterException
 from moto.cognitoidp.models import (
@@ -175,26 +175,44 @@ def _create_jwt_keeping_auth_time(
     return token
 
 
+# (class, method, moto's own, the replacement). `CognitoIdpUserPool._get_user` is moto's private
+# lookup behind every admin call that takes a Username: the one place an alias can be accepted.
+# tests/devtools/test_emulator_internals.py checks that each still exists, with the parameters
+# its replacement takes, so a moto release that changes one fails there, by name.
+PATCHES: Final[tuple[tuple[type, str, Callable[..., Any], Callable[..., Any]], ...]] = (
+    (
+        CognitoIdpBackend,
+        "admin_create_user",
+        _original_admin_create_user,
+        _admin_create_user_like_cognito,
+    ),
+    (CognitoIdpUserPool, "_get_user", _original_get_user, _get_user_like_cognito),
+    (
+        CognitoIdpUserPool,
+        "create_refresh_token",
+        _original_create_refresh_token,
+        _create_refresh_token_remembering_auth_time,
+    ),
+    (CognitoIdpUserPool, "create_jwt", _original_create_jwt, _create_jwt_keeping_auth_time),
+)
+
+
 @contextmanager
 def fidelity_patches() -> Iterator[None]:
     """moto behaving like real Cognito (see the module docstring) while the block runs."""
     global _patch_users
     with _patch_lock:
         _patch_users += 1
-        CognitoIdpBackend.admin_create_user = _admin_create_user_like_cognito  # type: ignore[method-assign]
-        CognitoIdpUserPool._get_user = _get_user_like_cognito  # type: ignore[assignment,method-assign]
-        CognitoIdpUserPool.create_refresh_token = _create_refresh_token_remembering_auth_time  # type: ignore[method-assign]
-        CognitoIdpUserPool.create_jwt = _create_jwt_keeping_auth_time  # type: ignore[method-assign]
+        for owner, name, _, replacement in PATCHES:
+            setattr(owner, name, replacement)
     try:
         yield
     finally:
         with _patch_lock:
             _patch_users -= 1
             if _patch_users == 0:
-                CognitoIdpBackend.admin_create_user = _original_admin_create_user  # type: ignore[method-assign]
-                CognitoIdpUserPool._get_user = _original_get_user  # type: ignore[method-assign]
-                CognitoIdpUserPool.create_refresh_token = _original_create_refresh_token  # type: ignore[method-assign]
-                CognitoIdpUserPool.create_jwt = _original_create_jwt  # type: ignore[method-assign]
+                for owner, name, original, _ in PATCHES:
+                    setattr(owner, name, original)
 
 
 @contextmanager

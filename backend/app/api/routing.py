@@ -17,21 +17,20 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from app.core.compat import dependency_calls
 from app.core.errors import DomainError
 from app.core.rbac import RoleRequirement
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def role_requirements(dependant: Dependant) -> Iterator[RoleRequirement[Any]]:
+def role_requirements(route: APIRoute) -> Iterator[RoleRequirement[Any]]:
     """The role requirements among a route's dependencies, at any depth."""
-    for dependency in dependant.dependencies:
-        if isinstance(dependency.call, RoleRequirement):
-            yield dependency.call
-        yield from role_requirements(dependency)
+    for call in dependency_calls(route):
+        if isinstance(call, RoleRequirement):
+            yield call
 
 
 def sends_a_body(request: Request) -> bool:
@@ -53,7 +52,7 @@ class CredentialsFirstRoute(APIRoute):
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
-        requirements = list(role_requirements(self.dependant))
+        requirements = list(role_requirements(self))
         takes_a_body = self.body_field is not None
         if takes_a_body and not requirements:
             return handler

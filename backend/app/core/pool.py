@@ -20,11 +20,12 @@ import time
 from collections import deque
 from typing import TypeVar
 
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_only
-from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty, QueueCommon
+from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
 
 from app.core import metrics
+from app.core.compat import set_queue_class
 
 T = TypeVar("T")
 
@@ -82,4 +83,5 @@ class FairAsyncQueue(AsyncAdaptedQueue[T]):
 class FairAsyncQueuePool(AsyncAdaptedQueuePool):
     """`AsyncAdaptedQueuePool` whose waiting requests are served in arrival order."""
 
-    _queue_class: type[QueueCommon[ConnectionPoolEntry]] = FairAsyncQueue
+
+set_queue_class(FairAsyncQueuePool, FairAsyncQueue)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -26,79 +25,15 @@ from pydantic.json_schema import WithJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.roles import Role
-from app.core.scope import normalise_province, province_problem
-from app.models.user import PROVINCE_LENGTH
+from app.core.scope import province_problem
+from app.schemas.page import Page, PageParams
+from app.schemas.text import Province, SearchText, Text
 
 FULL_NAME_LENGTH = 200
 # RFC 5321's limit on a forward path, which Cognito and email-validator apply too.
 EMAIL_LENGTH = 254
 
-# The whitespace stripped from text: Unicode White_Space, which pydantic's `strip_whitespace`
-# removed before, so what is stored does not change. Spelled out, because JSON Schema patterns
-# are ECMA-262 regexes whose `\s` is a different set; `\uXXXX` reads the same in Python's `re`,
-# ECMA-262 and the Rust regex engine.
-_WHITESPACE_CODES: Final = (
-    *range(0x09, 0x0E),
-    0x20,
-    0x85,
-    0xA0,
-    0x1680,
-    *range(0x2000, 0x200B),
-    0x2028,
-    0x2029,
-    0x202F,
-    0x205F,
-    0x3000,
-)
-WHITESPACE: Final = "".join(map(chr, _WHITESPACE_CODES))
-# Something besides whitespace, and no NUL anywhere (PostgreSQL text cannot hold NUL).
-TEXT_PATTERN: Final = (
-    r"^[^\u0000]*[^\u0000"
-    + "".join(f"\\u{code:04x}" for code in _WHITESPACE_CODES)
-    + r"][^\u0000]*$"
-)
-_TEXT = re.compile(TEXT_PATTERN)
-
-
-def _stripped_text(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    if not _TEXT.match(value):
-        raise ValueError("should have at least 1 character other than whitespace")
-    return value.strip(WHITESPACE)
-
-
-def _text_schema(max_length: int) -> WithJsonSchema:
-    return WithJsonSchema(
-        {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": TEXT_PATTERN}
-    )
-
-
-# Required text: at most N characters as sent, not blank, no NUL; surrounding whitespace is
-# removed. The limits apply to the text as sent, so the schema's `maxLength` and `pattern` say
-# exactly what is accepted (stripping first would accept longer text than the schema allows).
-_STRIPPED_TEXT: Final = AfterValidator(_stripped_text)
-FullName = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=FULL_NAME_LENGTH),
-    _STRIPPED_TEXT,
-    _text_schema(FULL_NAME_LENGTH),
-]
-# Stored and compared in one spelling (`app.core.scope.normalise_province`).
-Province = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=PROVINCE_LENGTH),
-    _STRIPPED_TEXT,
-    AfterValidator(normalise_province),
-    _text_schema(PROVINCE_LENGTH),
-]
-SEARCH_LENGTH = 100
-SearchText = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=SEARCH_LENGTH),
-    _STRIPPED_TEXT,
-    _text_schema(SEARCH_LENGTH),
-]
+FullName = Annotated[str, Text(FULL_NAME_LENGTH)]
 
 
 # Cognito and the unique index both compare emails case-insensitively; storing one spelling
@@ -270,11 +205,8 @@ class ManagedUserResponse(UserResponse):
     )
 
 
-class UserList(BaseModel):
-    items: list[UserResponse]
+class UserList(Page[UserResponse]):
     total: int = Field(description="Users matching the filters, over all pages")
-    page: int
-    page_size: int
 
 
 class PasswordResetOutcome(StrEnum):
@@ -297,16 +229,9 @@ class UserSort(StrEnum):
     EMAIL_DESC = "-email"
 
 
-MAX_PAGE = 1_000_000
-
-
-class UserListParams(BaseModel):
+class UserListParams(PageParams):
     """Query parameters of the user list; unknown parameters are refused, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    page: int = Field(1, ge=1, le=MAX_PAGE)
-    page_size: int = Field(20, ge=1, le=100)
     role: Role | None = None
     is_active: bool | None = None
     province: Province | None = None

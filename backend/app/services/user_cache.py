@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -40,6 +40,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from app.core import metrics
 from app.core.db import ReadSessions
 from app.core.listener import NotificationListener
+from app.core.pagination import CountCache
 from app.core.principal import Principal
 from app.models.user import User
 
@@ -294,28 +295,14 @@ def session_class_evicting_from(cache: UserCache) -> type[Session]:
     return EvictingSession
 
 
-class UserCountCache:
+class UserCountCache(CountCache):
     """How many users match each filter of the user list, exact while the listener is up.
 
     Counting every user costs milliseconds on each page of the admin list, while the answer
-    only changes when a users row does. An entry remembers the user cache's generation when it
-    was counted, and every change PostgreSQL notifies (inserts included) or this worker commits
-    moves the generation on, so a stale count is never served; while the listener is down
-    nothing is cached at all.
+    only changes when a users row does. The user cache's generation is the ticket: every change
+    PostgreSQL notifies (inserts included) or this worker commits moves it on, so a stale count
+    is never served; while the listener is down nothing is cached at all.
     """
 
     def __init__(self, users: UserCache, *, max_entries: int = 1024) -> None:
-        self._users = users
-        self._counts: TTLCache[Hashable, tuple[int, int]] = TTLCache(
-            maxsize=max_entries, ttl=users.ttl_seconds
-        )
-
-    async def get_or_count(self, key: Hashable, count: Callable[[], Awaitable[int]]) -> int:
-        ticket = self._users.ticket()
-        entry = self._counts.get(key) if ticket is not None else None
-        if entry is not None and entry[0] == ticket:
-            return entry[1]
-        total = await count()
-        if ticket is not None and ticket == self._users.ticket():
-            self._counts[key] = (ticket, total)
-        return total
+        super().__init__(users, ttl_seconds=users.ttl_seconds, max_entries=max_entries)

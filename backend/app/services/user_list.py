@@ -1,52 +1,29 @@
-"""The admin user list: filtered, sorted, paginated, with the total.
+"""The admin user list: filtered, sorted, paginated, with the total (`app.core.pagination`).
 
 Read-only, so it reads through an autocommit session of its own rather than the request's
-transaction. The total comes first (from `UserCountCache` while it can vouch for it), so a page
-in the back half is read from the other end of the same index: the last page costs what the
-first does instead of walking past every row before it.
+transaction; its counts are cached while the user cache vouches for them (`UserCountCache`).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Final
+from typing import Final
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Select, bindparam, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, bindparam, func, or_
 
 from app.core.db import ReadSessions
+from app.core.pagination import CountCache, Order, PagedQuery, escape_like, orders, read_page
 from app.models.user import User
 from app.schemas.user import UserList, UserListParams, UserResponse, UserSort
-from app.services.user_cache import UserCountCache
 
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _orders(
-    key: ColumnElement[Any] | InstrumentedAttribute[Any], descending: bool
-) -> tuple[tuple[ColumnElement[Any], ...], tuple[ColumnElement[Any], ...]]:
-    """The ORDER BY of a sort, and its reverse (to read a page from the other end).
-
-    The id breaks ties, so a user never shows on two pages or on none.
-    """
-    ascending_order = (key.asc(), User.id.asc())
-    descending_order = (key.desc(), User.id.desc())
-    if descending:
-        return descending_order, ascending_order
-    return ascending_order, descending_order
-
-
-_SORT_ORDERS: Final = {
-    UserSort.CREATED_AT_DESC: _orders(User.created_at, descending=True),
-    UserSort.CREATED_AT: _orders(User.created_at, descending=False),
-    UserSort.FULL_NAME: _orders(User.full_name, descending=False),
-    UserSort.FULL_NAME_DESC: _orders(User.full_name, descending=True),
+_SORT_ORDERS: Final[dict[str, tuple[Order, Order]]] = {
+    UserSort.CREATED_AT_DESC: orders(User.created_at, User.id, descending=True),
+    UserSort.CREATED_AT: orders(User.created_at, User.id, descending=False),
+    UserSort.FULL_NAME: orders(User.full_name, User.id, descending=False),
+    UserSort.FULL_NAME_DESC: orders(User.full_name, User.id, descending=True),
     # lower(email) is what the unique index holds; emails are stored in lower case anyway.
-    UserSort.EMAIL: _orders(func.lower(User.email), descending=False),
-    UserSort.EMAIL_DESC: _orders(func.lower(User.email), descending=True),
+    UserSort.EMAIL: orders(func.lower(User.email), User.id, descending=False),
+    UserSort.EMAIL_DESC: orders(func.lower(User.email), User.id, descending=True),
 }
 
 # Every filter is a named bind parameter, so the statements depend only on which filters are
@@ -62,9 +39,14 @@ _FILTERS: Final[dict[str, ColumnElement[bool]]] = {
 }
 # Read as plain rows of just the columns a page returns, validated in one call: loading ORM
 # objects cost more than the query itself.
-_LISTED_COLUMNS: Final = tuple(User.__table__.c[name] for name in UserResponse.model_fields)
 _LISTED_USERS: Final = TypeAdapter(list[UserResponse])
-_COUNT_USERS: Final = select(func.count()).select_from(User)
+USERS: Final = PagedQuery(
+    name="users",
+    columns=tuple(User.__table__.c[name] for name in UserResponse.model_fields),
+    source=User.__table__,
+    filters=_FILTERS,
+    sorts=_SORT_ORDERS,
+)
 
 
 def _filter_values(params: UserListParams) -> dict[str, object]:
@@ -77,52 +59,27 @@ def _filter_values(params: UserListParams) -> dict[str, object]:
     if params.province is not None:
         values["province"] = params.province
     if params.q is not None:
-        values["q"] = f"%{_escape_like(params.q)}%"
+        values["q"] = f"%{escape_like(params.q)}%"
     return values
 
 
-@functools.cache
-def _page_query(filters: tuple[str, ...], sort: UserSort, from_the_end: bool) -> Select[Any]:
-    forward, reverse = _SORT_ORDERS[sort]
-    return (
-        select(*_LISTED_COLUMNS)
-        .where(*(_FILTERS[name] for name in filters))
-        .order_by(*(reverse if from_the_end else forward))
-        .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
-    )
-
-
 async def list_users(
-    sessions: ReadSessions, counts: UserCountCache, params: UserListParams
+    sessions: ReadSessions, counts: CountCache, params: UserListParams
 ) -> UserList:
     """One page of users matching the filters, in a stable order, and how many match in all."""
-    values = _filter_values(params)
-    filters = tuple(values)
     async with sessions() as session:
-        connection = await session.connection()
-
-        async def count() -> int:
-            statement = _COUNT_USERS.where(*(_FILTERS[name] for name in filters))
-            return (await connection.execute(statement, values)).scalar_one()
-
-        key = (params.role, params.is_active, params.province, params.q)
-        total = await counts.get_or_count(key, count)
-        start = (params.page - 1) * params.page_size
-        end = min(start + params.page_size, total)
-        rows: list[dict[str, Any]] = []
-        if start < end:
-            from_the_end = start > total - end
-            result = await connection.execute(
-                _page_query(filters, params.sort, from_the_end),
-                {**values, "limit": end - start, "offset": total - end if from_the_end else start},
-            )
-            rows = [row._asdict() for row in result]
-            if from_the_end:
-                rows.reverse()
+        page = await read_page(
+            await session.connection(),
+            USERS,
+            counts,
+            _filter_values(params),
+            sort=params.sort,
+            page=params.page,
+            page_size=params.page_size,
+        )
     return UserList(
-        items=_LISTED_USERS.validate_python(rows),
-        total=total,
+        items=_LISTED_USERS.validate_python(page.rows),
+        total=page.total,
         page=params.page,
         page_size=params.page_size,
     )

@@ -43,7 +43,7 @@ ERRORS: dict[str, DomainError] = {
 
 
 @pytest.fixture(scope="module")
-async def probe_client(app_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+def probe_app(app_settings: Settings) -> FastAPI:
     app: FastAPI = create_app(app_settings)
 
     @app.get("/raise/{kind}")
@@ -60,8 +60,20 @@ async def probe_client(app_settings: Settings) -> AsyncIterator[httpx.AsyncClien
     async def echo(payload: Payload) -> Payload:
         return payload
 
-    async with serve(app) as client:
+    return app
+
+
+@pytest.fixture(scope="module")
+async def probe_client(probe_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(probe_app) as client:
         yield client
+
+
+def answering_bugs(probe_app: FastAPI) -> httpx.AsyncClient:
+    """A client of the app (served by `probe_client`, so its lifespan has run) whose transport
+    answers a bug's 500 instead of re-raising it."""
+    transport = httpx.ASGITransport(app=probe_app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
 @pytest.mark.parametrize("kind", list(ERRORS))
@@ -82,14 +94,13 @@ async def test_unauthenticated_carries_bearer_challenge(probe_client: httpx.Asyn
 
 
 async def test_unexpected_error_is_a_generic_500_logged_with_request_id(
-    probe_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    probe_client: httpx.AsyncClient, probe_app: FastAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError):
         # Starlette re-raises after answering so the server can log it too; over ASGI the
         # test transport sees that re-raise. The response itself is checked below.
         await probe_client.get("/raise/bug", headers={"X-Request-ID": "req-bug"})
-    transport = httpx.ASGITransport(app=probe_client._transport.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with answering_bugs(probe_app) as client:
         response = await client.get("/raise/bug", headers={"X-Request-ID": "req-bug"})
     assert response.status_code == 500
     assert response.json() == {
@@ -111,9 +122,10 @@ async def test_database_outage_is_503_with_retry_after(probe_client: httpx.Async
     assert int(response.headers["Retry-After"]) > 0
 
 
-async def test_a_wrong_query_stays_a_500_not_an_outage(probe_client: httpx.AsyncClient) -> None:
-    transport = httpx.ASGITransport(app=probe_client._transport.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+async def test_a_wrong_query_stays_a_500_not_an_outage(
+    probe_client: httpx.AsyncClient, probe_app: FastAPI
+) -> None:
+    async with answering_bugs(probe_app) as client:
         response = await client.get("/raise/db-bug")
     assert response.status_code == 500
     assert response.json()["code"] == "internal_error"

@@ -80,7 +80,7 @@ def cognito_like_secret_hash_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     ) -> dict[str, Any]:
         if challenge_name == "NEW_PASSWORD_REQUIRED" and session in self.sessions:
             signed_in_as, pool = self.sessions[session]
-            real_username = pool._get_user(signed_in_as).username
+            real_username = self.admin_get_user(pool.id, signed_in_as).username
             check(pool.clients[client_id], real_username, responses.get("SECRET_HASH"))
         return original_respond(self, session, client_id, challenge_name, responses)
 

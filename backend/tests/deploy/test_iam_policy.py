@@ -11,7 +11,7 @@ Manager (`kms:ViaService`) and only for the database secret (the encryption cont
 `SecretARN`); that too is derived from the Secrets Manager operations the code calls.
 
 The package holds its boto3 clients in names ending in `client` (`client`, `self._client`,
-`self._create_client`); a method is an AWS operation when its receiver is so named, so the
+`self._once_client`); a method is an AWS operation when its receiver is so named, so the
 adapter's own `get_user` or a pydantic `SecretStr.get_secret_value` do not count. A test keeps
 the convention: every client the package builds is assigned to such a name.
 """

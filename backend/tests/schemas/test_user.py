@@ -13,10 +13,9 @@ from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter, ValidationError
 
 from app.core.roles import Role
+from app.schemas.text import TEXT_PATTERN, WHITESPACE
 from app.schemas.user import (
     FULL_NAME_LENGTH,
-    TEXT_PATTERN,
-    WHITESPACE,
     FullName,
     ManagedUserResponse,
     UserCreate,

@@ -243,7 +243,7 @@ async def test_a_lost_create_answer_adopts_the_user_cognito_made_with_a_new_pass
         )
         raise ReadTimeoutError(endpoint_url=pool.endpoint_url)
 
-    cognito._create_client.meta.events.register(
+    cognito._once_client.meta.events.register(
         "after-call.cognito-idp.AdminCreateUser", lose_the_answer
     )
     assert not pool.signs_in(email, KNOWN)  # no user yet
@@ -293,7 +293,7 @@ async def test_a_user_made_in_the_console_during_the_create_keeps_no_password_it
     def someone_creates_it_first(**_: object) -> None:
         pool.create_user(email, role=Role.ADMIN, password=KNOWN)
 
-    cognito._create_client.meta.events.register(
+    cognito._once_client.meta.events.register(
         "before-call.cognito-idp.AdminCreateUser", someone_creates_it_first
     )
     outcome = "adopted"

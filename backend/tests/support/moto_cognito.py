@@ -120,7 +120,7 @@ class MotoCognito:
         """Move the user's creation back by `by`, as time passing would (the server runs in
         this process, so its pool is at hand)."""
         backend: Any = get_backend("cognito-idp")[DEFAULT_ACCOUNT_ID][TEST_REGION]
-        user = backend.user_pools[self.user_pool_id]._get_user(username)
+        user = backend.admin_get_user(self.user_pool_id, username)
         user.create_date -= by
 
     def signs_in(self, username: str, password: str) -> bool:
@@ -245,7 +245,7 @@ def fail_operation(
 
     for client in {
         id(adapter._client): adapter._client,
-        id(adapter._create_client): adapter._create_client,
+        id(adapter._once_client): adapter._once_client,
     }.values():
         client.meta.events.register(f"before-send.cognito-idp.{operation}", intercept)  # type: ignore[arg-type]
     return calls

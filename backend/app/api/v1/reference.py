@@ -15,10 +15,15 @@ from app.api.deps import ReferenceReadsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
-from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
+from app.api.v1.responses import (
+    ADMIN_RESPONSES,
+    AUTH_RESPONSES,
+    UNKNOWN_QUERY,
+    Responses,
+    error,
+)
 from app.core.conditional import ETaggedResponse, if_none_match_parameter
 from app.core.db import ReadSessionsDep
-from app.core.errors import ErrorResponse
 from app.schemas.reference import (
     ClosureReasonResponse,
     ComplaintTypeResponse,
@@ -37,12 +42,9 @@ PROVINCES_CACHE_CONTROL: Final = "private, no-cache"
 # PostgreSQL smallint, the type of the service type id; beyond it no id can exist.
 _MAX_SERVICE_TYPE_ID: Final = 32767
 
-_UNKNOWN_QUERY: dict[int | str, dict[str, object]] = {
-    422: {"model": ErrorResponse, "description": "Unknown or invalid query parameters"},
-}
-CACHED_RESPONSES: dict[int | str, dict[str, object]] = {
+CACHED_RESPONSES: Responses = {
     **AUTH_RESPONSES,
-    **_UNKNOWN_QUERY,
+    **UNKNOWN_QUERY,
     304: {"description": "Not modified: the `If-None-Match` ETag is still current"},
 }
 
@@ -76,7 +78,7 @@ async def list_service_types(
     response_model=list[ComplaintTypeResponse],
     responses={
         **CACHED_RESPONSES,
-        404: {"model": ErrorResponse, "description": "No active service type has this id"},
+        **error(404, "No active service type has this id"),
     },
     openapi_extra=if_none_match_parameter(),
 )
@@ -143,7 +145,7 @@ async def list_provinces(_: CurrentUser, request: Request, sessions: ReadSession
 @router.get(
     "/sla-config",
     response_model=list[SlaConfigResponse],
-    responses={**ADMIN_RESPONSES, **_UNKNOWN_QUERY},
+    responses={**ADMIN_RESPONSES, **UNKNOWN_QUERY},
 )
 async def list_sla_config(
     _: AdminUser, request: Request, sessions: ReadSessionsDep

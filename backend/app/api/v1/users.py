@@ -1,7 +1,7 @@
 """User management (ADMIN) and the caller's own profile (any role)."""
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Query, Request, Response, status
 
@@ -9,9 +9,15 @@ from app.api.deps import CognitoDep, DirectorySyncDep, UserCountsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentProfile
 from app.api.v1.query import refuse_unexpected_query
-from app.api.v1.responses import ADMIN_RESPONSES, AUTH_RESPONSES
+from app.api.v1.responses import (
+    ADMIN_RESPONSES,
+    AUTH_RESPONSES,
+    INVALID,
+    UNREADABLE,
+    Responses,
+    error,
+)
 from app.core.db import ReadSessionsDep, SessionDep
-from app.core.errors import ErrorResponse
 from app.models.user import User
 from app.schemas.user import (
     ManagedUserResponse,
@@ -25,55 +31,40 @@ from app.schemas.user import (
 from app.services import user_creation, user_list, users
 from app.services.directory_sync import DirectorySync
 
-Responses = dict[int | str, dict[str, object]]
-
-_INVALID: Responses = {422: {"model": ErrorResponse, "description": "Invalid parameters or body"}}
-# FastAPI's answer to a body that is not text at all (invalid UTF-8), before any validation.
-_UNREADABLE: Responses = {400: {"model": ErrorResponse, "description": "The body cannot be read"}}
-_NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No user with this id"}}
-_THROTTLED: Responses = {
-    429: {"model": ErrorResponse, "description": "Cognito is throttling; see Retry-After"}
-}
+_NOT_FOUND: Final = error(404, "No user with this id")
+_THROTTLED: Final = error(429, "Cognito is throttling; see Retry-After")
 # Create and reset call Cognito in the request.
-_DIRECTORY_UNAVAILABLE: Responses = {
-    503: {
-        "model": ErrorResponse,
-        "description": "A dependency is unavailable; see Retry-After. Code "
-        "directory_misconfigured: this instance cannot use the user pool as configured, and "
-        "an operator must act (the server log says what to change)",
-    }
-}
+_DIRECTORY_UNAVAILABLE: Final = error(
+    503,
+    "A dependency is unavailable; see Retry-After. Code directory_misconfigured: this instance "
+    "cannot use the user pool as configured, and an operator must act (the server log says "
+    "what to change)",
+)
 CREATE_RESPONSES: Responses = {
     **ADMIN_RESPONSES,
-    **_UNREADABLE,
-    **_INVALID,
+    **UNREADABLE,
+    **INVALID,
     **_THROTTLED,
     **_DIRECTORY_UNAVAILABLE,
-    409: {
-        "model": ErrorResponse,
-        "description": "Code email_taken: a user with this email exists. Code "
-        "create_in_progress: another create of this email is under way (see Retry-After). "
-        "Code cognito_user_exists: the user directory has a user with this email that this "
-        "system did not create (an operator's reconcile --adopt takes it over)",
-    },
+    **error(
+        409,
+        "Code email_taken: a user with this email exists. Code create_in_progress: another "
+        "create of this email is under way (see Retry-After). Code cognito_user_exists: the "
+        "user directory has a user with this email that this system did not create (an "
+        "operator's reconcile --adopt takes it over)",
+    ),
 }
-READ_RESPONSES: Responses = {**ADMIN_RESPONSES, **_INVALID, **_NOT_FOUND}
+READ_RESPONSES: Responses = {**ADMIN_RESPONSES, **INVALID, **_NOT_FOUND}
 UPDATE_RESPONSES: Responses = {
     **READ_RESPONSES,
-    **_UNREADABLE,
-    409: {
-        "model": ErrorResponse,
-        "description": "Refused: self-deactivation or demotion, or the last active admin",
-    },
+    **UNREADABLE,
+    **error(409, "Refused: self-deactivation or demotion, or the last active admin"),
 }
 RESET_RESPONSES: Responses = {
     **READ_RESPONSES,
     **_THROTTLED,
     **_DIRECTORY_UNAVAILABLE,
-    409: {
-        "model": ErrorResponse,
-        "description": "The user is deactivated, or Cognito and the database disagree",
-    },
+    **error(409, "The user is deactivated, or Cognito and the database disagree"),
 }
 
 router = APIRouter(prefix="/users", tags=["users"], route_class=CredentialsFirstRoute)

@@ -6,6 +6,7 @@
 - `records`: `CognitoUser`, and what a user's email is to the pool (`UsernameMode`).
 """
 
+from app.core.aws import single_attempt
 from app.services.cognito.errors import (
     AnswerLostError,
     CognitoUserExistsError,
@@ -16,7 +17,7 @@ from app.services.cognito.errors import (
     cognito_code,
     reporting_misconfiguration_myself,
 )
-from app.services.cognito.pool import MAX_PAGE_SIZE, CognitoUserPool, single_attempt
+from app.services.cognito.pool import MAX_PAGE_SIZE, CognitoUserPool
 from app.services.cognito.records import (
     NEVER_SIGNED_IN_STATUS,
     ROLE_GROUPS,

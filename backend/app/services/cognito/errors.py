@@ -3,7 +3,8 @@
 Errors map to what a client of the API can act on:
 - UsernameExists / AliasExists → 409; InvalidParameter / InvalidPassword → 422 with Cognito's
   message;
-- throttling / limits → 429 with Retry-After; unreachable, timeouts, 5xx → 503 with Retry-After;
+- throttling / limits → 429 with Retry-After; unreachable, timeouts, 5xx → 503 with Retry-After
+  (what every AWS service shares: `app.core.aws.AwsAdapter.common_error`);
 - UserNotFound (the caller has a row for this user) → 409: the directory and the database disagree;
 - our own configuration (no credentials, access denied, unknown pool, client or group) → 503
   `directory_misconfigured` with a long Retry-After, logged at ERROR with what to change: no
@@ -19,6 +20,7 @@ from contextvars import ContextVar
 from typing import Final
 
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
@@ -27,26 +29,16 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from app.core.errors import (
-    ConflictError,
-    DomainError,
-    InvalidInputError,
-    ServiceUnavailableError,
-    TooManyRequestsError,
-)
+from app.core.aws import DependencyTimeoutError, error_code, error_message, http_status
+from app.core.errors import ConflictError, DomainError, InvalidInputError, ServiceUnavailableError
 from app.services.cognito.records import ROLE_GROUPS
 
 logger = logging.getLogger(__name__)
 
-THROTTLED_RETRY_AFTER_SECONDS: Final = 2
-UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
 # A misconfiguration lasts until an operator acts: retrying within seconds cannot help.
 MISCONFIGURED_RETRY_AFTER_SECONDS: Final = 60
 POLICY_FILE: Final = "deploy/iam/instance-role-policy.json"
 
-_THROTTLING_CODES = frozenset(
-    {"TooManyRequestsException", "ThrottlingException", "LimitExceededException"}
-)
 _INVALID_INPUT_CODES = frozenset({"InvalidParameterException", "InvalidPasswordException"})
 # How an email already taken is refused: as the username (plain and email-as-username pools),
 # or as another user's verified alias (email-alias pools; ForceAliasCreation is never sent).
@@ -90,7 +82,7 @@ class DirectoryMismatchError(ConflictError):
     code = "directory_mismatch"
 
 
-class DirectoryTimeoutError(ServiceUnavailableError):
+class DirectoryTimeoutError(DependencyTimeoutError):
     code = "directory_timeout"
 
 
@@ -130,8 +122,7 @@ def reporting_misconfiguration_myself() -> Iterator[None]:
 def may_have_been_carried_out(error: BaseException) -> bool:
     """Whether a failed call may still have changed Cognito (sent, answer lost or a 5xx)."""
     if isinstance(error, ClientError):
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return status >= 500
+        return http_status(error) >= 500
     # Not connected at all, or not signed: nothing was sent.
     return not isinstance(
         error, (EndpointConnectionError, ConnectTimeoutError, *_CREDENTIALS_ERRORS)
@@ -141,9 +132,7 @@ def may_have_been_carried_out(error: BaseException) -> bool:
 def cognito_code(error: DomainError) -> str | None:
     """The Cognito error code behind a domain error raised by this adapter."""
     cause = error.__cause__
-    if isinstance(cause, ClientError):
-        return str(cause.response.get("Error", {}).get("Code", ""))
-    return None
+    return error_code(cause) if isinstance(cause, ClientError) else None
 
 
 def misconfiguration_hint(
@@ -168,26 +157,25 @@ def misconfiguration_hint(
     )
 
 
-def _misconfiguration_code(error: Exception) -> str | None:
+def _misconfiguration_code(error: ClientError | BotoCoreError) -> str | None:
     """The error's code when it says this instance's configuration is wrong, else None."""
     if isinstance(error, _CREDENTIALS_ERRORS):
         return type(error).__name__
     if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
+        code = error_code(error)
         if code in _DENIED_CODES | _CREDENTIALS_CODES | _NOT_FOUND_CODES:
             return code
     return None
 
 
-def domain_error(
-    operation: str, error: Exception, user_pool_id: str, region: str | None
-) -> DomainError:
-    """The domain error for a failed call, logged as its kind deserves."""
+def cognito_error(
+    operation: str, error: ClientError | BotoCoreError, user_pool_id: str, region: str | None
+) -> DomainError | None:
+    """The domain error for a Cognito-specific failure, logged as its kind deserves; None for
+    what every AWS service shares (throttling, 5xx, timeouts: `AwsAdapter.common_error`)."""
     misconfiguration = _misconfiguration_code(error)
     if misconfiguration is not None:
-        message = ""
-        if isinstance(error, ClientError):
-            message = str(error.response.get("Error", {}).get("Message", "")).strip()
+        message = error_message(error) if isinstance(error, ClientError) else ""
         hint = misconfiguration_hint(misconfiguration, operation, message, user_pool_id, region)
         if not _caller_reports_misconfiguration.get():
             logger.error(
@@ -197,36 +185,19 @@ def domain_error(
                 extra={"cognito_error": misconfiguration},
             )
         return DirectoryMisconfiguredError(hint=hint)
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", "Unknown"))
-        message = str(error.response.get("Error", {}).get("Message", "")).strip()
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _TAKEN_CODES:
-            return EmailTakenError("A user with this email already exists")
-        if code in _INVALID_INPUT_CODES:
-            return InvalidInputError(f"Cognito rejected the request: {message or code}")
-        if code in _THROTTLING_CODES:
-            return TooManyRequestsError(
-                "The user directory is busy; try again shortly",
-                retry_after=THROTTLED_RETRY_AFTER_SECONDS,
-            )
-        if code == "UserNotFoundException":
-            return DirectoryMismatchError(
-                "The user exists in the database but not in the user directory (Cognito)"
-            )
-        if code == "NotAuthorizedException":
-            return DirectoryMismatchError(
-                f"The user directory refused this action in the user's current state: {message}"
-            )
-        if status < 500:
-            # A refusal this adapter does not know: not the caller's request, and not known
-            # to pass. The instance may not manage users until someone looks.
-            logger.error("cognito %s failed: %s (HTTP %s)", operation, code, status)
-        else:
-            logger.warning("cognito %s failed: %s (HTTP %s)", operation, code, status)
-    else:
-        logger.warning("cognito %s failed: %s", operation, type(error).__name__)
-    return ServiceUnavailableError(
-        "The user directory (Cognito) is unavailable; try again shortly",
-        retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
-    )
+    if not isinstance(error, ClientError):
+        return None
+    code, message = error_code(error), error_message(error)
+    if code in _TAKEN_CODES:
+        return EmailTakenError("A user with this email already exists")
+    if code in _INVALID_INPUT_CODES:
+        return InvalidInputError(f"Cognito rejected the request: {message or code}")
+    if code == "UserNotFoundException":
+        return DirectoryMismatchError(
+            "The user exists in the database but not in the user directory (Cognito)"
+        )
+    if code == "NotAuthorizedException":
+        return DirectoryMismatchError(
+            f"The user directory refused this action in the user's current state: {message}"
+        )
+    return None

@@ -1,9 +1,9 @@
 """The Cognito user pool as the user service needs it: a few admin calls, domain errors out.
 
-Every call runs in a worker thread (boto3 blocks) with the bounded timeouts of `aws_client`,
-and within the deadline of the request's Cognito work (`app.core.deadline`), after which the
-call is abandoned (its thread ends on its own timeouts) and the request answers 503. What the
-errors become is `errors`; what a user's email is to the pool is `records`.
+An `AwsAdapter` (`app.core.aws`): every call runs in a worker thread (boto3 blocks) with the
+bounded timeouts of `aws_client`, and within the deadline of the request's Cognito work, after
+which the call is abandoned (its thread ends on its own timeouts) and the request answers 503.
+What Cognito's own errors become is `errors`; what a user's email is to the pool is `records`.
 
 AdminCreateUser is the one call that is not idempotent, so it is sent once, never retried by
 the SDK: a retry after a lost answer would meet the user the first attempt created. It raises
@@ -13,30 +13,27 @@ the SDK: a retry after a lost answer would meet the user the first attempt creat
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.core import metrics
-from app.core.aws import AwsCallMetrics, aws_client, client_config, observed_aws_call
-from app.core.deadline import run_blocking, within_deadline
+from app.core.aws import AwsAdapter, AwsCallMetrics, aws_client
+from app.core.deadline import within_deadline
 from app.core.errors import DomainError, ServiceUnavailableError
 from app.core.roles import Role
 from app.schemas.user import PasswordResetOutcome
 from app.services.cognito.errors import (
-    UNAVAILABLE_RETRY_AFTER_SECONDS,
     AnswerLostError,
     DirectoryMisconfiguredError,
     DirectoryMismatchError,
     DirectoryTimeoutError,
     cognito_code,
-    domain_error,
+    cognito_error,
     may_have_been_carried_out,
 )
 from app.services.cognito.records import NEVER_SIGNED_IN_STATUS, CognitoUser, UsernameMode
@@ -59,13 +56,12 @@ MAX_PAGE_SIZE: Final = 60
 _RESET_REFUSAL_CODES = frozenset({"NotAuthorizedException", "InvalidParameterException"})
 
 
-def single_attempt(config: Config) -> Config:
-    """`config` without SDK retries: for AdminCreateUser, which is not idempotent."""
-    return config.merge(Config(retries={"total_max_attempts": 1, "mode": "standard"}))
-
-
-class CognitoUserPool:
+class CognitoUserPool(AwsAdapter["CognitoIdentityProviderClient"]):
     """Admin operations on one Cognito user pool."""
+
+    service_name = "cognito"
+    unavailable_subject = "The user directory (Cognito)"
+    timeout_error = DirectoryTimeoutError
 
     def __init__(
         self,
@@ -76,61 +72,35 @@ class CognitoUserPool:
         deadline_seconds: float = 8.0,
         username_mode: UsernameMode | None = None,
     ) -> None:
-        self._client = client
-        # The same endpoint and timeouts, one attempt only: for AdminCreateUser.
-        self._create_client = create_client or client
+        # `create_client`: the same endpoint and timeouts, one attempt only: for
+        # AdminCreateUser, and for every call of `without_sdk_retries()`.
+        super().__init__(
+            client, COGNITO_CALLS, once_client=create_client, deadline_seconds=deadline_seconds
+        )
         self.user_pool_id = user_pool_id
-        self.deadline_seconds = deadline_seconds
         # Learnt from DescribeUserPool on first need (or from the startup check); a pool's
         # username configuration cannot change after it is created.
         self.username_mode = username_mode
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CognitoUserPool:
-        once = single_attempt(client_config(settings))
         return cls(
             aws_client("cognito-idp", settings),
             settings.cognito_user_pool_id,
-            create_client=aws_client("cognito-idp", settings, config=once),
+            create_client=aws_client("cognito-idp", settings, sdk_retries=False),
             deadline_seconds=settings.cognito_deadline_seconds,
         )
 
-    def without_sdk_retries(self) -> CognitoUserPool:
-        """This pool with every call sent once (the AdminCreateUser client's configuration):
-        for the outbox's handlers, whose retrier is the outbox. A call botocore retried could
-        land after the handler saw it succeed; sent once, a call that answered has landed, and
-        one that did not is a failure the outbox sees (and confirms by reading back)."""
-        return CognitoUserPool(
-            self._create_client,
-            self.user_pool_id,
-            create_client=self._create_client,
-            deadline_seconds=self.deadline_seconds,
-            username_mode=self.username_mode,
-        )
-
-    def deadline(self) -> contextlib.AbstractContextManager[None]:
-        """The deadline of one request's (or one outbox entry's) Cognito work."""
-        return within_deadline(self.deadline_seconds)
-
-    async def _call(self, operation: str, call: Callable[[], T]) -> T:
-        with observed_aws_call(COGNITO_CALLS, operation):
-            try:
-                return await run_blocking(call)
-            except (ClientError, BotoCoreError) as error:
-                region = self._client.meta.region_name
-                raise domain_error(operation, error, self.user_pool_id, region) from error
-            except TimeoutError:
-                logger.warning("cognito %s abandoned: the request's deadline passed", operation)
-                raise DirectoryTimeoutError(
-                    "The user directory (Cognito) did not answer in time; try again shortly",
-                    retry_after=UNAVAILABLE_RETRY_AFTER_SECONDS,
-                ) from None
+    def domain_error(self, operation: str, error: ClientError | BotoCoreError) -> DomainError:
+        region = self._client.meta.region_name
+        mapped = cognito_error(operation, error, self.user_pool_id, region)
+        return mapped if mapped is not None else self.common_error(operation, error)
 
     async def _on_user(
         self, operation: str, method: Callable[..., T], username: str, **params: Any
     ) -> T:
         """An Admin* call on one user of the pool, addressed by `username`."""
-        return await self._call(
+        return await self.call(
             operation,
             functools.partial(method, UserPoolId=self.user_pool_id, Username=username, **params),
         )
@@ -139,7 +109,7 @@ class CognitoUserPool:
 
     async def describe_pool(self) -> Any:
         """DescribeUserPool's `UserPool`; learns the username mode on the way."""
-        response = await self._call(
+        response = await self.call(
             "DescribeUserPool",
             functools.partial(self._client.describe_user_pool, UserPoolId=self.user_pool_id),
         )
@@ -158,7 +128,7 @@ class CognitoUserPool:
         names: set[str] = set()
         token: str | None = None
         while True:
-            page = await self._call(
+            page = await self.call(
                 "ListGroups",
                 functools.partial(
                     self._client.list_groups,
@@ -174,7 +144,7 @@ class CognitoUserPool:
 
     async def describe_client(self, client_id: str) -> Any:
         """DescribeUserPoolClient's `UserPoolClient`; a secret in it is the caller's to drop."""
-        response = await self._call(
+        response = await self.call(
             "DescribeUserPoolClient",
             functools.partial(
                 self._client.describe_user_pool_client,
@@ -188,7 +158,7 @@ class CognitoUserPool:
         self, token: str | None, *, limit: int = MAX_PAGE_SIZE
     ) -> tuple[list[CognitoUser], str | None]:
         """One page of ListUsers, and the token of the next one (None after the last)."""
-        page = await self._call(
+        page = await self.call(
             "ListUsers",
             functools.partial(
                 self._client.list_users,
@@ -204,7 +174,7 @@ class CognitoUserPool:
         self, role: Role, token: str | None, *, limit: int = MAX_PAGE_SIZE
     ) -> tuple[list[CognitoUser], str | None]:
         """One page of ListUsersInGroup for a role's group, and the next page's token."""
-        page = await self._call(
+        page = await self.call(
             "ListUsersInGroup",
             functools.partial(
                 self._client.list_users_in_group,
@@ -253,7 +223,7 @@ class CognitoUserPool:
         try:
             response = await self._on_user(
                 "AdminCreateUser",
-                self._create_client.admin_create_user,
+                self._once_client.admin_create_user,
                 username,
                 UserAttributes=[
                     {"Name": "email", "Value": email},
