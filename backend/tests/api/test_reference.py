@@ -35,9 +35,9 @@ from app.models import (
     User,
 )
 from app.services.reference import DISTINCT_PROVINCES, ReferenceCache, provinces
-from tests.api.conftest import (
+from tests.support.harness import (
+    ServedApp,
     UserFactory,
-    _WithLifespanState,
     auth_headers,
     client_of,
     make_settings,
@@ -114,7 +114,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def fresh_app(
     app_settings: Settings, db_session: AsyncSession, clock: FakeClock
-) -> AsyncIterator[_WithLifespanState]:
+) -> AsyncIterator[ServedApp]:
     """A new app on the same database, its reference cache empty and on `clock`."""
     async with served(create_app(app_settings), reference_cache=ReferenceCache(timer=clock)) as app:
         yield app
@@ -122,7 +122,7 @@ async def fresh_app(
 
 @pytest.fixture
 async def fresh_client(
-    fresh_app: _WithLifespanState, db_session: AsyncSession
+    fresh_app: ServedApp, db_session: AsyncSession
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of `fresh_app`; what the test wrote is committed before each request."""
     async with client_of(fresh_app, before_each_request=db_session.commit) as client:
@@ -332,7 +332,7 @@ async def test_an_active_service_type_without_complaint_types_gives_an_empty_lis
 
 
 async def test_a_cache_hit_runs_no_reference_query_until_the_entry_expires(
-    fresh_app: _WithLifespanState,
+    fresh_app: ServedApp,
     fresh_client: httpx.AsyncClient,
     clock: FakeClock,
     dispatcher_headers: dict[str, str],
@@ -355,7 +355,7 @@ async def test_a_cache_hit_runs_no_reference_query_until_the_entry_expires(
 
 
 async def test_cache_is_keyed_by_parameters_not_by_caller(
-    fresh_app: _WithLifespanState, fresh_client: httpx.AsyncClient, make_user: UserFactory
+    fresh_app: ServedApp, fresh_client: httpx.AsyncClient, make_user: UserFactory
 ) -> None:
     first = auth_headers(await make_user(Role.DISPATCHER))
     second = auth_headers(await make_user(Role.OFFICER))
@@ -524,7 +524,7 @@ async def test_no_cases_means_no_provinces(
 
 
 async def test_provinces_walk_the_province_index_instead_of_reading_every_case(
-    served_app: _WithLifespanState, db_session: AsyncSession
+    served_app: ServedApp, db_session: AsyncSession
 ) -> None:
     complaint_type = await db_session.scalar(sa.select(RefComplaintType).limit(1))
     assert complaint_type is not None

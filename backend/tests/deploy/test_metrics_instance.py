@@ -20,8 +20,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import REPO_ROOT
 from tests.support.app_env import app_environment
+from tests.support.database import REPO_ROOT
 
 from .nginx_harness import run_uvicorn
 
