@@ -26,6 +26,7 @@ from typing import Any, Final
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app.core.roles import Role
 from tests.chaos import invariants
 from tests.chaos.proxy import COGNITO_FAULTS, CognitoFaultProxy, CognitoFaults
 from tests.chaos.record import (
@@ -66,7 +67,9 @@ MAX_USERS: Final = 60
 MAX_SESSIONS_PER_USER: Final = 4
 PASSWORD: Final = "Chaos-Passw0rd!"
 CONSOLE_PASSWORD: Final = "Console-Passw0rd!"
-ROLES: Final = ("DISPATCHER", "OFFICER", "EXECUTIVE", "ADMIN")
+# A create makes any role but ADMIN; a re-role may make any role, ADMIN too.
+CREATED_ROLES: Final = tuple(role for role in Role if role is not Role.ADMIN)
+ROLES: Final = (*CREATED_ROLES, Role.ADMIN)
 USERS: Final = "/api/v1/users"
 ME: Final = "/api/v1/users/me"
 
@@ -83,8 +86,8 @@ def _says_try_again(response: httpx.Response) -> bool:
     return response.status_code in (429, 503) or in_progress
 
 
-def _role_body(role: str) -> dict[str, Any]:
-    return {"role": role, "responsible_province": "Chiang Mai" if role == "OFFICER" else None}
+def _role_body(role: Role) -> dict[str, Any]:
+    return {"role": role, "responsible_province": "Chiang Mai" if role is Role.OFFICER else None}
 
 
 class ChaosRun:
@@ -224,9 +227,9 @@ class ChaosRun:
         """Create a user, retrying as an admin would while the answer says to retry."""
         self.creates += 1
         email = f"chaos-{self.creates:03d}-{uuid.uuid4().hex[:6]}@example.gov"
-        role = self.rng.choice(ROLES[:3])
+        role = self.rng.choice(CREATED_ROLES)
         body = {"full_name": f"Chaos {self.creates}", "email": email, **_role_body(role)}
-        if role != "OFFICER":
+        if role is not Role.OFFICER:
             del body["responsible_province"]
         while time.monotonic() < self.admin_deadline:
             response, _, answered, _ = await self.call("create", "POST", USERS, token, body)
@@ -283,7 +286,7 @@ class ChaosRun:
 
     async def _create_over_a_console_user(self, email: str, token: str) -> None:
         await asyncio.sleep(1.5)  # made before the create: not the create's to adopt
-        body = {"full_name": "Console", "email": email, "role": "DISPATCHER"}
+        body = {"full_name": "Console", "email": email, "role": Role.DISPATCHER}
         response = None
         while time.monotonic() < self.admin_deadline:
             response, *_ = await self.call("create", "POST", USERS, token, body)
@@ -368,7 +371,7 @@ class ChaosRun:
             async with user.lock:
                 role = self.rng.choice([r for r in ROLES if r != user.role])
                 body = _role_body(role)
-                if role != "OFFICER":
+                if role is not Role.OFFICER:
                     del body["responsible_province"]
                 await self.put(token, user, body, "re-role")
 
