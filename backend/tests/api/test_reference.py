@@ -431,10 +431,7 @@ async def test_concurrent_misses_run_one_query(
     cache = ReferenceCache(timer=clock)
 
     app = create_app(settings)
-    async with (
-        served(app, background=False, reference_cache=cache) as asgi,
-        client_of(asgi) as client,
-    ):
+    async with served(app, reference_cache=cache) as asgi, client_of(asgi) as client:
         with reference_queries(asgi.state["engine"].sync_engine) as statements:
             responses = await asyncio.gather(
                 *(client.get(SERVICE_TYPES, headers=headers) for _ in range(20))
