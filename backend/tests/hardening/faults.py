@@ -1,5 +1,6 @@
 """The faults the hardening tests inflict: an HTTP proxy that breaks AWS calls on demand, and a
-PostgreSQL server of their own that they stop, freeze and reconfigure.
+PostgreSQL server of their own that they stop, freeze and reconfigure; and how they time what
+follows (`timed`, `wait_until`).
 
 The app itself they start with `tests/support/harness.py`, like every other test directory.
 """
