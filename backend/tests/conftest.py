@@ -18,8 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from devtools.postgres import EmbeddedPostgres, ExistingPostgres, PsqlAdmin
 from tests.support.database import cloned_database, run_alembic, unique_database_name
-from tests.support.harness import SIGNING_KEY_ID
-from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
+from tests.support.jwt_tokens import SIGNING_KEY_ID, JWKSServer, shared_rsa_key
 from tests.support.moto_cognito import MotoCognito, running_moto_cognito
 
 

@@ -4,13 +4,13 @@
 (`tests/support/database.py`), its lifespan run here as a server runs it, the worker process's
 background work beside it (`app.worker.background_work`, as a host runs both), the users'
 Cognito calls on the moto emulator (`using_cognito`) and tokens signed by the key the test JWKS
-server serves (`SIGNING_KEY_ID`; the `jwks_server` and `moto_cognito` fixtures of
+server serves (`jwt_tokens.SIGNING_KEY_ID`; the `jwks_server` and `moto_cognito` fixtures of
 `tests/conftest.py`).
 
     served / serve       the app over ASGI in this event loop (API, service, docs tests)
     live_app             the same, with the client and lifespan state at hand (hardening tests)
     app_process          the app as a uvicorn process on loopback, over real HTTP (soak)
-    add_user, bearer     a committed user row and a token for it
+    add_user, bearer     a committed user row and a token for it (`new_user`, `token_for`)
 
 The app keeps production's configuration (pool, caches, read paths, timeouts); a test that
 changes one says why where it does.
@@ -49,6 +49,7 @@ from app.services.outbox import OutboxWorker
 from app.worker import background_work
 from tests.support.app_env import BACKEND_DIR, app_environment
 from tests.support.jwt_tokens import (
+    SIGNING_KEY_ID,
     TEST_CLIENT_ID,
     TEST_REGION,
     TEST_USER_POOL_ID,
@@ -57,8 +58,6 @@ from tests.support.jwt_tokens import (
     shared_rsa_key,
 )
 from tests.support.net import free_port
-
-SIGNING_KEY_ID = "test-signing-key-1"  # the key the `jwks_server` fixture serves
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
