@@ -1,4 +1,8 @@
-"""Shared fixtures. Sections: database (below); others add theirs in sections of their own."""
+"""Fixtures every test directory may take: the database (below) and the app's dependencies.
+
+What they build comes from `tests/support/` (`database.py`, `harness.py`), which tests import
+like any module; a conftest is never imported.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,16 @@ import asyncio
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from devtools.postgres import EmbeddedPostgres, ExistingPostgres, PsqlAdmin
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.database import cloned_database, run_alembic, unique_database_name
+from tests.support.jwt_tokens import SIGNING_KEY_ID, JWKSServer, shared_rsa_key
+from tests.support.moto_cognito import MotoCognito, running_moto_cognito
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,29 +44,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 #   fresh_engine         an engine on such a database
 #   empty_database_url   migration tests
 # ---------------------------------------------------------------------------------------------
-
-
-def alembic_config(url: str) -> Config:
-    """Alembic configured for `url`, leaving the test session's logging alone."""
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    # ConfigParser interpolation: a literal % (e.g. in a password) must be doubled.
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    config.attributes["configure_logger"] = False
-    return config
-
-
-async def run_alembic(url: str, operation: str, *args: str) -> None:
-    """Run an Alembic command, e.g. `run_alembic(url, "upgrade", "head")`.
-
-    In a worker thread: env.py runs its own event loop with `asyncio.run`, which cannot be
-    nested in the test's running loop.
-    """
-    await asyncio.to_thread(getattr(command, operation), alembic_config(url), *args)
-
-
-def unique_database_name(purpose: str) -> str:
-    # Unique per call, so concurrent runs against one TEST_DATABASE_URL server do not collide.
-    return f"test_{purpose}_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")
@@ -96,20 +75,11 @@ async def migrated_template(pg: PsqlAdmin) -> AsyncIterator[str]:
         await asyncio.to_thread(pg.drop_database, name)
 
 
-async def _cloned_database(pg: PsqlAdmin, template: str, purpose: str) -> str:
-    name = unique_database_name(purpose)
-    await asyncio.to_thread(pg.create_database, name, template)
-    return name
-
-
 @pytest.fixture(scope="session")
 async def database_url(pg: PsqlAdmin, migrated_template: str) -> AsyncIterator[str]:
     """URL of the migrated database that `db_session` tests share (each in its own transaction)."""
-    name = await _cloned_database(pg, migrated_template, "shared")
-    try:
-        yield pg.url(name)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
+    async with cloned_database(pg, migrated_template, "shared") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -145,11 +115,8 @@ async def db_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
 @pytest.fixture
 async def fresh_database_url(pg: PsqlAdmin, migrated_template: str) -> AsyncIterator[str]:
     """URL of a migrated database of this test's own, dropped afterwards."""
-    name = await _cloned_database(pg, migrated_template, "fresh")
-    try:
-        yield pg.url(name)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
+    async with cloned_database(pg, migrated_template, "fresh") as url:
+        yield url
 
 
 @pytest.fixture
@@ -165,9 +132,26 @@ async def fresh_engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def empty_database_url(pg: PsqlAdmin) -> AsyncIterator[str]:
     """URL of an empty database (no tables) of this test's own, dropped afterwards."""
-    name = unique_database_name("empty")
-    await asyncio.to_thread(pg.create_database, name)
-    try:
-        yield pg.url(name)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
+    async with cloned_database(pg, None, "empty") as url:
+        yield url
+
+
+# ---------------------------------------------------------------------------------------------
+# The app's dependencies (`tests/support/harness.py` starts the app on them)
+#
+#   jwks_server    the user pool's JWKS over real HTTP on loopback (the key `SIGNING_KEY_ID`)
+#   moto_cognito   one moto server and user pool (groups for every role) for the test session
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jwks_server() -> Iterator[JWKSServer]:
+    """The user pool's JWKS, served over real HTTP on loopback."""
+    with JWKSServer(shared_rsa_key(SIGNING_KEY_ID)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_cognito() -> Iterator[MotoCognito]:
+    with running_moto_cognito() as running:
+        yield running

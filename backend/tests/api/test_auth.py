@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.roles import Role
 from app.models.user import User
-from tests.api.conftest import SIGNING_KEY_ID, UserFactory, auth_headers, token_for
+from tests.support.harness import UserFactory, auth_headers, token_for
 from tests.support.jwt_tokens import (
     OMIT,
+    SIGNING_KEY_ID,
     access_token_claims,
     b64url,
     generate_rsa_key,

@@ -17,8 +17,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.services.cognito import CognitoUserPool
-from tests.api.conftest import UserFactory, auth_headers
-from tests.conftest import REPO_ROOT
+from tests.support.database import REPO_ROOT
+from tests.support.harness import UserFactory, auth_headers
 
 CLOUDWATCH = REPO_ROOT / "deploy" / "cloudwatch"
 # The names an operator's alarms read (docs/operations.md#alarms).

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.core.roles import Role
-from tests.api.conftest import UserFactory, auth_headers
+from tests.support.harness import UserFactory, auth_headers
 
 
 @pytest.mark.parametrize("value", ["no", "false", 0, 1, None])

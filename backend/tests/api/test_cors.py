@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.core.roles import Role
-from tests.api.conftest import UserFactory, auth_headers
+from tests.support.harness import UserFactory, auth_headers
 
 SPA = "https://spa.example.gov"
 STRANGER = "https://evil.example"

@@ -19,7 +19,7 @@ from fastapi.routing import iter_route_contexts
 
 from app.core.roles import Role
 from app.core.tokens import AccessClaims, AccessTokenVerifier
-from tests.api.conftest import UserFactory, _WithLifespanState, auth_headers
+from tests.support.harness import ServedApp, UserFactory, auth_headers
 
 PATH_VALUES = {"user_id": str(uuid.uuid4())}
 
@@ -141,7 +141,7 @@ class CountingVerifier:
 
 
 @pytest.fixture
-def counting_verifier(served_app: _WithLifespanState) -> Iterator[CountingVerifier]:
+def counting_verifier(served_app: ServedApp) -> Iterator[CountingVerifier]:
     counting = CountingVerifier(served_app.state["token_verifier"])
     served_app.overrides["token_verifier"] = counting
     try:

@@ -23,7 +23,7 @@ from app.core.errors import (
     TooManyRequestsError,
 )
 from app.main import create_app
-from tests.api.conftest import serve
+from tests.support.harness import serve
 
 
 class Payload(BaseModel):

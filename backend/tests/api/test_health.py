@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from tests.api.conftest import make_settings, serve
+from tests.support.harness import make_settings, serve
 
 # Generous bounds: a hang (30-60 s) fails the test, ordinary scheduling noise does not.
 PROBE_BOUND_SECONDS = 6

@@ -10,7 +10,7 @@ import app
 from app.core.rbac import UserLookup
 from app.core.state import LifespanItem
 from app.main import State
-from tests.api.conftest import _WithLifespanState
+from tests.support.harness import ServedApp
 
 
 def every_lifespan_item() -> dict[str, LifespanItem[object]]:
@@ -33,7 +33,7 @@ def test_each_accessor_reads_a_declared_key_as_its_declared_type() -> None:
         assert item_type == declared[item.name], where
 
 
-def test_the_lifespan_yields_exactly_the_declared_items(served_app: _WithLifespanState) -> None:
+def test_the_lifespan_yields_exactly_the_declared_items(served_app: ServedApp) -> None:
     declared = typing.get_type_hints(State)
     assert set(served_app.state) == set(declared)
     for name, value in served_app.state.items():

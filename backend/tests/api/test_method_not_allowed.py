@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
 from app.core.roles import Role
-from tests.api.conftest import UserFactory, auth_headers
+from tests.support.harness import UserFactory, auth_headers
 
 # Fixed, not random: parametrized ids must be the same in every pytest-xdist worker.
 SOME_USER_ID = "5f0c3d8e-2b1a-4c6d-9e7f-0a1b2c3d4e5f"

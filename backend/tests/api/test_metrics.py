@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.api.conftest import UserFactory, auth_headers, serve
+from tests.support.harness import UserFactory, auth_headers, serve
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -26,7 +26,7 @@ from app.core.scope import ProvinceScope, normalise_province
 from app.main import create_app
 from app.models.case import Case, CasePriority
 from app.models.reference import RefComplaintType
-from tests.api.conftest import UserFactory, auth_headers, serve
+from tests.support.harness import UserFactory, auth_headers, serve
 
 CASES = "/test-only/cases"
 

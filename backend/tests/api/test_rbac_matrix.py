@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
 from app.core.roles import Role
-from tests.api.conftest import UserFactory, auth_headers
+from tests.support.harness import UserFactory, auth_headers
 
 PUBLIC = "public"
 ANY_ROLE = frozenset(Role)

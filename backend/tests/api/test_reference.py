@@ -10,16 +10,15 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.roles import Role
@@ -32,12 +31,12 @@ from app.models import (
     RefHandler,
     RefServiceType,
     SlaConfig,
-    User,
 )
 from app.services.reference import DISTINCT_PROVINCES, ReferenceCache, provinces
-from tests.api.conftest import (
+from tests.support.harness import (
+    ServedApp,
     UserFactory,
-    _WithLifespanState,
+    add_user,
     auth_headers,
     client_of,
     make_settings,
@@ -90,22 +89,6 @@ def reference_queries(target: Engine | Connection) -> Iterator[list[str]]:
         event.remove(target, "before_cursor_execute", record)
 
 
-@asynccontextmanager
-async def serve_with_state(
-    app: FastAPI, **overrides: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
-    """Like `serve`, with entries of the lifespan state replaced (here: the cache's clock)."""
-    async with app.router.lifespan_context(app) as lifespan_state:
-        state = {**(lifespan_state or {}), **overrides}
-
-        async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            await app({**scope, "state": dict(state)}, receive, send)
-
-        transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client, state
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -114,7 +97,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def fresh_app(
     app_settings: Settings, db_session: AsyncSession, clock: FakeClock
-) -> AsyncIterator[_WithLifespanState]:
+) -> AsyncIterator[ServedApp]:
     """A new app on the same database, its reference cache empty and on `clock`."""
     async with served(create_app(app_settings), reference_cache=ReferenceCache(timer=clock)) as app:
         yield app
@@ -122,7 +105,7 @@ async def fresh_app(
 
 @pytest.fixture
 async def fresh_client(
-    fresh_app: _WithLifespanState, db_session: AsyncSession
+    fresh_app: ServedApp, db_session: AsyncSession
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of `fresh_app`; what the test wrote is committed before each request."""
     async with client_of(fresh_app, before_each_request=db_session.commit) as client:
@@ -332,7 +315,7 @@ async def test_an_active_service_type_without_complaint_types_gives_an_empty_lis
 
 
 async def test_a_cache_hit_runs_no_reference_query_until_the_entry_expires(
-    fresh_app: _WithLifespanState,
+    fresh_app: ServedApp,
     fresh_client: httpx.AsyncClient,
     clock: FakeClock,
     dispatcher_headers: dict[str, str],
@@ -355,7 +338,7 @@ async def test_a_cache_hit_runs_no_reference_query_until_the_entry_expires(
 
 
 async def test_cache_is_keyed_by_parameters_not_by_caller(
-    fresh_app: _WithLifespanState, fresh_client: httpx.AsyncClient, make_user: UserFactory
+    fresh_app: ServedApp, fresh_client: httpx.AsyncClient, make_user: UserFactory
 ) -> None:
     first = auth_headers(await make_user(Role.DISPATCHER))
     second = auth_headers(await make_user(Role.OFFICER))
@@ -443,23 +426,13 @@ async def test_concurrent_misses_run_one_query(
 ) -> None:
     # Concurrent requests need sessions of their own, so real commits in a database of this
     # test rather than the shared test transaction.
-    setup_engine = create_async_engine(fresh_database_url)
-    async with AsyncSession(setup_engine, expire_on_commit=False) as session:
-        user = User(
-            cognito_user_id=str(uuid.uuid4()),
-            email="dispatcher@example.gov",
-            full_name="Concurrent Dispatcher",
-            role=Role.DISPATCHER,
-        )
-        session.add(user)
-        await session.commit()
-    await setup_engine.dispose()
-    headers = auth_headers(user)
+    headers = auth_headers(await add_user(fresh_database_url, Role.DISPATCHER))
     settings = make_settings(fresh_database_url, cognito_jwks_url=jwks_server.url, db_pool_size=25)
     cache = ReferenceCache(timer=clock)
 
-    async with serve_with_state(create_app(settings), reference_cache=cache) as (client, state):
-        with reference_queries(state["engine"].sync_engine) as statements:
+    app = create_app(settings)
+    async with served(app, reference_cache=cache) as asgi, client_of(asgi) as client:
+        with reference_queries(asgi.state["engine"].sync_engine) as statements:
             responses = await asyncio.gather(
                 *(client.get(SERVICE_TYPES, headers=headers) for _ in range(20))
             )
@@ -524,7 +497,7 @@ async def test_no_cases_means_no_provinces(
 
 
 async def test_provinces_walk_the_province_index_instead_of_reading_every_case(
-    served_app: _WithLifespanState, db_session: AsyncSession
+    served_app: ServedApp, db_session: AsyncSession
 ) -> None:
     complaint_type = await db_session.scalar(sa.select(RefComplaintType).limit(1))
     assert complaint_type is not None

@@ -12,7 +12,7 @@ import pytest
 from app.core.config import Settings
 from app.core.logging import JsonFormatter
 from app.main import create_app
-from tests.api.conftest import serve
+from tests.support.harness import serve
 
 
 async def test_request_id_is_echoed(client: httpx.AsyncClient) -> None:

@@ -17,11 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.roles import Role
 from app.models.user import User
 from app.services.cognito import CognitoUserPool
-from tests.api.conftest import (
-    UserFactory,
-    auth_headers,
-)
 from tests.api.user_requests import ME, USERS, create, new_email
+from tests.support.harness import UserFactory, auth_headers
 from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,

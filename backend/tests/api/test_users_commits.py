@@ -18,7 +18,8 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool
-from tests.api.conftest import (
+from tests.api.user_requests import USERS, body, create, new_email, row_for
+from tests.support.harness import (
     UserFactory,
     auth_headers,
     client_of,
@@ -26,7 +27,6 @@ from tests.api.conftest import (
     served,
     using_cognito,
 )
-from tests.api.user_requests import USERS, body, create, new_email, row_for
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import (
     MotoCognito,

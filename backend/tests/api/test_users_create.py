@@ -17,10 +17,8 @@ from app.api.deps import COGNITO
 from app.core.roles import Role
 from app.core.scope import PROVINCE_REQUIRED
 from app.services.cognito import CognitoUserPool
-from tests.api.conftest import (
-    UserFactory,
-)
 from tests.api.user_requests import USERS, body, new_email, row_for
+from tests.support.harness import UserFactory
 from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,

@@ -15,13 +15,8 @@ from app.core.scope import PROVINCE_REQUIRED
 from app.models.user import User
 from app.schemas.user import EMAIL_CANNOT_CHANGE
 from app.services.cognito import CognitoUserPool
-from tests.api.conftest import (
-    UserFactory,
-    _WithLifespanState,
-    auth_headers,
-    directory_caught_up,
-)
 from tests.api.user_requests import ME, USERS, body, create, new_email, row_for
+from tests.support.harness import ServedApp, UserFactory, auth_headers, directory_caught_up
 from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,
@@ -38,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("cognito")
 
 async def test_role_change_moves_the_cognito_group_and_keeps_the_province_rule(
     client: httpx.AsyncClient,
-    served_app: _WithLifespanState,
+    served_app: ServedApp,
     admin_headers: dict[str, str],
     db_session: AsyncSession,
     moto_cognito: MotoCognito,
@@ -147,7 +142,7 @@ async def test_sending_the_email_in_an_update_says_it_cannot_change(
 
 async def test_deactivation_applies_at_once_and_cognito_follows(
     client: httpx.AsyncClient,
-    served_app: _WithLifespanState,
+    served_app: ServedApp,
     admin_headers: dict[str, str],
     db_session: AsyncSession,
     moto_cognito: MotoCognito,
@@ -218,7 +213,7 @@ async def test_an_admin_cannot_deactivate_or_demote_themselves(
 )
 async def test_a_failing_cognito_step_does_not_fail_the_update_and_is_carried_out_later(
     client: httpx.AsyncClient,
-    served_app: _WithLifespanState,
+    served_app: ServedApp,
     admin_headers: dict[str, str],
     db_session: AsyncSession,
     moto_cognito: MotoCognito,
@@ -254,7 +249,7 @@ async def test_a_failing_cognito_step_does_not_fail_the_update_and_is_carried_ou
 
 async def test_a_row_without_a_cognito_user_is_changed_and_the_mismatch_is_logged(
     client: httpx.AsyncClient,
-    served_app: _WithLifespanState,
+    served_app: ServedApp,
     admin_headers: dict[str, str],
     make_user: UserFactory,
     db_session: AsyncSession,

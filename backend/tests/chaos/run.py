@@ -1,31 +1,22 @@
 """The chaos run: mixed traffic on two instances while faults combine, then the invariants.
 
-    python -m tests.chaos [--seconds N] [--seed N] [--report FILE] [--keep-logs]
-
-See the package docstring for what it proves. Exit status: 0 every invariant held, 1 one broke
-(each violation is printed), 2 the run itself could not be carried out.
+See the package docstring for what it proves; `python -m tests.chaos` (`__main__.py`) runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
-import os
 import random
-import signal
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app.core.roles import Role
 from tests.chaos import invariants
 from tests.chaos.proxy import COGNITO_FAULTS, CognitoFaultProxy, CognitoFaults
 from tests.chaos.record import (
@@ -66,7 +57,9 @@ MAX_USERS: Final = 60
 MAX_SESSIONS_PER_USER: Final = 4
 PASSWORD: Final = "Chaos-Passw0rd!"
 CONSOLE_PASSWORD: Final = "Console-Passw0rd!"
-ROLES: Final = ("DISPATCHER", "OFFICER", "EXECUTIVE", "ADMIN")
+# A create makes any role but ADMIN; a re-role may make any role, ADMIN too.
+CREATED_ROLES: Final = tuple(role for role in Role if role is not Role.ADMIN)
+ROLES: Final = (*CREATED_ROLES, Role.ADMIN)
 USERS: Final = "/api/v1/users"
 ME: Final = "/api/v1/users/me"
 
@@ -83,8 +76,8 @@ def _says_try_again(response: httpx.Response) -> bool:
     return response.status_code in (429, 503) or in_progress
 
 
-def _role_body(role: str) -> dict[str, Any]:
-    return {"role": role, "responsible_province": "Chiang Mai" if role == "OFFICER" else None}
+def _role_body(role: Role) -> dict[str, Any]:
+    return {"role": role, "responsible_province": "Chiang Mai" if role is Role.OFFICER else None}
 
 
 class ChaosRun:
@@ -224,9 +217,9 @@ class ChaosRun:
         """Create a user, retrying as an admin would while the answer says to retry."""
         self.creates += 1
         email = f"chaos-{self.creates:03d}-{uuid.uuid4().hex[:6]}@example.gov"
-        role = self.rng.choice(ROLES[:3])
+        role = self.rng.choice(CREATED_ROLES)
         body = {"full_name": f"Chaos {self.creates}", "email": email, **_role_body(role)}
-        if role != "OFFICER":
+        if role is not Role.OFFICER:
             del body["responsible_province"]
         while time.monotonic() < self.admin_deadline:
             response, _, answered, _ = await self.call("create", "POST", USERS, token, body)
@@ -283,7 +276,7 @@ class ChaosRun:
 
     async def _create_over_a_console_user(self, email: str, token: str) -> None:
         await asyncio.sleep(1.5)  # made before the create: not the create's to adopt
-        body = {"full_name": "Console", "email": email, "role": "DISPATCHER"}
+        body = {"full_name": "Console", "email": email, "role": Role.DISPATCHER}
         response = None
         while time.monotonic() < self.admin_deadline:
             response, *_ = await self.call("create", "POST", USERS, token, body)
@@ -368,7 +361,7 @@ class ChaosRun:
             async with user.lock:
                 role = self.rng.choice([r for r in ROLES if r != user.role])
                 body = _role_body(role)
-                if role != "OFFICER":
+                if role is not Role.OFFICER:
                     del body["responsible_province"]
                 await self.put(token, user, body, "re-role")
 
@@ -627,8 +620,22 @@ class ChaosRun:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
 
+        verdicts = self.verdicts(findings, rows, served, judged=converged_at is not None)
+        converged = None if converged_at is None else round(converged_at - healed, 1)
+        return verdicts, self.summary(verdicts, converged)
+
+    def verdicts(
+        self,
+        findings: list[str],
+        rows: dict[str, dict[str, Any]],
+        served: list[str],
+        *,
+        judged: bool,
+    ) -> list[invariants.Verdict]:
+        """Every invariant, judged on what was recorded and what is there after convergence;
+        without convergence, "served afterwards" cannot be judged (`judged` false)."""
         instances = {i.name: i for i in self.stack.instances}
-        verdicts = [
+        return [
             invariants.honest_errors(self.recorder),
             invariants.sessions_end_for_good(self.recorder.accepted_me_calls, self.t0),
             invariants.health_never_starved(
@@ -655,10 +662,15 @@ class ChaosRun:
             invariants.Verdict(
                 "active users served by every instance afterwards",
                 served,
-                judged=converged_at is not None,
+                judged=judged,
             ),
         ]
-        summary = {
+
+    def summary(
+        self, verdicts: list[invariants.Verdict], converged: float | None
+    ) -> dict[str, Any]:
+        """The counts of the run, as `--report` writes them."""
+        return {
             "seconds": self.seconds,
             "requests": {f"{k} -> {s}": n for (k, s), n in sorted(self.recorder.statuses.items())},
             "faults": dict(sorted(self.recorder.faults.items())),
@@ -669,11 +681,10 @@ class ChaosRun:
             "users": len(self.users),
             "abandoned_creates": self.recorder.abandoned_creates,
             "deactivations": sum(len(u.deactivations) for u in self.users),
-            "converged_seconds": None if converged_at is None else round(converged_at - healed, 1),
+            "converged_seconds": converged,
             "error_log_lines": invariants.error_lines(self.stack.instances),
             "violations": {v.name: len(v.violations) for v in verdicts},
         }
-        return verdicts, summary
 
     async def converge(
         self, healed: float
@@ -721,80 +732,3 @@ class ChaosRun:
                     status = "no answer" if response is None else response.status_code
                     problems.append(f"{email}: a new session answered {status} by {instance.name}")
         return problems
-
-
-def print_report(verdicts: list[invariants.Verdict], summary: dict[str, Any]) -> None:
-    print("\n== requests (kind -> status: count)")
-    for line, count in summary["requests"].items():
-        print(f"  {line}: {count}")
-    print("== faults fired:", json.dumps(summary["faults"]))
-    print("== Cognito calls faulted:", json.dumps(summary["cognito_calls_faulted"]))
-    print("== sessions:", json.dumps(summary["sessions"]))
-    print(
-        f"== {summary['users']} users, {summary['deactivations']} deactivations judged, "
-        f"instance starts {summary['instance_starts']}, "
-        f"{summary['error_log_lines']} app log lines at ERROR"
-    )
-    converged = summary["converged_seconds"]
-    print(
-        "== converged",
-        f"{converged} s after the faults stopped" if converged is not None else "NOT within 60 s",
-    )
-    print("== invariants")
-    for verdict in verdicts:
-        outcome = "PASS" if verdict.ok else "FAIL" if verdict.judged else "SKIP"
-        print(f"  {outcome}  {verdict.name}{'' if verdict.judged else ' (not judged)'}")
-        for violation in verdict.violations[:15]:
-            print(f"        - {violation}")
-        if len(verdict.violations) > 15:
-            print(f"        ... and {len(verdict.violations) - 15} more")
-
-
-async def _main(seconds: float, seed: int, report: Path | None, keep_logs: bool) -> int:
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))
-    stack = Stack()
-    failed = True
-    chaos = ChaosRun(stack, seconds, random.Random(seed))
-    print(f"chaos: working in {stack.workdir}", flush=True)
-    try:
-        await chaos.set_up()
-        verdicts, summary = await chaos.run()
-        summary["seed"] = seed
-        print_report(verdicts, summary)
-        failed = not all(verdict.ok for verdict in verdicts)
-        if report is not None:
-            await asyncio.to_thread(report.write_text, json.dumps(summary, indent=2))
-        return 1 if failed else 0
-    finally:
-        await chaos.http.aclose()
-        if chaos.proxy is not None:
-            chaos.proxy.stop()
-        stack.close(keep_logs=failed or keep_logs)
-        if failed or keep_logs:
-            print(f"chaos: logs kept in {stack.workdir}", flush=True)
-
-
-def _terminated(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
-    parser.add_argument(
-        "--seconds", type=float, default=float(os.environ.get("CHAOS_SECONDS", "180"))
-    )
-    parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "0")) or None)
-    parser.add_argument("--report", type=Path, help="write the counts as JSON here")
-    parser.add_argument("--keep-logs", action="store_true")
-    arguments = parser.parse_args(argv)
-    seed = arguments.seed or random.SystemRandom().randrange(1, 2**31)
-    print(f"chaos: seed {seed} (CHAOS_SEED={seed} repeats the choices)", flush=True)
-    signal.signal(signal.SIGTERM, _terminated)
-    try:
-        return asyncio.run(_main(arguments.seconds, seed, arguments.report, arguments.keep_logs))
-    except Exception as error:
-        print(f"chaos: the run could not be carried out: {error!r}", file=sys.stderr)
-        return 2
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()

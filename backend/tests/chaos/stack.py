@@ -37,8 +37,8 @@ from alembic import command
 from sqlalchemy.engine import make_url
 
 from devtools.postgres import EmbeddedPostgres, quote_identifier
-from tests.conftest import alembic_config
 from tests.support.app_env import BACKEND_DIR, app_environment
+from tests.support.database import alembic_config
 from tests.support.moto_cognito import DUMMY_CREDENTIALS_ENV
 from tests.support.net import free_port
 

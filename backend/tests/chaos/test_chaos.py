@@ -20,7 +20,7 @@ import pytest
 from devtools.postgres import EmbeddedPostgres
 from tests.chaos.proxy import COGNITO_FAULTS
 from tests.chaos.run import FAULT_KINDS
-from tests.conftest import REPO_ROOT
+from tests.support.database import REPO_ROOT
 
 SECONDS = 30
 # Set-up, the faults' own tail (an instance restarting), 60 s to converge, and the checks.

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.cli.create_admin import create_admin
 from app.core.roles import Role
 from app.models.user import User
-from tests.api.conftest import make_settings
 from tests.support.app_env import cli_environment, run_cli
+from tests.support.harness import make_settings
 from tests.support.moto_cognito import (
     MotoCognito,
     aws_error_response,

@@ -26,9 +26,9 @@ from app.schemas.user import UserCreate
 from app.services.adoption import ADOPTABLE_AFTER
 from app.services.cognito import CognitoUserPool
 from app.services.reconcile import DEFAULT_OUTBOX_THRESHOLD, OrphanAction
-from tests.api.conftest import make_settings
-from tests.hardening.harness import add_user, execute_sql
 from tests.support.app_env import cli_environment, run_cli
+from tests.support.database import execute_sql
+from tests.support.harness import add_user, make_settings
 from tests.support.moto_cognito import (
     MotoCognito,
     PoolKind,

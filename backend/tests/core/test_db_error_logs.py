@@ -17,8 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.core.db import SessionDep
-from tests.api.conftest import make_settings
-from tests.hardening.harness import LiveApp, live_app
+from tests.support.harness import LiveApp, live_app, make_settings
 from tests.support.net import free_port
 
 ERRORS_LOGGER = "app.core.errors"

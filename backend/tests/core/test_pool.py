@@ -19,7 +19,7 @@ from sqlalchemy.util.queue import Empty, QueueCommon
 from app.core.db import DatabaseConnector, create_engine
 from app.core.pool import FairAsyncQueue, FairAsyncQueuePool
 from app.core.secrets import fetch_database_credentials
-from tests.api.conftest import make_settings
+from tests.support.harness import make_settings
 
 
 async def waiting(queue: FairAsyncQueue[str], patience: float = 5) -> asyncio.Task[str]:

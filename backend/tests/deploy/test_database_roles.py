@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.core.roles import Role
 from app.models.user import User
 from devtools.postgres import PsqlAdmin
-from tests.conftest import run_alembic, unique_database_name
+from tests.support.database import run_alembic, unique_database_name
 
 from .nginx_harness import REPO_ROOT
 

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.core.metrics import FLUSH_INTERVAL_SECONDS
-from tests.conftest import REPO_ROOT
 from tests.support.app_env import app_environment
+from tests.support.database import REPO_ROOT
 
 from .nginx_harness import run_uvicorn
 

@@ -23,7 +23,7 @@ from app.api.docs import (
 )
 from app.core.config import ConfigError
 from app.main import create_app
-from tests.api.conftest import make_settings, serve
+from tests.support.harness import make_settings, serve
 from tests.support.jwt_tokens import TEST_CLIENT_ID
 
 # Nothing listens there: these tests never verify a token, and must not fetch keys from AWS.

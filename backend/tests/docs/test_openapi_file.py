@@ -11,7 +11,7 @@ import pytest
 
 from app.main import create_app
 from devtools.openapi import COMMITTED_PATH, REGENERATE, document
-from tests.api.conftest import make_settings, serve
+from tests.support.harness import make_settings, serve
 
 # Nothing listens there: no test here verifies a token.
 NO_JWKS = "http://127.0.0.1:9/jwks.json"

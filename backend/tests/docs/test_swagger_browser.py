@@ -44,8 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
-from tests.api.conftest import SIGNING_KEY_ID, make_settings, token_for
-from tests.support.jwt_tokens import TEST_CLIENT_ID, JWKSServer, shared_rsa_key
+from tests.support.harness import make_settings, token_for
+from tests.support.jwt_tokens import TEST_CLIENT_ID, JWKSServer
 from tests.support.net import free_port
 from tests.support.servers import BackgroundServer
 
@@ -158,13 +158,6 @@ class BrowserProblems:
     def _response(self, response: Response) -> None:
         if response.status >= 400:
             self.items.append(f"HTTP {response.status}: {response.url}")
-
-
-@pytest.fixture(scope="module")
-def jwks_server() -> Iterator[JWKSServer]:
-    """The JWKS holding the key `token_for` signs with, over real HTTP."""
-    with JWKSServer(shared_rsa_key(SIGNING_KEY_ID)) as server:
-        yield server
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from devtools.cognito_emulator import emulator_server
-from tests.api.conftest import make_settings, serve
+from tests.support.harness import make_settings, serve
 
 REGION = "us-east-1"
 EMAIL = "dispatcher@example.gov"

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from app.core.roles import Role
-from tests.api.conftest import make_settings
-from tests.hardening.harness import LiveApp, add_user, bearer, live_app, recorded_logs
+from tests.support.database import cloned_database
+from tests.support.harness import LiveApp, add_user, bearer, live_app, make_settings
 from tests.support.jwt_tokens import JWKSServer
+from tests.support.logs import recorded_logs
 from tests.support.moto_cognito import MotoCognito
 
 USERS = "/api/v1/users"
@@ -122,19 +123,11 @@ CORPUS: dict[str, Probe] = {
 async def target(
     pg: Any, migrated_template: str, jwks_server: JWKSServer, moto_cognito: MotoCognito
 ) -> AsyncIterator[tuple[LiveApp, dict[str, str]]]:
-    import asyncio
-
-    from tests.conftest import unique_database_name
-
-    name = unique_database_name("bad_input")
-    await asyncio.to_thread(pg.create_database, name, migrated_template)
-    try:
-        admin = await add_user(pg.url(name), Role.ADMIN)
-        settings = make_settings(pg.url(name), cognito_jwks_url=jwks_server.url)
+    async with cloned_database(pg, migrated_template, "bad_input") as url:
+        admin = await add_user(url, Role.ADMIN)
+        settings = make_settings(url, cognito_jwks_url=jwks_server.url)
         async with live_app(settings, cognito=moto_cognito.adapter()) as live:
             yield live, bearer(admin.cognito_user_id)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
 
 
 @pytest.mark.parametrize("name", list(CORPUS))

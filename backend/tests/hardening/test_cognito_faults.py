@@ -33,20 +33,17 @@ from sqlalchemy.pool import NullPool
 from app.core.config import Settings
 from app.core.roles import Role
 from app.models.user import User
-from tests.api.conftest import directory_caught_up, make_settings
-from tests.hardening.harness import (
-    Fault,
-    FaultProxy,
+from tests.hardening.faults import Fault, FaultProxy, fault_proxy, proxied_adapter, timed
+from tests.support.harness import (
     LiveApp,
     add_user,
     bearer,
-    fault_proxy,
+    directory_caught_up,
     live_app,
-    proxied_adapter,
-    recorded_logs,
-    timed,
+    make_settings,
 )
 from tests.support.jwt_tokens import JWKSServer
+from tests.support.logs import recorded_logs
 from tests.support.moto_cognito import MotoCognito
 
 USERS = "/api/v1/users"

@@ -16,8 +16,14 @@ from sqlalchemy.pool import NullPool
 
 from app.core.roles import Role
 from app.models.user import User
-from tests.api.conftest import directory_caught_up, make_settings
-from tests.hardening.harness import LiveApp, add_user, bearer, live_app
+from tests.support.harness import (
+    LiveApp,
+    add_user,
+    bearer,
+    directory_caught_up,
+    live_app,
+    make_settings,
+)
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito
 

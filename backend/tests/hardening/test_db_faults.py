@@ -22,9 +22,8 @@ from sqlalchemy.engine import make_url
 
 from app.core.db import SessionDep
 from app.core.roles import Role
-from tests.api.conftest import make_settings
-from tests.hardening.conftest import OwnPostgres
-from tests.hardening.harness import LiveApp, add_user, bearer, live_app, timed, wait_until
+from tests.hardening.faults import OwnPostgres, timed, wait_until
+from tests.support.harness import LiveApp, add_user, bearer, live_app, make_settings
 from tests.support.jwt_tokens import JWKSServer
 
 ME = "/api/v1/users/me"

@@ -12,7 +12,6 @@ the generation deterministic in `make test`; `make fuzz` raises it (FUZZ_EXAMPLE
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -25,9 +24,8 @@ from schemathesis.python import asgi
 from app.core.roles import Role
 from app.main import create_app
 from devtools.postgres import PsqlAdmin
-from tests.api.conftest import make_settings
-from tests.conftest import unique_database_name
-from tests.hardening.harness import add_user, bearer
+from tests.support.database import cloned_database
+from tests.support.harness import add_user, bearer, make_settings
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito
 
@@ -43,12 +41,8 @@ FUZZ_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 async def fuzz_database(pg: PsqlAdmin, migrated_template: str) -> AsyncIterator[str]:
-    name = unique_database_name("fuzz")
-    await asyncio.to_thread(pg.create_database, name, migrated_template)
-    try:
-        yield pg.url(name)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
+    async with cloned_database(pg, migrated_template, "fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

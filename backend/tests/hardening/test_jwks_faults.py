@@ -16,8 +16,8 @@ import pytest
 import app.main
 from app.core.jwks import JWKSCache
 from app.core.roles import Role
-from tests.api.conftest import make_settings
-from tests.hardening.harness import LiveApp, add_user, bearer, live_app, timed
+from tests.hardening.faults import timed
+from tests.support.harness import LiveApp, add_user, bearer, live_app, make_settings
 from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
 
 ME = "/api/v1/users/me"

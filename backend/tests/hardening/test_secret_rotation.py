@@ -23,19 +23,10 @@ from sqlalchemy.engine import make_url
 
 import app.core.db
 from app.core.roles import Role
-from tests.api.conftest import make_settings
-from tests.hardening.conftest import OwnPostgres
-from tests.hardening.harness import (
-    Fault,
-    FaultProxy,
-    add_user,
-    bearer,
-    fault_proxy,
-    live_app,
-    recorded_logs,
-    timed,
-)
+from tests.hardening.faults import Fault, FaultProxy, OwnPostgres, fault_proxy, timed
+from tests.support.harness import add_user, bearer, live_app, make_settings
 from tests.support.jwt_tokens import TEST_REGION, JWKSServer
+from tests.support.logs import recorded_logs
 from tests.support.moto_cognito import DUMMY_CREDENTIALS_ENV, MotoCognito
 
 ME = "/api/v1/users/me"

@@ -18,20 +18,23 @@ import httpx
 import pytest
 
 from app.core.roles import Role
-from tests.api.conftest import directory_caught_up, make_settings
-from tests.hardening.conftest import OwnPostgres
-from tests.hardening.harness import (
+from tests.hardening.faults import (
     Fault,
     FaultProxy,
-    LiveApp,
-    add_user,
-    bearer,
-    execute_sql,
+    OwnPostgres,
     fault_proxy,
-    live_app,
     proxied_adapter,
     timed,
     wait_until,
+)
+from tests.support.database import execute_sql
+from tests.support.harness import (
+    LiveApp,
+    add_user,
+    bearer,
+    directory_caught_up,
+    live_app,
+    make_settings,
 )
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import run_alembic
+from tests.support.database import run_alembic
 
 
 async def test_a_migration_behind_a_lock_fails_fast_instead_of_waiting(
@@ -32,7 +32,7 @@ async def test_a_migration_behind_a_lock_fails_fast_instead_of_waiting(
 def test_a_timeout_that_is_not_a_duration_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from alembic import command
 
-    from tests.conftest import alembic_config
+    from tests.support.database import alembic_config
 
     monkeypatch.setenv("MIGRATION_STATEMENT_TIMEOUT", "1s'; DROP TABLE users; --")
     with pytest.raises(ValueError, match="statement_timeout must be a PostgreSQL duration"):

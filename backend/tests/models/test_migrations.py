@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.models import Base
-from tests.conftest import run_alembic
+from tests.support.database import run_alembic
 
 
 async def table_names(url: str) -> set[str]:

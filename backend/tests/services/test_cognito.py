@@ -31,7 +31,7 @@ from app.services.cognito import (
     EmailTakenError,
     UsernameMode,
 )
-from tests.api.conftest import make_settings
+from tests.support.harness import make_settings
 from tests.support.moto_cognito import (
     DUMMY_CREDENTIALS_ENV,
     MotoCognito,

@@ -16,8 +16,8 @@ from app.core.roles import Role
 from app.main import create_app
 from app.services.cognito import CognitoUserPool, UsernameMode
 from app.services.pool_check import PoolCheckUnavailable, check_pool
-from tests.api.conftest import make_settings
-from tests.hardening.harness import recorded_logs
+from tests.support.harness import make_settings
+from tests.support.logs import recorded_logs
 from tests.support.moto_cognito import (
     DUMMY_CREDENTIALS_ENV,
     POOL_KINDS,

@@ -29,25 +29,17 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.user_cache import EVERYONE, AuthenticatedUser, UserCache
-from tests.api.conftest import (
-    SIGNING_KEY_ID,
-    _WithLifespanState,
+from tests.support.harness import (
     client_of,
     make_settings,
     served,
     token_for,
 )
-from tests.hardening.harness import RecordingHandler
-from tests.support.jwt_tokens import JWKSServer, shared_rsa_key
+from tests.support.jwt_tokens import JWKSServer
+from tests.support.logs import RecordingHandler
 from tests.support.pg_proxy import Drop, PostgresProxy
 
 ME = "/api/v1/users/me"
-
-
-@pytest.fixture(scope="module")
-def jwks_server() -> Iterator[JWKSServer]:
-    with JWKSServer(shared_rsa_key(SIGNING_KEY_ID)) as server:
-        yield server
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -110,13 +102,11 @@ async def running_app(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
     """The app with its lifespan; once its cache is trusted unless `trusted` is false."""
     app = create_app(make_settings(database_url, cognito_jwks_url=jwks_url, **overrides))
-    async with app.router.lifespan_context(app) as state:
-        transport = httpx.ASGITransport(app=_WithLifespanState(app, state or {}))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            cache: UserCache = state["user_cache"]
-            if trusted:
-                await eventually(lambda: cache.trusted)
-            yield client, dict(state or {})
+    async with served(app, background=False) as asgi, client_of(asgi) as client:
+        cache: UserCache = asgi.state["user_cache"]
+        if trusted:
+            await eventually(lambda: cache.trusted)
+        yield client, dict(asgi.state)
 
 
 def headers_of(user: User) -> dict[str, str]:

@@ -13,15 +13,11 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,14 +27,9 @@ from sqlalchemy.engine import make_url
 
 from app.core.roles import Role
 from devtools.postgres import PsqlAdmin
-from tests.conftest import REPO_ROOT, unique_database_name
-from tests.hardening.harness import SIGNING_KEY_ID, add_user, bearer
-from tests.support.app_env import app_environment
-from tests.support.jwt_tokens import (
-    JWKSServer,
-    shared_rsa_key,
-)
-from tests.support.net import free_port
+from tests.support.database import cloned_database
+from tests.support.harness import AppProcess, add_user, app_process, bearer
+from tests.support.jwt_tokens import JWKSServer
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("SOAK_CONNECTIONS", "50"))
@@ -49,83 +40,23 @@ RSS_GROWTH_LIMIT_BYTES = 24 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def soak_jwks() -> Iterator[JWKSServer]:
-    with JWKSServer(shared_rsa_key(SIGNING_KEY_ID)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 async def soak_database(pg: PsqlAdmin, migrated_template: str) -> AsyncIterator[str]:
-    name = unique_database_name("soak")
-    await asyncio.to_thread(pg.create_database, name, migrated_template)
-    try:
-        yield pg.url(name)
-    finally:
-        await asyncio.to_thread(pg.drop_database, name)
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+    async with cloned_database(pg, migrated_template, "soak") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def server(soak_database: str, soak_jwks: JWKSServer) -> Iterator[Server]:
-    port = free_port()
-    env = app_environment(
+def server(soak_database: str, jwks_server: JWKSServer) -> Iterator[AppProcess]:
+    """The app as uvicorn serves it, its pool at the size whose bound the test checks."""
+    with app_process(
         soak_database,
-        soak_jwks.url,
-        PYTHONPATH=str(REPO_ROOT / "backend"),
+        jwks_server.url,
         DB_POOL_SIZE=str(POOL_SIZE),
         DB_MAX_OVERFLOW=str(MAX_OVERFLOW),
         ENVIRONMENT="soak",
         LOG_LEVEL="WARNING",
-    )
-    workdir = Path(tempfile.mkdtemp(prefix="onesys-soak-"))  # no .env of the repo is read
-    log = workdir / "server.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"),
-                *("--port", str(port), "--timeout-keep-alive", "15", "--no-access-log"),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    running = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{running.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    ) as running:
         yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -228,7 +159,9 @@ async def app_connections(database_url: str) -> list[str]:
 
 
 @pytest.mark.long
-async def test_soak_mixed_traffic_at_fifty_connections(server: Server, soak_database: str) -> None:
+async def test_soak_mixed_traffic_at_fifty_connections(
+    server: AppProcess, soak_database: str
+) -> None:
     admin = await add_user(
         soak_database, Role.ADMIN, email=f"soak-admin-{uuid.uuid4().hex[:8]}@example.gov"
     )

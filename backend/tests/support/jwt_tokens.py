@@ -31,6 +31,8 @@ TEST_USER_POOL_ID: Final = "ap-southeast-1_TestPool1"
 TEST_ISSUER: Final = f"https://cognito-idp.{TEST_REGION}.amazonaws.com/{TEST_USER_POOL_ID}"
 TEST_CLIENT_ID: Final = "testclient0123456789abcdef"
 TEST_SUB: Final = "8f2c6a1e-0000-4000-8000-000000000001"
+# The key the `jwks_server` fixture serves and the harness signs tokens with.
+SIGNING_KEY_ID: Final = "test-signing-key-1"
 
 
 class _Omit(enum.Enum):

@@ -1,211 +1,80 @@
-"""What the hardening tests share: an app whose lifespan state they can inspect, committed users,
-a dedicated PostgreSQL server they may stop, and an HTTP proxy that breaks AWS calls on demand.
+"""The faults the hardening tests inflict: an HTTP proxy that breaks AWS calls on demand, and a
+PostgreSQL server of their own that they stop, freeze and reconfigure; and how they time what
+follows (`timed`, `wait_until`).
+
+The app itself they start with `tests/support/harness.py`, like every other test directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import logging
+import os
+import signal
 import socket
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
 from botocore.config import Config
-from fastapi import FastAPI
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.pool import NullPool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.aws import client_config
 from app.core.config import Settings
-from app.core.roles import Role
-from app.main import create_app
-from app.models.user import User
 from app.services.cognito import CognitoUserPool, single_attempt
-from app.worker import background_work
-from tests.api.conftest import using_cognito
-
-if TYPE_CHECKING:
-    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
-from tests.support.jwt_tokens import TEST_REGION, access_token_claims, mint_token, shared_rsa_key
+from devtools.postgres import EmbeddedPostgres
+from tests.support.jwt_tokens import TEST_REGION
 from tests.support.moto_cognito import MotoCognito
 from tests.support.servers import BackgroundServer
 
-SIGNING_KEY_ID = "test-signing-key-1"  # the key the shared JWKS server of tests.api serves
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
 
 
 # ---------------------------------------------------------------------------------------------
-# The app, with its lifespan state at hand
+# A PostgreSQL server of the hardening tests alone (the `own_pg` fixture)
 
 
-class _WithState:
-    def __init__(self, app: ASGIApp, state: Mapping[str, Any]) -> None:
-        self.app = app
-        self.state = state
+class OwnPostgres(EmbeddedPostgres):
+    """The dedicated server, with the faults the tests inflict on it."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app({**scope, "state": dict(self.state)}, receive, send)
+    def postmaster_pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
 
+    def server_pids(self) -> list[int]:
+        """The postmaster and every backend and worker it forked."""
+        parent = self.postmaster_pid()
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        return [parent, *map(int, children)]
 
-@dataclass
-class LiveApp:
-    """An app after startup: its client (ASGI, in this event loop) and its lifespan state."""
+    def freeze(self) -> list[int]:
+        """SIGSTOP every server process: connections hang instead of failing."""
+        pids = self.server_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
 
-    app: FastAPI
-    client: httpx.AsyncClient
-    state: Mapping[str, Any]
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
-    @property
-    def engine(self) -> AsyncEngine:
-        engine: AsyncEngine = self.state["engine"]
-        return engine
-
-    def checked_out(self) -> int:
-        """Connections the app's pool has handed out and not got back."""
-        return int(self.engine.pool.checkedout())  # type: ignore[attr-defined]
-
-
-@asynccontextmanager
-async def live_app(
-    settings: Settings,
-    *,
-    cognito: CognitoUserPool | None = None,
-    customize: Callable[[FastAPI], None] | None = None,
-    background: bool = True,
-) -> AsyncIterator[LiveApp]:
-    """`create_app(settings)`, its lifespan run here as a server would, and a client; with the
-    worker process's background work beside it unless `background` is false (a test of the web
-    process alone, e.g. of how often it reads the secret)."""
-    app = create_app(settings)
-    if customize is not None:
-        customize(app)
-    async with (
-        app.router.lifespan_context(app) as lifespan_state,
-        (
-            background_work(settings, cognito=lifespan_state["cognito"])  # type: ignore[index]
-            if background
-            else nullcontext()
-        ) as worker,
-    ):
-        state = lifespan_state or {}
-        transport = httpx.ASGITransport(app=_WithState(app, state))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            if cognito is None:
-                yield LiveApp(app, client, state)
-            else:
-                with using_cognito(app, state, cognito, worker):
-                    yield LiveApp(app, client, state)
-
-
-def bearer(sub: str, *, kid: str = SIGNING_KEY_ID, **claims: object) -> dict[str, str]:
-    """Authorization header with a fresh token (its own jti, so no verified-claims cache hit)."""
-    token = mint_token(
-        access_token_claims({"sub": sub, "jti": str(uuid.uuid4()), **claims}),
-        shared_rsa_key(kid),
-    )
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def add_user(
-    database_url: str,
-    role: Role = Role.ADMIN,
-    *,
-    email: str | None = None,
-    sub: str | None = None,
-    province: str | None = None,
-) -> User:
-    """A committed user row (no Cognito side unless `sub` names one)."""
-    unique = uuid.uuid4().hex[:12]
-    if role is Role.OFFICER and province is None:
-        province = "Chiang Mai"
-    user = User(
-        cognito_user_id=sub or str(uuid.uuid4()),
-        email=email or f"{role.lower()}-{unique}@example.gov",
-        full_name=f"Hardening {role.title()} {unique}",
-        role=role,
-        responsible_province=province,
-        is_active=True,
-    )
-    engine = create_async_engine(database_url, poolclass=NullPool)
-    try:
-        async with AsyncSession(engine, expire_on_commit=False) as session:
-            session.add(user)
-            await session.commit()
-    finally:
-        await engine.dispose()
-    return user
-
-
-async def execute_sql(database_url: str, *statements: str) -> list[Any]:
-    """Run statements in one committed transaction; the rows of the last one."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
-    try:
-        async with engine.begin() as connection:
-            rows: list[Any] = []
-            for statement in statements:
-                result = await connection.execute(text(statement))
-                rows = list(result.all()) if result.returns_rows else []
-            return rows
-    finally:
-        await engine.dispose()
-
-
-async def timed(awaitable: Any) -> tuple[Any, float]:
-    started = time.monotonic()
-    result = await awaitable
-    return result, time.monotonic() - started
-
-
-# ---------------------------------------------------------------------------------------------
-# Logs
-
-
-def _app_formatter() -> logging.Formatter:
-    # The JSON formatter `configure_logging` installs, so `extra=` fields are searched too.
-    for handler in logging.getLogger().handlers:
-        if handler.formatter is not None and not isinstance(handler, RecordingHandler):
-            return handler.formatter
-    return logging.Formatter()
-
-
-class RecordingHandler(logging.Handler):
-    """Keeps every record, formatted the way the app formats them for production."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        # The production formatter, so `extra=` fields and tracebacks are searched as well.
-        self.lines.append(_app_formatter().format(record))
-
-    def at_least(self, level: int) -> list[logging.LogRecord]:
-        return [record for record in self.records if record.levelno >= level]
-
-
-@contextmanager
-def recorded_logs() -> Iterator[RecordingHandler]:
-    """Every log record of the process while the block runs (attach after `create_app`)."""
-    handler = RecordingHandler()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
+    def hba_prepend(self, line: str) -> None:
+        """Put an authentication rule first in pg_hba.conf and reload the server."""
+        hba = self.pgdata / "pg_hba.conf"
+        stat = hba.stat()
+        hba.write_text(f"{line}\n{hba.read_text()}")
+        os.chown(hba, stat.st_uid, stat.st_gid)
+        self.execute("SELECT pg_reload_conf()")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,12 +286,10 @@ def fault_proxy(upstream_url: str) -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-def port_is_open(port: int) -> bool:
-    with socket.socket() as probe, suppress(OSError):
-        probe.settimeout(0.5)
-        probe.connect(("127.0.0.1", port))
-        return True
-    return False
+async def timed(awaitable: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    result = await awaitable
+    return result, time.monotonic() - started
 
 
 async def wait_until(predicate: Callable[[], Any], *, within: float, every: float = 0.1) -> None:
