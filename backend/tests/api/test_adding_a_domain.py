@@ -39,7 +39,7 @@ from app.models.case import Case, CasePriority
 from app.models.reference import RefComplaintType
 from app.schemas.page import Page, PageParams
 from app.schemas.text import SearchText
-from tests.api.conftest import UserFactory, auth_headers, serve
+from tests.support.harness import UserFactory, auth_headers, serve
 
 # -- app/schemas/notes.py ---------------------------------------------------------------------
 
