@@ -44,9 +44,11 @@ from app.services.outbox import OutboxWorker
 from app.services.pool_check import start_pool_check
 from app.services.reference import ReferenceCache
 from app.services.user_cache import (
+    PAGES_CACHED,
     ActiveUsers,
     UserCache,
     UserCountCache,
+    UserPageCache,
     session_class_evicting_from,
 )
 
@@ -64,6 +66,7 @@ class State(TypedDict):
     user_cache: UserCache
     user_lookup: UserLookup
     user_counts: UserCountCache
+    user_pages: UserPageCache
     cognito: CognitoUserPool
     directory_sync: DirectorySync
     reference_cache: ReferenceCache
@@ -123,6 +126,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> State:
         user_cache=user_cache,
         user_lookup=ActiveUsers(user_cache, read_sessions),
         user_counts=UserCountCache(user_cache),
+        user_pages=UserPageCache(user_cache, max_entries=PAGES_CACHED),
         cognito=cognito,
         # Requests only record work in the outbox; the worker process (app.worker) does it.
         directory_sync=DirectorySync(OutboxWorker(sessionmaker, read_sessions), cognito),

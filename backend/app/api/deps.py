@@ -15,12 +15,14 @@ from app.core.state import LifespanItem
 from app.services.cognito import CognitoUserPool
 from app.services.directory_sync import DirectorySync
 from app.services.reference import ReferenceCache, ReferenceReads
-from app.services.user_cache import UserCountCache
+from app.services.user_cache import UserCountCache, UserPageCache
+from app.services.user_list import UserListReads
 
 SETTINGS: Final = LifespanItem[Settings]("settings")
 COGNITO: Final = LifespanItem[CognitoUserPool]("cognito")
 REFERENCE_CACHE: Final = LifespanItem[ReferenceCache]("reference_cache")
 USER_COUNTS: Final = LifespanItem[UserCountCache]("user_counts")
+USER_PAGES: Final = LifespanItem[UserPageCache]("user_pages")
 DIRECTORY_SYNC: Final = LifespanItem[DirectorySync]("directory_sync")
 
 
@@ -30,8 +32,14 @@ async def reference_reads(request: Request) -> ReferenceReads:
     return ReferenceReads(READ_SESSIONMAKER.of(request), REFERENCE_CACHE.of(request))
 
 
+async def user_list_reads(request: Request) -> UserListReads:
+    return UserListReads(
+        READ_SESSIONMAKER.of(request), USER_COUNTS.of(request), USER_PAGES.of(request)
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(SETTINGS)]
 CognitoDep = Annotated[CognitoUserPool, Depends(COGNITO)]
 ReferenceReadsDep = Annotated[ReferenceReads, Depends(reference_reads)]
-UserCountsDep = Annotated[UserCountCache, Depends(USER_COUNTS)]
+UserListReadsDep = Annotated[UserListReads, Depends(user_list_reads)]
 DirectorySyncDep = Annotated[DirectorySync, Depends(DIRECTORY_SYNC)]

@@ -2,10 +2,10 @@
 
 A `PagedQuery` names a list's columns, its filters (each a named bind parameter, so the
 statements depend only on which filters are set and SQLAlchemy compiles each combination once)
-and its orders (each with its reverse). `read_page` counts first (through a `CountCache`, which
-answers while it can vouch for the count), then reads a page in the back half from the other
-end of the same index: the last page costs what the first does instead of walking past every
-row before it. A page past the end is empty, with the total.
+and its orders (each with its reverse). `read_page` counts first (through a `CountCache`, a
+`TicketedCache` of counts, which answers while it can vouch for the count), then reads a page
+in the back half from the other end of the same index: the last page costs what the first does
+instead of walking past every row before it. A page past the end is empty, with the total.
 
 A list of province-scoped items names its province column (`PagedQuery.province`), and
 `read_page` then requires the caller's `ProvinceScope` and applies it to the count and the
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from cachetools import TTLCache
 from sqlalchemy import ColumnElement, FromClause, Select, bindparam, func, select
@@ -66,30 +66,38 @@ class _Unwatched:
 UNWATCHED: Final[ChangeTickets] = _Unwatched()
 
 
-class CountCache:
-    """Counts by query and filters, served while `changes` vouches that nothing changed since.
+V = TypeVar("V")
 
-    An entry remembers the ticket it was counted under; any change moves the ticket on, so a
-    stale count is never served; while `changes` cannot vouch (ticket None) nothing is cached.
+
+class TicketedCache(Generic[V]):
+    """Values by key (a list's counts, its pages), served while `changes` vouches that nothing
+    they were computed from changed since.
+
+    An entry remembers the ticket it was computed under; any change moves the ticket on, so a
+    stale value is never served; while `changes` cannot vouch (ticket None) nothing is cached.
     """
 
     def __init__(
         self, changes: ChangeTickets, *, ttl_seconds: float = 300.0, max_entries: int = 1024
     ) -> None:
         self._changes = changes
-        self._counts: TTLCache[Hashable, tuple[int, int]] = TTLCache(
+        self._entries: TTLCache[Hashable, tuple[int, V]] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds
         )
 
-    async def get_or_count(self, key: Hashable, count: Callable[[], Awaitable[int]]) -> int:
+    async def get_or_compute(self, key: Hashable, compute: Callable[[], Awaitable[V]]) -> V:
         ticket = self._changes.ticket()
-        entry = self._counts.get(key) if ticket is not None else None
+        entry = self._entries.get(key) if ticket is not None else None
         if entry is not None and entry[0] == ticket:
             return entry[1]
-        total = await count()
+        value = await compute()
+        # Kept only if nothing changed while it was computed.
         if ticket is not None and ticket == self._changes.ticket():
-            self._counts[key] = (ticket, total)
-        return total
+            self._entries[key] = (ticket, value)
+        return value
+
+
+CountCache = TicketedCache[int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,7 +191,7 @@ async def read_page(
 
     province = None if scope is None else scope.province
     key = (query.name, province, filters, tuple(values[name] for name in filters))
-    total = await counts.get_or_count(key, count)
+    total = await counts.get_or_compute(key, count)
     start = (page - 1) * page_size
     end = min(start + page_size, total)
     if start >= end:

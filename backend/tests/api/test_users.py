@@ -3,6 +3,7 @@ asserted on the database and a moto Cognito pool."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -11,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.roles import Role
 from app.models.user import User
+from app.schemas.user import UserList
 from app.services.cognito import CognitoUserPool
 from tests.api.user_requests import ME, USERS, create, new_email
 from tests.support.harness import UserFactory, auth_headers
@@ -311,3 +313,37 @@ def test_openapi_declares_every_status_each_route_returns(app: FastAPI) -> None:
         declared = set(paths[path][method]["responses"])
         assert statuses <= declared, (method, path, statuses - declared)
         assert paths[path][method]["description"] or paths[path][method]["summary"]
+
+
+async def test_a_page_is_served_as_cached_until_a_users_row_changes(
+    client: httpx.AsyncClient, make_user: UserFactory, served_app: Any
+) -> None:
+    """The page cache answers under the count cache's rule: while the listener vouches for it
+    and no users row changed since."""
+    admin = await make_user(Role.ADMIN)
+    state = served_app.state
+    async with asyncio.timeout(10):
+        while not state["user_cache"].trusted:  # noqa: ASYNC110 - the listener proves itself
+            await asyncio.sleep(0.05)
+    page = f"{USERS}?page=1&sort=full_name"
+    first = await client.get(page, headers=auth_headers(admin))
+    assert first.status_code == 200
+
+    async def rename(full_name: str, *, notified: bool) -> None:
+        async with state["engine"].connect() as connection:
+            if not notified:  # the row changes behind the listener's back (no trigger fires)
+                await connection.execute(text("SET LOCAL session_replication_role = replica"))
+            await connection.execute(
+                update(User).where(User.id == admin.id).values(full_name=full_name)
+            )
+            await connection.commit()
+
+    await rename("Unheard Of", notified=False)
+    cached = await client.get(page, headers=auth_headers(admin))
+    assert cached.content == first.content  # served from the cache: the database was not read
+    await rename("Heard Of", notified=True)
+    async with asyncio.timeout(10):
+        # The notification reaches the listener a moment after the commit.
+        while "Heard Of" not in (await client.get(page, headers=auth_headers(admin))).text:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert UserList.model_validate_json(cached.content).total >= 1

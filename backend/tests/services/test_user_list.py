@@ -93,13 +93,13 @@ async def test_counts_are_cached_per_filter_until_any_user_changes() -> None:
         calls.append(label)
         return value
 
-    assert await counts.get_or_count(("ADMIN",), lambda: count(3, "admins")) == 3
-    assert await counts.get_or_count(("ADMIN",), lambda: count(99, "admins")) == 3
-    assert await counts.get_or_count(("OFFICER",), lambda: count(5, "officers")) == 5
+    assert await counts.get_or_compute(("ADMIN",), lambda: count(3, "admins")) == 3
+    assert await counts.get_or_compute(("ADMIN",), lambda: count(99, "admins")) == 3
+    assert await counts.get_or_compute(("OFFICER",), lambda: count(5, "officers")) == 5
     assert calls == ["admins", "officers"]
 
     users.invalidate(["some-sub"])  # any change, inserts included, moves the generation on
-    assert await counts.get_or_count(("ADMIN",), lambda: count(4, "admins")) == 4
+    assert await counts.get_or_compute(("ADMIN",), lambda: count(4, "admins")) == 4
     assert calls == ["admins", "officers", "admins"]
 
 
@@ -111,6 +111,6 @@ async def test_counts_are_not_cached_without_a_listener() -> None:
         calls.append(1)
         return 7
 
-    assert await counts.get_or_count(("any",), count) == 7
-    assert await counts.get_or_count(("any",), count) == 7
+    assert await counts.get_or_compute(("any",), count) == 7
+    assert await counts.get_or_compute(("any",), count) == 7
     assert len(calls) == 2

@@ -5,7 +5,7 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import CognitoDep, DirectorySyncDep, UserCountsDep
+from app.api.deps import CognitoDep, DirectorySyncDep, UserListReadsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentProfile
 from app.api.v1.query import refuse_unexpected_query
@@ -109,12 +109,13 @@ async def list_users(
     params: Annotated[UserListParams, Query()],
     _: AdminUser,
     request: Request,
-    sessions: ReadSessionsDep,
-    counts: UserCountsDep,
-) -> UserList:
+    reads: UserListReadsDep,
+) -> Response:
     """Users, filtered, sorted and paginated."""
     refuse_unexpected_query(request, UserListParams.model_fields)
-    return await user_list.list_users(sessions, counts, params)
+    # Sent as cached: the answer is a `UserList` (response_model), built once per change.
+    answer = await user_list.user_list_answer(reads, params)
+    return Response(answer, media_type="application/json")
 
 
 @router.get("/{user_id}", response_model=ManagedUserResponse, responses=READ_RESPONSES)
