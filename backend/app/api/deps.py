@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.db import READ_SESSIONMAKER
 from app.core.state import LifespanItem
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectoryRecorder
 from app.services.reference import ReferenceCache, ReferenceReads
 from app.services.user_cache import UserCountCache
 
@@ -21,7 +21,7 @@ SETTINGS: Final = LifespanItem[Settings]("settings")
 COGNITO: Final = LifespanItem[CognitoUserPool]("cognito")
 REFERENCE_CACHE: Final = LifespanItem[ReferenceCache]("reference_cache")
 USER_COUNTS: Final = LifespanItem[UserCountCache]("user_counts")
-DIRECTORY_SYNC: Final = LifespanItem[DirectorySync]("directory_sync")
+DIRECTORY_SYNC: Final = LifespanItem[DirectoryRecorder]("directory_sync")
 
 
 async def reference_reads(request: Request) -> ReferenceReads:
@@ -34,4 +34,4 @@ SettingsDep = Annotated[Settings, Depends(SETTINGS)]
 CognitoDep = Annotated[CognitoUserPool, Depends(COGNITO)]
 ReferenceReadsDep = Annotated[ReferenceReads, Depends(reference_reads)]
 UserCountsDep = Annotated[UserCountCache, Depends(USER_COUNTS)]
-DirectorySyncDep = Annotated[DirectorySync, Depends(DIRECTORY_SYNC)]
+DirectoryRecorderDep = Annotated[DirectoryRecorder, Depends(DIRECTORY_SYNC)]

@@ -33,8 +33,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool, single_attempt
-from app.worker import background_work
-from tests.api.conftest import using_cognito
+from tests.api.conftest import background_beside, using_cognito
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
@@ -92,11 +91,7 @@ async def live_app(
         customize(app)
     async with (
         app.router.lifespan_context(app) as lifespan_state,
-        (
-            background_work(settings, cognito=lifespan_state["cognito"])  # type: ignore[index]
-            if background
-            else nullcontext()
-        ) as worker,
+        background_beside(lifespan_state or {}) if background else nullcontext() as switch,
     ):
         state = lifespan_state or {}
         transport = httpx.ASGITransport(app=_WithState(app, state))
@@ -104,7 +99,7 @@ async def live_app(
             if cognito is None:
                 yield LiveApp(app, client, state)
             else:
-                with using_cognito(app, state, cognito, worker):
+                with using_cognito(app, state, cognito, switch):
                     yield LiveApp(app, client, state)
 
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import CognitoDep, DirectorySyncDep, UserCountsDep
+from app.api.deps import CognitoDep, DirectoryRecorderDep, UserCountsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentProfile
 from app.api.v1.query import refuse_unexpected_query
@@ -23,7 +23,7 @@ from app.schemas.user import (
     UserUpdate,
 )
 from app.services import user_creation, user_list, users
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectoryRecorder
 
 Responses = dict[int | str, dict[str, object]]
 
@@ -133,7 +133,7 @@ async def read_user(
     """One user."""
     async with sessions() as session:
         user = await users.get_user(session, user_id)
-        in_step = await DirectorySync.in_step(session, user_id)
+        in_step = await DirectoryRecorder.in_step(session, user_id)
     return _managed(user, directory_in_step=in_step)
 
 
@@ -143,7 +143,7 @@ async def update_user(
     update: UserUpdate,
     admin: AdminUser,
     session: SessionDep,
-    directory: DirectorySyncDep,
+    directory: DirectoryRecorderDep,
 ) -> ManagedUserResponse:
     """Change a user's name, role, province or active state; Cognito follows shortly.
 
