@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from app.services.cognito import ROLE_GROUPS
 from tests.chaos.record import HealthProbe, MeCall, Recorder
 from tests.chaos.stack import Instance, harness_connection, pending_background_work
 
@@ -23,7 +24,6 @@ HEALTH_BOUND_SECONDS: Final = 3.0
 # A /health probe may answer 503 this long after the harness cut the apps' database sessions:
 # the probe's own connection may be among them.
 SESSIONS_CUT_GRACE_SECONDS: Final = 3.0
-ROLE_GROUPS: Final = frozenset({"ADMIN", "DISPATCHER", "OFFICER", "EXECUTIVE"})
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _all_cognito_users(cognito: Any, pool_id: str) -> dict[str, dict[str, Any]]:
 
 def _role_groups(cognito: Any, pool_id: str, username: str) -> set[str]:
     response = cognito.admin_list_groups_for_user(UserPoolId=pool_id, Username=username)
-    return {group["GroupName"] for group in response["Groups"]} & ROLE_GROUPS
+    return {group["GroupName"] for group in response["Groups"]} & set(ROLE_GROUPS)
 
 
 def reconcile_findings(exit_status: int, stdout: str, stderr: str) -> list[str]:
