@@ -39,8 +39,7 @@ from app.core.rbac import UserLookup
 from app.core.tasks import BackgroundTask
 from app.core.tokens import AccessTokenVerifier
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker
+from app.services.directory_sync import DirectoryRecorder
 from app.services.pool_check import start_pool_check
 from app.services.reference import ReferenceCache
 from app.services.user_cache import (
@@ -68,7 +67,7 @@ class State(TypedDict):
     user_counts: UserCountCache
     user_pages: UserPageCache
     cognito: CognitoUserPool
-    directory_sync: DirectorySync
+    directory_sync: DirectoryRecorder
     reference_cache: ReferenceCache
     # A pool of one connection of its own, so the ALB's probe never waits behind requests.
     health_engine: AsyncEngine
@@ -129,7 +128,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> State:
         user_pages=UserPageCache(user_cache, max_entries=PAGES_CACHED),
         cognito=cognito,
         # Requests only record work in the outbox; the worker process (app.worker) does it.
-        directory_sync=DirectorySync(OutboxWorker(sessionmaker, read_sessions), cognito),
+        directory_sync=DirectoryRecorder(read_sessions),
         reference_cache=ReferenceCache(),
         health_engine=health_engine,
     )

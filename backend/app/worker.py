@@ -2,8 +2,9 @@
 
 The web processes serve requests and run no background loop: what a request promises for later
 it records in the outbox (`app.services.outbox`) with its change. This process carries it out,
-one handler per kind: the directory sync (Cognito made to match each user's row) and the
-settling of create intents today; SLA timers and SQS publishing are handlers to add here. A
+one handler per kind (`app.services.outbox_handlers`): the directory sync (Cognito made to
+match each user's row) and the settling of create intents today; SLA timers and SQS publishing
+are handlers to add there. A
 slow Cognito then never shares an event loop with requests, and the background work does not
 multiply with web workers: one worker per host, several hosts at once are safe (the outbox
 leases each key to one holder).
@@ -39,9 +40,8 @@ from app.core.config import Settings, load_settings
 from app.core.db import open_database
 from app.core.logging import configure_logging
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker, settle_seconds_for
-from app.services.user_creation import UserCreations
+from app.services.outbox import OutboxWorker
+from app.services.outbox_handlers import outbox_handlers
 from app.services.worker_status import TurnRecorder
 
 logger = logging.getLogger("app.worker")
@@ -69,7 +69,8 @@ def _beat(path: Path | None, turns: TurnRecorder) -> None:
 async def background_work(
     settings: Settings, *, cognito: CognitoUserPool | None = None, heartbeat: Path | None = None
 ) -> AsyncIterator[OutboxWorker]:
-    """The outbox worker with every handler, running until the block ends.
+    """The outbox worker with every handler (`outbox_handlers`, on `cognito` when given),
+    running until the block ends.
 
     What the worker process runs; tests run it beside their app the same way.
     """
@@ -78,14 +79,9 @@ async def background_work(
     turns = TurnRecorder(database.sessions)
     worker = OutboxWorker(
         database.sessions,
-        database.read_sessions,
-        settle_seconds=settle_seconds_for(
-            settings.aws_connect_timeout_seconds, settings.aws_read_timeout_seconds
-        ),
+        outbox_handlers(settings, database.read_sessions, cognito),
         heartbeat=functools.partial(_beat, heartbeat, turns),
     )
-    directory = DirectorySync(worker, cognito)
-    UserCreations(worker, cognito, directory)
     turns.start()
     worker.start()
     try:

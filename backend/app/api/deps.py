@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.db import READ_SESSIONMAKER
 from app.core.state import LifespanItem
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectoryRecorder
 from app.services.reference import ReferenceCache, ReferenceReads
 from app.services.user_cache import UserCountCache, UserPageCache
 from app.services.user_list import UserListReads
@@ -23,7 +23,7 @@ COGNITO: Final = LifespanItem[CognitoUserPool]("cognito")
 REFERENCE_CACHE: Final = LifespanItem[ReferenceCache]("reference_cache")
 USER_COUNTS: Final = LifespanItem[UserCountCache]("user_counts")
 USER_PAGES: Final = LifespanItem[UserPageCache]("user_pages")
-DIRECTORY_SYNC: Final = LifespanItem[DirectorySync]("directory_sync")
+DIRECTORY_SYNC: Final = LifespanItem[DirectoryRecorder]("directory_sync")
 
 
 async def reference_reads(request: Request) -> ReferenceReads:
@@ -42,4 +42,4 @@ SettingsDep = Annotated[Settings, Depends(SETTINGS)]
 CognitoDep = Annotated[CognitoUserPool, Depends(COGNITO)]
 ReferenceReadsDep = Annotated[ReferenceReads, Depends(reference_reads)]
 UserListReadsDep = Annotated[UserListReads, Depends(user_list_reads)]
-DirectorySyncDep = Annotated[DirectorySync, Depends(DIRECTORY_SYNC)]
+DirectoryRecorderDep = Annotated[DirectoryRecorder, Depends(DIRECTORY_SYNC)]

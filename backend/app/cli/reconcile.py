@@ -36,14 +36,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.db import ReadSessions, Sessionmaker, open_database
+from app.core.db import open_database
 from app.core.errors import DATABASE_UNAVAILABLE_ERRORS, DomainError
 from app.core.logging import configure_logging
 from app.core.roles import Role
 from app.schemas.user import UserCreate
 from app.services.cognito import MAX_PAGE_SIZE, CognitoUserPool, DirectoryMisconfiguredError
-from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker, settle_seconds_for
+from app.services.outbox import OutboxWorker
+from app.services.outbox_handlers import outbox_handlers
 from app.services.pool_check import PoolCheckUnavailable, check_configured_pool
 from app.services.reconcile import OrphanAction, Report, find_drift, repair
 
@@ -81,20 +81,6 @@ async def run_check_pool(settings: Settings, cognito: CognitoUserPool, *, as_jso
     return EXIT_IN_STEP if check.ok else EXIT_DRIFT
 
 
-def _directory(
-    settings: Settings,
-    sessions: Sessionmaker,
-    read_sessions: ReadSessions,
-    cognito: CognitoUserPool,
-) -> DirectorySync:
-    """The directory's repair step, with a read-back, like the worker's, once its calls can
-    have landed."""
-    settle = settle_seconds_for(
-        settings.aws_connect_timeout_seconds, settings.aws_read_timeout_seconds
-    )
-    return DirectorySync(OutboxWorker(sessions, read_sessions, settle_seconds=settle), cognito)
-
-
 async def run_reconcile(
     settings: Settings,
     cognito: CognitoUserPool,
@@ -116,7 +102,8 @@ async def run_reconcile(
     except ConfigError as error:
         return _cannot_check(as_json, f"configuration: {error}")
     sessions, read_sessions = database.sessions, database.read_sessions
-    directory = _directory(settings, sessions, read_sessions, cognito)
+    # Never started: its one-key repair is the worker's own step, read-backs included.
+    worker = OutboxWorker(sessions, outbox_handlers(settings, read_sessions, cognito))
     try:
         found = await find_drift(cognito, read_sessions, threshold=threshold, page_size=page_size)
         document: dict[str, Any] = {"found": found.as_dict()}
@@ -126,7 +113,7 @@ async def run_reconcile(
             repaired = await repair(
                 found,
                 cognito,
-                directory,
+                worker,
                 sessions,
                 read_sessions,
                 orphans=orphans,

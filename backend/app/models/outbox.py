@@ -1,11 +1,11 @@
 """Work committed with the change that needs it, carried out later (the transactional outbox).
 
-An entry is written in the same transaction as the change, so the change and the promise to
-carry it out commit or roll back together, and it is deleted once done (`app.services.outbox`).
+An entry is a step written in the same transaction as the change, so the change and the promise
+to carry it out commit or roll back together, and it is deleted once done (`app.services.outbox`).
 `kind` names the handler; `key` orders the work: one key is worked on by one holder at a time
-(`OutboxLease`), so what is promised for one key (one user) is carried out in order whatever
-the number of processes. Entries are state to reach, not steps to replay: a handler is given
-every entry of its key and carries them out together.
+(`OutboxLease`), so the steps of one key (a user, a case) are carried out in order whatever the
+number of processes, at least once. `id` never changes across tries: the id a consumer
+deduplicates on. What a step means (state to reach, a message to send) is its handler's.
 """
 
 import uuid
@@ -37,7 +37,8 @@ class OutboxEntry(Base):
     key: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-    # When the entry is next due: now for a new one, later after a failure (backoff).
+    # When the entry is next due: now for a new one (later when recorded with `not_before`),
+    # later after a failure (backoff). `attempts` 0 and a time to come: recorded for later.
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
     attempts: Mapped[int] = mapped_column(server_default=sa.text("0"))
     last_error: Mapped[str | None] = mapped_column(sa.String(LAST_ERROR_LENGTH))

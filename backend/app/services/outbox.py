@@ -1,40 +1,44 @@
-"""The outbox worker: a table, a claim, a handler per kind.
+"""The outbox: steps of any kind, recorded with the change that needs them, carried out later.
 
-`record` adds an entry in the caller's transaction. The worker carries entries out one key at a
-time:
+An entry is a **step** of a kind (its handler) for a key (a user, an email, a case): `record`
+adds it in the caller's transaction, so the change and the promise commit together. The worker
+(`OutboxWorker`, in the worker process) hands each key's steps to the kind's handler with three
+guarantees and nothing more:
 
-1. **Claim** the oldest due key that nobody holds: a lease row (`outbox_leases`) with a holder
-   id of this claim and an expiry, taken in one statement, so two processes never hold one key
-   (the primary key decides; the loser takes nothing this turn).
-2. **Read** the key's entries, then hand them to the kind's handler, which makes the outside
-   world match the state they promise. Entries are read before the handler reads that state,
-   so a change committed meanwhile leaves an entry this turn does not delete: it is carried out
-   again next turn. One key's work is in order across processes because only the holder works.
-3. **Finish, fenced by the holder id**: on success the entries read are deleted and the lease
-   given back; on failure they are put back with capped exponential backoff. Both happen only
-   while this claim still holds the lease. A claim that lost it (its process was paused past the
-   lease, or cut off from the database) records the key afresh instead, so whatever it did late
-   is put right by whoever works on the key next.
+- **At least once.** A step is deleted only in the transaction that finishes its handler's
+  success, fenced by the key's lease; a crash, a timeout, a failure or a lost lease before that
+  leaves it for a later try. Each step's `id` (the row's) never changes across tries: it is the
+  id a consumer deduplicates on.
+- **In order per key.** A key has one holder at a time, and its due steps are handed over
+  together in the order they were recorded. A step that failed holds its key's later steps
+  back until it is tried again (nothing overtakes it). A step recorded for later (`not_before`)
+  takes its place when it comes due and is never handed out before, not even by a repair
+  (`carry_out_key`).
+- **One kind's outage is that kind's.** A handler that raises `ServiceUnavailableError` has its
+  steps retried later and its kind paused until then; the batch goes on with the other kinds.
 
-A turn is bounded by construction inside its lease: the handler's work, outside and database
-alike, is cut at `turn_seconds` (the lease less `CLAIM_MARGIN_SECONDS`, which covers the claim's
-own statement), and the finish is fenced anyway. A call whose outcome is unknown (a timeout)
-may still land later, so convergence is **confirmed by reading back**: after any failure of a
-key's work (each call is sent once: handler clients make no SDK retries, the outbox is the only
-retrier), the key's next success records a confirmation due `settle_seconds` later, longer than
-any call can still land; a claim that lost its lease records one too, whatever its outcome.
-A confirmation belongs to its key: it is handed out only once due, so no other entry or change
-consumes it early, and the handler reads the outside world back and repairs what differs
-(recording another). A failure that says the outside world is unavailable ends the batch
-early: the other keys would only wait on it too.
+What a step means is its handler's (`Handler`): whether it coalesces a key's steps (the
+directory sync carries out "state to reach": one pass per user, whatever the number of steps),
+whether it confirms by reading back later, and what it calls an outage.
 
-No database connection is held while a handler works outside the database. The worker runs in
-a process of its own (`app.worker`) and polls every `poll_interval` seconds; the web processes
-only record.
+A turn: **claim** the oldest due key nobody holds (a lease row in `outbox_leases` with a holder
+id of this claim and an expiry, taken in one statement: the primary key decides); **handle** its
+steps, cut at `turn_seconds` (the lease less `CLAIM_MARGIN_SECONDS`), so a turn is bounded
+inside its lease by construction; **finish, fenced by the holder id**: on success the steps
+handed out are deleted (with what the handler's `Finish` writes) and the lease given back; on
+failure they are put back with capped exponential backoff (or after the handler's own
+`retry_after_seconds`). Both happen only while this claim still holds the lease. A claim that
+lost it (paused past the lease, cut off from the database) changes nothing: its steps stay for
+the next holder, and the handler's `lost_lease` hook runs in that fenced transaction (the
+directory schedules a read-back there).
+
+No database connection is held while a handler works outside the database. The worker polls
+every `poll_interval` seconds; the web processes only `record`.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import enum
 import logging
@@ -43,15 +47,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql import ColumnElement
 
 from app.core.compensation import undo_unless_committed
-from app.core.db import ReadSessions, Sessionmaker
+from app.core.db import Sessionmaker
 from app.core.errors import (
     DATABASE_UNAVAILABLE_ERRORS,
     DomainError,
@@ -68,29 +73,25 @@ MAX_BACKOFF_SECONDS: Final = 30.0
 # database work around it (statement timeouts of seconds); what a killed worker held waits
 # this long.
 LEASE_SECONDS: Final = 30.0
-# After a failure, how long the key's next success is confirmed by reading back: longer than a
-# call can be in flight (connect and read timeouts, 2 + 5 s by default, one attempt).
-SETTLE_SECONDS: Final = 10.0
-SETTLE_CHECK: Final = "settle_check"
 # What a turn leaves of its lease for the claim itself (the statement that counts the attempt,
 # bounded by the statement timeout) and for the finish to start before the lease runs out.
 CLAIM_MARGIN_SECONDS: Final = 10.0
 
 
-def settle_seconds_for(connect_timeout: float, read_timeout: float) -> float:
-    """When a key whose work failed is read back: after any call it sent can have landed (one
-    attempt each, bounded by the connect and read timeouts), with a margin."""
-    return max(SETTLE_SECONDS, connect_timeout + read_timeout + 3.0)
-
-
 class _Outcome(enum.Enum):
     DONE = enum.auto()
     FAILED = enum.auto()  # retried later
-    UNAVAILABLE = enum.auto()  # retried later, and the batch ends: the rest would wait too
+    UNAVAILABLE = enum.auto()  # retried later, and the kind paused until then
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """One key's steps, handed to its kind's handler by the holder of the key's lease.
+
+    `entries`: the steps in the order they were recorded; each `entry.id` is stable across
+    tries (the dedup id), `entry.payload` what was recorded, `entry.attempts` this try's number.
+    """
+
     kind: str
     key: str
     holder: uuid.UUID
@@ -98,38 +99,45 @@ class Claim:
 
     @property
     def retried(self) -> bool:
-        """Whether an earlier attempt at this work failed (so a late landing is possible)."""
+        """Whether an earlier try of one of these steps failed or lost its lease (so what it
+        sent may still land)."""
         return any(entry.attempts > 1 for entry in self.entries)
-
-    @property
-    def confirming(self) -> bool:
-        """Whether the claim is only confirmations: read back, repair what differs."""
-        return bool(self.entries) and all(is_confirmation(entry) for entry in self.entries)
-
-
-def is_confirmation(entry: OutboxEntry) -> bool:
-    return bool(entry.payload.get(SETTLE_CHECK))
 
 
 Finish = Callable[[AsyncSession], Awaitable[None]]
 
 
-class Handler(Protocol):
-    """Makes the outside world match what a key's entries promise.
+class Handler(abc.ABC):
+    """Carries out one kind's steps, a key at a time (register it in `outbox_handlers`)."""
 
-    Raises a `DomainError` to have the entries retried later (a `ServiceUnavailableError` also
-    ends the batch). May return database work that belongs with the deletion of the entries: it
-    runs in the finishing transaction, only while the claim still holds the lease.
-    """
+    @abc.abstractmethod
+    async def handle(self, claim: Claim) -> Finish | None:
+        """Carry out the claim's steps.
 
-    async def handle(self, claim: Claim) -> Finish | None: ...
+        Raise a `DomainError` to have them retried later (a `ServiceUnavailableError` also
+        pauses the kind until then). May return database work that belongs with the deletion
+        of the steps: it runs in the finishing transaction, only while the claim still holds the
+        lease.
+        """
+
+    async def lost_lease(self, session: AsyncSession, claim: Claim) -> None:  # noqa: B027
+        """Called in the fenced transaction that found the claim's lease lost: its steps stay
+        for the next holder (nothing to do for them), but what this try sent may land after
+        that holder's work. A handler that confirms by reading back records its read-back here."""
 
 
 def record(
-    session: AsyncSession, kind: str, key: str, payload: Mapping[str, Any] | None = None
+    session: AsyncSession,
+    kind: str,
+    key: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    not_before: timedelta | None = None,
 ) -> None:
-    """Promise, in the session's transaction, that `kind`'s handler will carry out `payload`."""
-    session.add(OutboxEntry(kind=kind, key=key, payload=dict(payload or {})))
+    """Promise, in the session's transaction, that `kind`'s handler will carry out `payload`
+    for `key`; with `not_before`, not before that long from now (the database's clock)."""
+    when = {} if not_before is None else {"next_attempt_at": func.now() + not_before}
+    session.add(OutboxEntry(kind=kind, key=key, payload=dict(payload or {}), **when))
 
 
 async def take_lease(
@@ -162,53 +170,61 @@ async def give_back_lease(session: AsyncSession, kind: str, key: str, holder: uu
     return given.first() is not None
 
 
+def _waiting() -> ColumnElement[bool]:
+    """A step recorded for later whose time has not come (never handed out yet)."""
+    return (OutboxEntry.attempts == 0) & (OutboxEntry.next_attempt_at > func.now())
+
+
+def _held_back() -> ColumnElement[bool]:
+    """Whether an earlier try of a step of the entry's key failed and is not due again yet:
+    the key's later steps wait for it (in order per key)."""
+    failed = aliased(OutboxEntry)
+    return (
+        select(failed.id)
+        .where(
+            failed.kind == OutboxEntry.kind,
+            failed.key == OutboxEntry.key,
+            failed.attempts > 0,
+            failed.next_attempt_at > func.now(),
+        )
+        .exists()
+    )
+
+
 class OutboxWorker:
+    """Carries out the steps of every kind in `handlers` ({kind: handler}, built in one place:
+    `app.services.outbox_handlers`). `start` runs it in the background; `carry_out_key` carries
+    out one key at once without it (reconcile's repair)."""
+
     def __init__(
         self,
         sessions: Sessionmaker,
-        read_sessions: ReadSessions,
-        handlers: Mapping[str, Handler] | None = None,
+        handlers: Mapping[str, Handler],
         *,
         poll_interval: float = 0.5,
         batch_size: int = 20,
         lease_seconds: float = LEASE_SECONDS,
-        settle_seconds: float = SETTLE_SECONDS,
         turn_seconds: float | None = None,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
-        self.read_sessions = read_sessions
-        self._handlers = dict(handlers or {})
+        self._handlers = dict(handlers)
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
-        self._settle_seconds = settle_seconds
         self._turn_seconds = turn_seconds or lease_seconds - CLAIM_MARGIN_SECONDS
         if not 0 < self._turn_seconds <= lease_seconds - CLAIM_MARGIN_SECONDS:
             raise ValueError("a turn must end inside its lease, less the claim's margin")
         self._heartbeat = heartbeat
+        # Kind -> when (the loop's clock) its outage pause ends.
+        self._paused_until: dict[str, float] = {}
         self._task = BackgroundTask(self._run_forever, "outbox")
-
-    def register(self, kind: str, handler: Handler) -> None:
-        self._handlers[kind] = handler
-
-    @property
-    def handlers(self) -> Mapping[str, Handler]:
-        return self._handlers
 
     def start(self) -> None:
         self._task.start()
 
     async def aclose(self) -> None:
         await self._task.aclose()
-
-    async def count(self, *conditions: ColumnElement[bool]) -> int:
-        """How many entries meet `conditions`, due or not (for tests and operators)."""
-        async with self.read_sessions() as session:
-            count = await session.scalar(
-                select(func.count()).select_from(OutboxEntry).where(*conditions)
-            )
-        return int(count or 0)
 
     async def _run_forever(self) -> None:
         while True:
@@ -226,17 +242,19 @@ class OutboxWorker:
             await asyncio.sleep(self._poll_interval)
 
     async def run_once(self) -> int:
-        """Carry out up to a batch of due keys; how many keys were claimed."""
+        """Carry out up to a batch of due keys, of the kinds not paused; how many were claimed."""
         for done in range(self._batch_size):
             claim = await self._claim()
             if claim is None:
                 return done
-            if await self.carry_out(claim) is _Outcome.UNAVAILABLE:
-                return done + 1
+            await self.carry_out(claim)
         return self._batch_size
 
+    def _active_kinds(self) -> list[str]:
+        now = asyncio.get_running_loop().time()
+        return [kind for kind in self._handlers if self._paused_until.get(kind, 0.0) <= now]
+
     async def _claim(self) -> Claim | None:
-        holder = uuid.uuid4()
         free = ~(
             select(OutboxLease.key)
             .where(
@@ -248,8 +266,8 @@ class OutboxWorker:
         )
         due = (
             select(OutboxEntry.kind, OutboxEntry.key)
-            .where(OutboxEntry.next_attempt_at <= func.now(), free)
-            .where(OutboxEntry.kind.in_(self._handlers))
+            .where(OutboxEntry.next_attempt_at <= func.now(), free, ~_held_back())
+            .where(OutboxEntry.kind.in_(self._active_kinds()))
             .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
             .limit(1)
         )
@@ -257,18 +275,19 @@ class OutboxWorker:
             found = (await session.execute(due)).first()
             if found is None:
                 return None
-            return await self._take(session, found.kind, found.key, holder)
+            holder = uuid.uuid4()
+            if not await take_lease(session, found.kind, found.key, holder, self._lease_seconds):
+                return None  # taken meanwhile by another worker
+            return await self._hand_out(session, found.kind, found.key, holder)
 
-    async def _take(
+    async def _hand_out(
         self, session: AsyncSession, kind: str, key: str, holder: uuid.UUID, *, repair: bool = False
-    ) -> Claim | None:
-        """Lease the key and hand out its due entries (a `repair` also takes work not yet due;
-        a confirmation is never handed out before it is due)."""
-        if not await take_lease(session, kind, key, holder, self._lease_seconds):
-            return None
+    ) -> Claim:
+        """The key's due steps, their tries counted (a `repair` also takes those waiting out a
+        backoff; a step recorded for later is never handed out before its time)."""
         due = OutboxEntry.next_attempt_at <= func.now()
         if repair:
-            due = due | ~OutboxEntry.payload.has_key(SETTLE_CHECK)
+            due = ~_waiting()
         entries = (
             await session.scalars(
                 update(OutboxEntry)
@@ -279,37 +298,35 @@ class OutboxWorker:
         ).all()
         return Claim(kind, key, holder, sorted(entries, key=lambda entry: entry.id))
 
-    async def carry_out_key(self, kind: str, key: str) -> bool:
-        """Carry out one key's work now, due or not, with or without entries (a repair);
-        whether it was done (False: it failed, or someone else holds the key)."""
+    async def carry_out_key(
+        self, kind: str, key: str, payload: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Carry out one key now (a repair): a step with `payload` recorded and handed out at
+        once with the key's steps whose time came, in backoff or not; whether it was done
+        (False: it failed and its steps wait for the worker, or someone else holds the key)."""
+        holder = uuid.uuid4()
         async with self._sessions() as session, session.begin():
-            claim = await self._take(session, kind, key, uuid.uuid4(), repair=True)
-        if claim is None:
-            return False
+            if not await take_lease(session, kind, key, holder, self._lease_seconds):
+                return False
+            record(session, kind, key, payload)
+            await session.flush()
+            claim = await self._hand_out(session, kind, key, holder, repair=True)
         return await self.carry_out(claim) is _Outcome.DONE
-
-    def record_confirmation(self, session: AsyncSession, kind: str, key: str) -> None:
-        """A read-back of the key, due once every call issued until now can have landed."""
-        session.add(
-            OutboxEntry(
-                kind=kind,
-                key=key,
-                payload={SETTLE_CHECK: True},
-                next_attempt_at=func.now() + timedelta(seconds=self._settle_seconds),
-            )
-        )
 
     async def carry_out(self, claim: Claim) -> _Outcome:
         """Hand the claim to its handler, within the turn's bound, and finish it."""
-        handler = self._handlers[claim.kind]
         try:
             async with asyncio.timeout(self._turn_seconds):
-                finish = await handler.handle(claim)
+                finish = await self._handlers[claim.kind].handle(claim)
         except DomainError as error:
-            await self._retry_later(claim, error.code, getattr(error, "retry_after_seconds", None))
-            if isinstance(error, ServiceUnavailableError):
-                return _Outcome.UNAVAILABLE
-            return _Outcome.FAILED
+            delay = await self._retry_later(
+                claim, error.code, getattr(error, "retry_after_seconds", None)
+            )
+            if not isinstance(error, ServiceUnavailableError):
+                return _Outcome.FAILED
+            # Its kind's outage: the other kinds go on, this one waits until its retry.
+            self._paused_until[claim.kind] = asyncio.get_running_loop().time() + delay
+            return _Outcome.UNAVAILABLE
         except TimeoutError:
             # Past the turn's bound (a database wait, say): the lease must outlive the turn.
             logger.warning(
@@ -318,7 +335,7 @@ class OutboxWorker:
             await self._retry_later(claim, "turn_timeout", None)
             return _Outcome.FAILED
         except Exception as error:
-            # A bug, or an entry it cannot read: said loudly, and retried with backoff rather
+            # A bug, or a step it cannot read: said loudly, and retried with backoff rather
             # than holding the key until the lease runs out, again and again.
             logger.exception("outbox: the %s handler failed", claim.kind)
             await self._retry_later(claim, type(error).__name__, None)
@@ -333,45 +350,37 @@ class OutboxWorker:
             return _Outcome.FAILED
 
     async def _finish(self, claim: Claim, finish: Finish | None) -> _Outcome:
-        """Delete the entries handed out, fenced by the lease; what `finish` registers for after
+        """Delete the steps handed out, fenced by the lease; what `finish` registers for after
         the commit (its audit lines) runs once it commits."""
         async with self._sessions() as session, undo_unless_committed(session), session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
-                self._lost_lease(session, claim)
+                await self._lost_lease(session, claim)
                 return _Outcome.FAILED
             if finish is not None:
                 await finish(session)
             await session.execute(
                 delete(OutboxEntry).where(OutboxEntry.id.in_([e.id for e in claim.entries]))
             )
-            if claim.retried:
-                self.record_confirmation(session, claim.kind, claim.key)
         return _Outcome.DONE
 
-    def _lost_lease(self, session: AsyncSession, claim: Claim) -> None:
-        """Whatever this claim did may land after the new holder's work: read the key back once
-        it all can have landed."""
-        logger.warning(
-            "outbox: lost the lease of a %s key while working on it; recorded afresh", claim.kind
-        )
-        self.record_confirmation(session, claim.kind, claim.key)
+    async def _lost_lease(self, session: AsyncSession, claim: Claim) -> None:
+        """The steps stay as they are for the holder that has the key now; the handler hears of
+        it (what this try sent may land after that holder's work)."""
+        logger.warning("outbox: lost the lease of a %s key while working on it", claim.kind)
+        await self._handlers[claim.kind].lost_lease(session, claim)
 
-    async def _retry_later(self, claim: Claim, reason: str, delay: float | None) -> None:
-        """Put the claim's entries back; after `delay` (a handler that knows when to look
-        again says so), else after capped exponential backoff."""
+    async def _retry_later(self, claim: Claim, reason: str, delay: float | None) -> float:
+        """Put the claim's steps back; after `delay` (a handler that knows when to look again
+        says so), else after capped exponential backoff. Returns the delay."""
         if delay is None:
             attempts = max((entry.attempts for entry in claim.entries), default=1)
             backoff = min(2.0**attempts, MAX_BACKOFF_SECONDS)
             delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
         async with self._sessions() as session, session.begin():
             if not await give_back_lease(session, claim.kind, claim.key, claim.holder):
-                # Someone else works on the key now; what this claim sent may still land.
-                self._lost_lease(session, claim)
-                return
-            if not claim.entries:
-                # A repair with no entry to put back: what it sent may still land.
-                self.record_confirmation(session, claim.kind, claim.key)
-            # Only the entries handed out: a confirmation not yet due keeps its time.
+                await self._lost_lease(session, claim)
+                return delay
+            # Only the steps handed out: one recorded for later keeps its time.
             await session.execute(
                 update(OutboxEntry)
                 .where(OutboxEntry.id.in_([entry.id for entry in claim.entries]))
@@ -381,3 +390,4 @@ class OutboxWorker:
                 )
             )
         logger.warning("outbox: %s work will be retried in %.1f s (%s)", claim.kind, delay, reason)
+        return delay

@@ -65,8 +65,8 @@ from app.services.cognito import (
     CognitoUserPool,
     EmailTakenError,
 )
-from app.services.directory_sync import DirectorySync, match_user, record_directory_pass
-from app.services.outbox import Claim, Finish, OutboxWorker, give_back_lease, take_lease
+from app.services.directory_sync import match_user, record_directory_pass
+from app.services.outbox import Claim, Finish, Handler, give_back_lease, take_lease
 from app.services.users import find_user_by_email
 
 logger = logging.getLogger(__name__)
@@ -422,20 +422,17 @@ class _Intent:
         return cls(UserCreate.model_validate(fields), trace)
 
 
-class UserCreations:
-    """The outbox handler that settles the intents creates left behind."""
+class UserCreations(Handler):
+    """The outbox handler that settles the intents creates left behind (one intent per email:
+    a retry of the create replaces it, so only the latest is read)."""
 
-    def __init__(
-        self, worker: OutboxWorker, cognito: CognitoUserPool, directory: DirectorySync
-    ) -> None:
-        self._read_sessions = worker.read_sessions
-        # Public so that tests can point the worker at their emulator, as they do the requests.
-        self.cognito = cognito
-        self._directory = directory
-        worker.register(KIND, self)
+    def __init__(self, read_sessions: ReadSessions, cognito: CognitoUserPool) -> None:
+        self._read_sessions = read_sessions
+        self._cognito = cognito
 
     async def handle(self, claim: Claim) -> Finish | None:
         """Adopt the Cognito user the intent made, or drop the intent (see the docstring)."""
+        # Only intents (an earlier release also recorded read-backs and empty steps here).
         intents = [entry for entry in claim.entries if "began" in entry.payload]
         if not intents:
             return None
@@ -452,7 +449,7 @@ class UserCreations:
             now: datetime = await read.scalar(select(func.now()))  # type: ignore[assignment]
         # Until then a call of the intent may still land (and make its user).
         may_land = now - intent.trace.tried < GIVE_UP_AFTER
-        cognito = self.cognito.without_sdk_retries()  # the outbox is the retrier
+        cognito = self._cognito.without_sdk_retries()  # the outbox is the retrier
         with cognito.deadline():
             found = await cognito.find_user(intent.data.email)
         if found is None:
@@ -479,7 +476,7 @@ class UserCreations:
             session.add(user)
             await session.flush()
             # The group (and enabled state) follow through the directory's own work.
-            self._directory.record(session, user.id, sign_out=False)
+            record_directory_pass(session, user.id, sign_out=False)
             audit.target_id = user.id
             audit_at_commit(session, audit)
         logger.info(

@@ -37,7 +37,7 @@ from app.services.audit import audit_at_commit, audited
 from app.services.cognito import (
     CognitoUserPool,
 )
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectoryRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ async def sessions_revoked_now(session: AsyncSession) -> datetime:
 
 async def update_user(
     session: AsyncSession,
-    directory: DirectorySync,
+    directory: DirectoryRecorder,
     user_id: uuid.UUID,
     update: UserUpdate,
     *,

@@ -25,6 +25,6 @@ Then the faults stop, and within 60 s (`tests.chaos.invariants`):
 - every active user, signing in anew, is served by both instances.
 
 The harness reads the apps through their public faces only (HTTP, the `users` table, Cognito's
-API, the reconcile command), except `stack.pending_background_work` (outbox tables) and
-`stack.kill_listeners` (which sessions are LISTEN connections).
+API, the reconcile command), except `stack.pending_background_work` (the outbox, through the
+apps' own queries) and `stack.kill_listeners` (which sessions are LISTEN connections).
 """

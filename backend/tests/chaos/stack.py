@@ -34,8 +34,18 @@ from typing import IO, Any, Final
 import asyncpg
 import httpx
 from alembic import command
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
+from app.core.db import create_read_sessionmaker
+from app.models.outbox import OutboxLease
+from app.services import directory_sync
+from app.services.adoption import CREATION_KIND
+from app.services.directory_sync import DirectoryRecorder
+from app.services.reconcile.snapshot import creates_in_flight
+from app.services.worker_status import background_work_status
 from devtools.postgres import EmbeddedPostgres, quote_identifier
 from tests.support.app_env import BACKEND_DIR, app_environment
 from tests.support.database import alembic_config
@@ -374,21 +384,32 @@ async def plant_unreadable_intent(database_url: str) -> None:
 
 
 async def pending_background_work(database_url: str) -> dict[str, int]:
-    """The work the apps still owe Cognito, by outbox kind (and leases still held).
+    """The work the apps still owe, by outbox kind (and leases still held), by the apps' own
+    queries: the directory's pending work (a read-back, which looks again after a failure in
+    case a call lands late, is verification, not work owed: what it verifies is judged
+    directly, against Cognito), the creates in flight, and any other kind's backlog.
 
-    The one place the harness reads the apps' internals. A settle check (a pass that looks
-    again after a failure, in case a call lands late) is verification, not work owed: what it
-    verifies is judged directly, against Cognito.
+    The one place the harness reads the apps' internals.
     """
-    async with harness_connection(database_url) as connection:
-        rows = await connection.fetch(
-            "SELECT kind, count(*) AS n FROM outbox WHERE NOT payload ? 'settle_check' "
-            "GROUP BY kind"
-        )
-        pending = {str(row["kind"]): int(row["n"]) for row in rows}
-        leases = await connection.fetchval(
-            "SELECT count(*) FROM outbox_leases WHERE expires_at > now()"
-        )
-        if leases:
-            pending["leases held"] = int(leases)
-        return pending
+    engine = create_async_engine(
+        database_url,
+        poolclass=NullPool,
+        connect_args={"server_settings": {"application_name": HARNESS_APPLICATION_NAME}},
+    )
+    read_sessions = create_read_sessionmaker(engine)
+    try:
+        status = await background_work_status(read_sessions)
+        pending = {item.kind: item.pending for item in status.backlog}
+        pending[directory_sync.KIND] = await DirectoryRecorder(read_sessions).pending()
+        pending[CREATION_KIND] = len(await creates_in_flight(read_sessions))
+        async with read_sessions() as session:
+            leases = await session.scalar(
+                select(func.count())
+                .select_from(OutboxLease)
+                .where(OutboxLease.expires_at > func.now())
+            )
+    finally:
+        await engine.dispose()
+    if leases:
+        pending["leases held"] = int(leases)
+    return pending

@@ -1,30 +1,34 @@
-"""The outbox worker on a real database: one holder per key, fenced finishes, failures retried."""
+"""The outbox worker on a real database: steps of any kind, at least once, in order per key;
+one holder per key, fenced finishes, failures retried, one kind's outage that kind's."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from app.core.db import create_read_sessionmaker, create_sessionmaker
+from app.core.db import create_sessionmaker
+from app.core.errors import ServiceUnavailableError
 from app.services import outbox
 from app.services.cognito import DirectoryMisconfiguredError
-from app.services.outbox import Claim, Finish, OutboxWorker
+from app.services.outbox import Claim, Finish, Handler, OutboxWorker
 
 KIND = "test_kind"
 
 
 @dataclass
-class RecordingHandler:
+class RecordingHandler(Handler):
     """Carries out nothing; remembers what it was handed, and fails when told to."""
 
     failure: Exception | None = None
     meanwhile: Callable[[], Awaitable[object]] | None = None
     handled: list[tuple[str, list[int]]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
     async def handle(self, claim: Claim) -> Finish | None:
         self.handled.append((claim.key, [entry.id for entry in claim.entries]))
@@ -34,17 +38,25 @@ class RecordingHandler:
             raise self.failure
         return None
 
-
-def worker_on(engine: AsyncEngine, handler: RecordingHandler) -> OutboxWorker:
-    worker = OutboxWorker(create_sessionmaker(engine), create_read_sessionmaker(engine))
-    worker.register(KIND, handler)
-    return worker
+    async def lost_lease(self, session: AsyncSession, claim: Claim) -> None:
+        self.lost.append(claim.key)
 
 
-async def record(engine: AsyncEngine, key: str, count: int = 1) -> None:
+def worker_on(engine: AsyncEngine, handler: RecordingHandler, **kinds: Handler) -> OutboxWorker:
+    return OutboxWorker(create_sessionmaker(engine), {KIND: handler, **kinds})
+
+
+async def record(
+    engine: AsyncEngine,
+    key: str,
+    count: int = 1,
+    *,
+    kind: str = KIND,
+    not_before: timedelta | None = None,
+) -> None:
     async with AsyncSession(engine) as session, session.begin():
         for _ in range(count):
-            outbox.record(session, KIND, key, {})
+            outbox.record(session, kind, key, {}, not_before=not_before)
 
 
 async def rows(engine: AsyncEngine, sql: str) -> list[tuple[object, ...]]:
@@ -73,7 +85,7 @@ async def test_a_key_held_by_one_worker_is_not_taken_by_another(fresh_engine: As
     assert handler.handled == []
 
 
-async def test_a_worker_that_lost_its_lease_deletes_nothing_and_records_the_key_afresh(
+async def test_a_worker_that_lost_its_lease_deletes_nothing_records_nothing_and_says_so(
     fresh_engine: AsyncEngine,
 ) -> None:
     await record(fresh_engine, "user-1")
@@ -81,9 +93,9 @@ async def test_a_worker_that_lost_its_lease_deletes_nothing_and_records_the_key_
     steal = rows(fresh_engine, "UPDATE outbox_leases SET holder = gen_random_uuid() RETURNING 1")
     handler = RecordingHandler(meanwhile=lambda: steal)
     assert await worker_on(fresh_engine, handler).run_once() == 1
-    remaining = await rows(fresh_engine, "SELECT key FROM outbox ORDER BY id")
-    # Its entry stays for the holder, and one more is recorded for what it did late.
-    assert remaining == [("user-1",), ("user-1",)]
+    # Its step stays, as it was, for the holder; no other is recorded; its handler heard of it.
+    assert await rows(fresh_engine, "SELECT key, payload::text FROM outbox") == [("user-1", "{}")]
+    assert handler.lost == ["user-1"]
 
 
 async def test_an_unexpected_handler_error_gives_the_key_back_for_a_later_try(
@@ -98,40 +110,35 @@ async def test_an_unexpected_handler_error_gives_the_key_back_for_a_later_try(
     ) == [("KeyError", True, 1)]
 
 
-async def test_a_holder_that_lost_its_lease_and_then_failed_records_the_key_again(
+async def test_a_holder_that_lost_its_lease_and_then_failed_leaves_the_step_to_the_holder(
     fresh_engine: AsyncEngine,
 ) -> None:
-    """Its abandoned call can still land after the new holder's work: the key is read back
-    once it can have landed, whatever this holder's outcome."""
+    """Neither put back with its backoff nor recorded again: the holder's to carry out."""
     await record(fresh_engine, "user-1")
     steal = rows(fresh_engine, "UPDATE outbox_leases SET holder = gen_random_uuid() RETURNING 1")
     handler = RecordingHandler(meanwhile=lambda: steal, failure=KeyError("late"))
     assert await worker_on(fresh_engine, handler).run_once() == 1
-    remaining = await rows(
-        fresh_engine,
-        "SELECT payload ? 'settle_check', next_attempt_at > now() FROM outbox ORDER BY id",
-    )
-    # Its entry stays for the holder, and a read-back of the key is due later.
-    assert remaining == [(False, False), (True, True)]
+    assert await rows(
+        fresh_engine, "SELECT payload::text, next_attempt_at <= now(), last_error FROM outbox"
+    ) == [("{}", True, None)]
+    assert handler.lost == ["user-1"]
 
 
-async def test_a_confirmation_not_yet_due_is_handed_out_with_no_other_entry(
+async def test_a_step_recorded_for_later_is_handed_out_neither_early_nor_by_a_repair(
     fresh_engine: AsyncEngine,
 ) -> None:
     """A change of the key one second after a recovery must not use up the read-back due ten
-    seconds later."""
-    await rows(
-        fresh_engine,
-        f"INSERT INTO outbox (kind, key, payload, next_attempt_at) VALUES "
-        f"('{KIND}', 'user-1', '{{\"settle_check\": true}}', now() + interval '10 seconds') "
-        "RETURNING 1",
-    )
+    seconds later; nor may reconcile's repair of the key."""
+    await record(fresh_engine, "user-1", not_before=timedelta(seconds=10))
     await record(fresh_engine, "user-1")
     handler = RecordingHandler()
-    assert await worker_on(fresh_engine, handler).run_once() == 1
-    [(key, ids)] = handler.handled
-    assert (key, len(ids)) == ("user-1", 1)
-    assert await rows(fresh_engine, "SELECT payload ? 'settle_check' FROM outbox") == [(True,)]
+    worker = worker_on(fresh_engine, handler)
+    assert await worker.run_once() == 1
+    assert await worker.carry_out_key(KIND, "user-1", {"repair": True})
+    [(_, first), (_, repaired)] = handler.handled
+    assert (len(first), len(repaired)) == (1, 1)
+    [(later,)] = await rows(fresh_engine, "SELECT id FROM outbox")
+    assert later not in first + repaired
 
 
 async def test_a_turn_past_its_bound_gives_the_key_back_before_the_lease_runs_out(
@@ -143,10 +150,9 @@ async def test_a_turn_past_its_bound_gives_the_key_back_before_the_lease_runs_ou
     handler = RecordingHandler(meanwhile=lambda: asyncio.sleep(30))
     worker = OutboxWorker(
         create_sessionmaker(fresh_engine),
-        create_read_sessionmaker(fresh_engine),
+        {KIND: handler},
         lease_seconds=outbox.CLAIM_MARGIN_SECONDS + 0.5,
     )
-    worker.register(KIND, handler)
     assert await worker.run_once() == 1
     assert await rows(fresh_engine, "SELECT count(*) FROM outbox_leases") == [(0,)]
     assert await rows(fresh_engine, "SELECT last_error FROM outbox") == [("turn_timeout",)]
@@ -156,7 +162,7 @@ def test_a_turn_that_could_outlast_its_lease_is_refused() -> None:
     with pytest.raises(ValueError, match="inside its lease"):
         OutboxWorker(
             create_sessionmaker(create_async_engine("postgresql+asyncpg://u@h/d")),
-            create_read_sessionmaker(create_async_engine("postgresql+asyncpg://u@h/d")),
+            {},
             lease_seconds=30,
             turn_seconds=25,
         )
@@ -172,3 +178,48 @@ async def test_a_misconfigured_directory_is_tried_again_when_it_said_not_at_the_
     assert await rows(
         fresh_engine, "SELECT next_attempt_at > now() + interval '55 seconds' FROM outbox"
     ) == [(True,)]
+
+
+async def test_a_step_keeps_its_id_across_tries_and_is_deleted_once_done(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """The id a consumer deduplicates on (delivery is at least once) never changes."""
+    await record(fresh_engine, "case-1")
+    handler = RecordingHandler(failure=KeyError("first try"))
+    worker = worker_on(fresh_engine, handler)
+    assert await worker.run_once() == 1
+    await rows(fresh_engine, "UPDATE outbox SET next_attempt_at = now() RETURNING 1")
+    handler.failure = None
+    assert await worker.run_once() == 1
+    [(_, first), (_, second)] = handler.handled
+    assert first == second
+    assert await rows(fresh_engine, "SELECT count(*) FROM outbox") == [(0,)]
+
+
+async def test_a_failed_step_holds_its_keys_later_steps_back(fresh_engine: AsyncEngine) -> None:
+    """In order per key: a step recorded after one that failed is not handed out before it."""
+    await record(fresh_engine, "case-1")
+    handler = RecordingHandler(failure=KeyError("down"))
+    worker = worker_on(fresh_engine, handler)
+    assert await worker.run_once() == 1
+    await record(fresh_engine, "case-1")
+    assert await worker.run_once() == 0
+    await rows(fresh_engine, "UPDATE outbox SET next_attempt_at = now() RETURNING 1")
+    handler.failure = None
+    assert await worker.run_once() == 1
+    [(_, failed), (_, both)] = handler.handled
+    assert (len(both), both[0], both) == (2, failed[0], sorted(both))
+
+
+async def test_an_outage_of_one_kind_pauses_that_kind_and_the_batch_goes_on(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """The older keys of a kind that is down neither end the batch nor get tried one by one."""
+    await record(fresh_engine, "user-1", kind="down")
+    await record(fresh_engine, "user-2", kind="down")
+    await record(fresh_engine, "case-1")
+    down = RecordingHandler(failure=ServiceUnavailableError("Cognito is down"))
+    handler = RecordingHandler()
+    assert await worker_on(fresh_engine, handler, down=down).run_once() == 2
+    assert [key for key, _ in down.handled] == ["user-1"]
+    assert [key for key, _ in handler.handled] == ["case-1"]

@@ -22,9 +22,9 @@ from app.models.user import User
 from app.schemas.user import UserCreate
 from app.services import outbox
 from app.services.adoption import CREATION_KIND
-from app.services.directory_sync import DirectorySync
 from app.services.outbox import OutboxWorker
-from app.services.user_creation import UserCreations
+from app.services.outbox_handlers import outbox_handlers
+from tests.support.harness import make_settings
 from tests.support.moto_cognito import MotoCognito, running_moto_cognito
 
 KNOWN = "Known-To-Someone-1!"
@@ -41,10 +41,10 @@ def new_email() -> str:
 
 
 def worker_on(engine: AsyncEngine, pool: MotoCognito) -> OutboxWorker:
-    worker = OutboxWorker(create_sessionmaker(engine), create_read_sessionmaker(engine))
-    directory = DirectorySync(worker, pool.adapter())
-    UserCreations(worker, pool.adapter(), directory)
-    return worker
+    """The worker process's outbox worker, every handler on `pool`, turned by hand."""
+    settings = make_settings(str(engine.url.render_as_string(hide_password=False)))
+    handlers = outbox_handlers(settings, create_read_sessionmaker(engine), pool.adapter())
+    return OutboxWorker(create_sessionmaker(engine), handlers)
 
 
 async def record_intent(engine: AsyncEngine, email: str, *, ago: timedelta) -> None:

@@ -14,18 +14,13 @@ from app.core.roles import Role
 from app.models.outbox import OutboxEntry
 from app.models.user import User
 from app.schemas.user import UserUpdate
-from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker
+from app.services.directory_sync import DirectoryRecorder
 from app.services.users import AUTH_TIME_SKEW, sessions_revoked_now, update_user
-from tests.support.moto_cognito import cognito_client, unreachable_endpoint
 
 
-def directory(db_session: AsyncSession) -> DirectorySync:
-    """An outbox writer that is never started: these tests look at what a change records."""
-    sessions = async_sessionmaker(bind=db_session.bind)
-    cognito = CognitoUserPool(cognito_client(unreachable_endpoint()), "ap-southeast-1_unused")
-    return DirectorySync(OutboxWorker(sessions, sessions), cognito)
+def directory(db_session: AsyncSession) -> DirectoryRecorder:
+    """The web process's recorder: these tests look at what a change records."""
+    return DirectoryRecorder(async_sessionmaker(bind=db_session.bind))
 
 
 async def add_user(session: AsyncSession, role: Role, *, is_active: bool = True) -> User:

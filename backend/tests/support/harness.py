@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 from fastapi import FastAPI
@@ -44,8 +44,7 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
-from app.services.outbox import OutboxWorker
+from app.services.directory_sync import DirectoryRecorder
 from app.worker import background_work
 from tests.support.app_env import BACKEND_DIR, app_environment
 from tests.support.jwt_tokens import (
@@ -100,16 +99,36 @@ class ServedApp:
     entries of it (a cache on a fake clock), each test saying why."""
 
     def __init__(
-        self, app: ASGIApp, state: Mapping[str, Any], background: OutboxWorker | None = None
+        self, app: ASGIApp, state: Mapping[str, Any], background: CognitoSwitch | None = None
     ) -> None:
         self.app = app
         self.state = state
-        # The worker process's background work, run beside the app in tests.
+        # The Cognito of the worker process's background work, run beside the app in tests.
         self.background = background
         self.overrides: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app({**scope, "state": {**self.state, **self.overrides}}, receive, send)
+
+
+class CognitoSwitch:
+    """Forwards every use to `target`: the Cognito adapter the background work beside a test
+    app is given, so that `using_cognito` points it at a test's pool (whatever its handlers)."""
+
+    def __init__(self, target: CognitoUserPool) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+@asynccontextmanager
+async def background_beside(state: Mapping[str, Any]) -> AsyncIterator[CognitoSwitch]:
+    """The worker process's background work beside an app (as a host runs both), on the app's
+    Cognito until `using_cognito` says otherwise; yields what `using_cognito` switches."""
+    switch = CognitoSwitch(state["cognito"])
+    async with background_work(state["settings"], cognito=cast(CognitoUserPool, switch)):
+        yield switch
 
 
 @asynccontextmanager
@@ -121,13 +140,9 @@ async def served(
     ASGI entry point, with these state overrides."""
     async with app.router.lifespan_context(app) as lifespan_state:
         state: Mapping[str, Any] = lifespan_state or {}
-        work = (
-            background_work(state["settings"], cognito=state["cognito"])
-            if background
-            else nullcontext()
-        )
-        async with work as worker:
-            asgi = ServedApp(app, state, worker)
+        work = background_beside(state) if background else nullcontext()
+        async with work as switch:
+            asgi = ServedApp(app, state, switch)
             asgi.overrides.update(overrides)
             yield asgi
 
@@ -200,28 +215,25 @@ def using_cognito(
     app: FastAPI,
     state: Mapping[str, Any],
     adapter: CognitoUserPool,
-    background: OutboxWorker | None = None,
+    background: CognitoSwitch | None = None,
 ) -> Iterator[None]:
-    """Point the app at `adapter`: its requests (the dependency) and the background work's
-    handlers."""
-    handlers: list[Any] = [state["directory_sync"]]
-    if background is not None:
-        handlers += background.handlers.values()
-    originals = [handler.cognito for handler in handlers]
+    """Point the app at `adapter`: its requests (the dependency) and the background work
+    beside it (`background_beside`'s switch)."""
+    original = background.target if background is not None else None
     app.dependency_overrides[COGNITO] = lambda: adapter
-    for handler in handlers:
-        handler.cognito = adapter
+    if background is not None:
+        background.target = adapter
     try:
         yield
     finally:
         app.dependency_overrides.pop(COGNITO, None)
-        for handler, original in zip(handlers, originals, strict=True):
-            handler.cognito = original
+        if background is not None and original is not None:
+            background.target = original
 
 
 async def directory_caught_up(state: Mapping[str, Any], within: float = 10.0) -> None:
     """Wait until the background work has carried out every pending directory entry."""
-    worker: DirectorySync = state["directory_sync"]
+    worker: DirectoryRecorder = state["directory_sync"]
     async with asyncio.timeout(within):
         while await worker.pending():  # noqa: ASYNC110 - the outbox is a table, not an event
             await asyncio.sleep(0.02)

@@ -5,7 +5,7 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import CognitoDep, DirectorySyncDep, UserListReadsDep
+from app.api.deps import CognitoDep, DirectoryRecorderDep, UserListReadsDep
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1.auth import AdminUser, CurrentProfile
 from app.api.v1.query import refuse_unexpected_query
@@ -29,7 +29,7 @@ from app.schemas.user import (
     UserUpdate,
 )
 from app.services import user_creation, user_list, users
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import DirectoryRecorder
 
 _NOT_FOUND: Final = error(404, "No user with this id")
 _THROTTLED: Final = error(429, "Cognito is throttling; see Retry-After")
@@ -125,7 +125,7 @@ async def read_user(
     """One user."""
     async with sessions() as session:
         user = await users.get_user(session, user_id)
-        in_step = await DirectorySync.in_step(session, user_id)
+        in_step = await DirectoryRecorder.in_step(session, user_id)
     return _managed(user, directory_in_step=in_step)
 
 
@@ -135,7 +135,7 @@ async def update_user(
     update: UserUpdate,
     admin: AdminUser,
     session: SessionDep,
-    directory: DirectorySyncDep,
+    directory: DirectoryRecorderDep,
 ) -> ManagedUserResponse:
     """Change a user's name, role, province or active state; Cognito follows shortly.
 

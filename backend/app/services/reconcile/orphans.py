@@ -25,7 +25,7 @@ from app.schemas.user import UserCreate
 from app.services.adoption import adoption_refusal, fresh_invitation
 from app.services.audit import audited
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import record_directory_pass
 from app.services.reconcile.drift import Drift
 from app.services.reconcile.snapshot import fresh_cognito_user
 from app.services.users import find_user_by_email
@@ -47,7 +47,6 @@ async def adopt(
     item: Drift,
     adoption: UserCreate,
     cognito: CognitoUserPool,
-    directory: DirectorySync,
     sessions: Sessionmaker,
     read_sessions: ReadSessions,
 ) -> tuple[bool, str]:
@@ -85,7 +84,7 @@ async def adopt(
                 await session.flush()
                 audit.target_id = user.id
                 # The worker puts the Cognito user in the role's group, and in no other.
-                directory.record(session, user.id, sign_out=False)
+                record_directory_pass(session, user.id, sign_out=False)
     except ConflictError as error:
         return False, f"not adopted: {error.detail}"
     except IntegrityError:
@@ -119,7 +118,6 @@ async def remove(
 async def repair_orphan(
     item: Drift,
     cognito: CognitoUserPool,
-    directory: DirectorySync,
     sessions: Sessionmaker,
     read_sessions: ReadSessions,
     *,
@@ -128,7 +126,7 @@ async def repair_orphan(
 ) -> tuple[bool, str]:
     """Adopt the orphan the operator named, remove others if asked, report the rest."""
     if adoption is not None and names(adoption, item):
-        return await adopt(item, adoption, cognito, directory, sessions, read_sessions)
+        return await adopt(item, adoption, cognito, sessions, read_sessions)
     if orphans is OrphanAction.REMOVE:
         return await remove(item, cognito, read_sessions)
     return False, (

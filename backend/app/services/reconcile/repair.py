@@ -1,7 +1,7 @@
 """Repairing the drift a report found, only where the repair cannot widen anyone's access.
 
 - Cognito enabled while the row is deactivated, groups ≠ role, stale outbox entries: Cognito is
-  made to match the row, by the worker's own step (`DirectorySync.carry_out`).
+  made to match the row, by the worker's own step (`directory_sync.carry_out_now`).
 - Cognito disabled while the row is active: disabled wins. The row is deactivated and its
   sessions revoked, as a deactivation through the API does, unless directory work for the user
   is pending (a reactivation the worker will carry out). Nothing else is repaired for that user
@@ -26,7 +26,8 @@ from app.models.user import User
 from app.schemas.user import UserCreate
 from app.services.audit import audited
 from app.services.cognito import CognitoUserPool
-from app.services.directory_sync import DirectorySync
+from app.services.directory_sync import carry_out_now, record_directory_pass
+from app.services.outbox import OutboxWorker
 from app.services.reconcile.drift import Drift, DriftKind, Report
 from app.services.reconcile.orphans import OrphanAction, names, repair_orphan
 from app.services.reconcile.snapshot import (
@@ -58,7 +59,7 @@ class RepairResult:
 
 
 async def deactivate_row(
-    item: Drift, cognito: CognitoUserPool, directory: DirectorySync, sessions: Sessionmaker
+    item: Drift, cognito: CognitoUserPool, sessions: Sessionmaker
 ) -> tuple[bool, str]:
     """The row of a user disabled in Cognito deactivated, unless a reactivation is pending."""
     assert item.user_id is not None
@@ -89,7 +90,7 @@ async def deactivate_row(
                 user.is_active = False
                 user.sessions_revoked_at = await sessions_revoked_now(session)
                 # As any deactivation: the worker signs the user out everywhere.
-                directory.record(session, user.id, sign_out=True)
+                record_directory_pass(session, user.id, sign_out=True)
     except ConflictError as error:
         return False, f"left alone: {error.detail}"
     return True, "row deactivated (disabled in Cognito wins) and its sessions revoked"
@@ -112,7 +113,7 @@ async def _enabled_in_cognito_if_active(
 async def _carry_out(
     item: Drift,
     cognito: CognitoUserPool,
-    directory: DirectorySync,
+    worker: OutboxWorker,
     read_sessions: ReadSessions,
 ) -> tuple[bool, str]:
     assert item.user_id is not None
@@ -124,7 +125,7 @@ async def _carry_out(
         return False, "left alone: disabled in Cognito meanwhile (disabled wins; run again)"
     # The worker's own step: Cognito made to match the row as it is now, and the user's
     # outbox entries done with.
-    if await directory.carry_out(item.user_id):
+    if await carry_out_now(worker, item.user_id):
         return True, "Cognito now matches the row"
     return False, "could not be carried out (see the log)"
 
@@ -138,7 +139,7 @@ _REPORTED_ONLY: Final = (
 async def repair(
     report: Report,
     cognito: CognitoUserPool,
-    directory: DirectorySync,
+    worker: OutboxWorker,
     sessions: Sessionmaker,
     read_sessions: ReadSessions,
     *,
@@ -147,7 +148,8 @@ async def repair(
 ) -> RepairResult:
     """Repair what is safe to repair in `report` (see the module docstring).
 
-    `adoption`: the one Cognito user without a row to adopt (by its email), with its role.
+    `adoption`: the one Cognito user without a row to adopt (by its email), with its role;
+    `worker`: an outbox worker (never started) whose directory step carries a user out.
     """
     result = RepairResult()
     disabled = {item.user_id for item in report.drift if item.kind is DriftKind.DISABLED_IN_COGNITO}
@@ -156,7 +158,7 @@ async def repair(
     for item in report.drift:
         try:
             if item.kind is DriftKind.DISABLED_IN_COGNITO:
-                result.add(item, *await deactivate_row(item, cognito, directory, sessions))
+                result.add(item, *await deactivate_row(item, cognito, sessions))
             elif item.kind in _COGNITO_FOLLOWS_THE_ROW:
                 assert item.user_id is not None
                 if item.user_id in disabled:
@@ -167,12 +169,11 @@ async def repair(
                     )
                 elif item.user_id not in repaired_users:
                     repaired_users.add(item.user_id)
-                    result.add(item, *await _carry_out(item, cognito, directory, read_sessions))
+                    result.add(item, *await _carry_out(item, cognito, worker, read_sessions))
             elif item.kind is DriftKind.COGNITO_USER_WITHOUT_ROW:
                 done, what = await repair_orphan(
                     item,
                     cognito,
-                    directory,
                     sessions,
                     read_sessions,
                     orphans=orphans,
