@@ -7,7 +7,9 @@ saving on every call.
 
 from fastapi import APIRouter
 
+from app.api.routing import API_PREFIX
 from app.api.v1 import reference, users
 
-API_PREFIX = "/api/v1"
+__all__ = ["API_PREFIX", "routers"]
+
 routers: tuple[APIRouter, ...] = (reference.router, users.router)

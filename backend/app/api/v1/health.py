@@ -1,13 +1,13 @@
 """Probes: `/health` for the ALB (checks the database), `/health/live` for the container runtime."""
 
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import SettingsDep
+from app.api.routing import GatedRouter
 from app.core.db import HealthEngineDep, database_is_reachable
 from app.schemas.health import HealthResponse, LivenessResponse
 
-router = APIRouter(tags=["health"])
+router = GatedRouter(gate="/health", tags=["health"])
 
 
 @router.get(

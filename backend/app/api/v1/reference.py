@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 
 from app.api.deps import ReferenceReadsDep
-from app.api.routing import CredentialsFirstRoute
+from app.api.routing import API_PREFIX, CredentialsFirstRoute, GatedRouter
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import (
@@ -54,7 +54,12 @@ def _cached_json(rendered: RenderedJson, cache_control: str = CACHE_CONTROL) -> 
     return ETaggedResponse(rendered.body, etag=rendered.etag, cache_control=cache_control)
 
 
-router = APIRouter(prefix="/reference", tags=["reference"], route_class=CredentialsFirstRoute)
+router = GatedRouter(
+    gate=f"{API_PREFIX}/reference",
+    prefix="/reference",
+    tags=["reference"],
+    route_class=CredentialsFirstRoute,
+)
 
 
 @router.get(

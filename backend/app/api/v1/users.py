@@ -3,10 +3,10 @@
 import uuid
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import Query, Request, Response, status
 
 from app.api.deps import CognitoDep, DirectoryRecorderDep, UserListReadsDep
-from app.api.routing import CredentialsFirstRoute
+from app.api.routing import API_PREFIX, CredentialsFirstRoute, GatedRouter
 from app.api.v1.auth import AdminUser, CurrentProfile
 from app.api.v1.query import refuse_unexpected_query
 from app.api.v1.responses import (
@@ -67,7 +67,9 @@ RESET_RESPONSES: Responses = {
     **error(409, "The user is deactivated, or Cognito and the database disagree"),
 }
 
-router = APIRouter(prefix="/users", tags=["users"], route_class=CredentialsFirstRoute)
+router = GatedRouter(
+    gate=f"{API_PREFIX}/users", prefix="/users", tags=["users"], route_class=CredentialsFirstRoute
+)
 
 
 def _managed(user: User, *, directory_in_step: bool) -> ManagedUserResponse:
