@@ -86,8 +86,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status_code = message["status"]
                 headers = message.setdefault("headers", [])
-                # Error responses name their request themselves; everything else gets it here.
-                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                # Error responses (and only they) name their request themselves
+                # (`app.core.errors`); everything else gets it here.
+                if status_code < 400 or not any(
+                    name.lower() == b"x-request-id" for name, _ in headers
+                ):
                     message["headers"] = [*headers, header]
             await send(message)
 
