@@ -29,7 +29,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final
 
@@ -43,6 +43,7 @@ from app.core.listener import NotificationListener
 from app.core.pagination import TicketedCache, V
 from app.core.principal import Principal
 from app.models.user import User
+from app.schemas.user import UserResponse
 
 CHANNEL: Final = "users_changed"
 EVERYONE: Final = "*"
@@ -65,6 +66,21 @@ class AuthenticatedUser(Principal):
     created_at: datetime
     updated_at: datetime
     sessions_revoked_at: datetime | None
+    # The profile as `/users/me` sends it, rendered on first use (`profile_json`).
+    _profile_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def profile_json(self) -> bytes:
+        """The user's own profile (`UserResponse`) as JSON, rendered once per snapshot.
+
+        Every request of a user is answered from the same cached snapshot, so its profile is
+        validated and serialised once, not per request (most of a cached `/users/me`'s own
+        work). A memo, not state: any request that renders it gets the same bytes.
+        """
+        rendered = self._profile_json
+        if rendered is None:
+            rendered = UserResponse.model_validate(self).model_dump_json().encode()
+            object.__setattr__(self, "_profile_json", rendered)  # frozen: the memo's one write
+        return rendered
 
     def accepts_session_started_at(self, started_at: int) -> bool:
         """False for a token of a session begun before the user's sessions were revoked."""
@@ -73,7 +89,7 @@ class AuthenticatedUser(Principal):
 
 
 _SNAPSHOT_COLUMNS: Final = tuple(
-    User.__table__.c[name] for name in AuthenticatedUser.__dataclass_fields__
+    User.__table__.c[column.name] for column in fields(AuthenticatedUser) if column.init
 )
 # Built once, of the table's own columns: no expression to build and hash per lookup, and a
 # statement without ORM entities, which the session hands straight to its connection. One

@@ -28,6 +28,7 @@ from app.core.listener import NotificationListener
 from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
+from app.schemas.user import UserResponse
 from app.services.user_cache import EVERYONE, AuthenticatedUser, UserCache
 from tests.support.harness import (
     client_of,
@@ -685,3 +686,23 @@ async def test_the_listener_delivers_each_channel_and_reports_its_loss_to_every_
         await eventually(lambda: listener.listening)
     finally:
         await listener.aclose()
+
+
+def test_a_snapshots_profile_is_rendered_once_and_as_the_schema_renders_it() -> None:
+    user = AuthenticatedUser(
+        id=uuid.uuid4(),
+        role=Role.OFFICER,
+        responsible_province="Chiang Mai",
+        cognito_user_id="sub-1",
+        email="officer@example.gov",
+        full_name="An Officer",
+        is_active=True,
+        created_at=datetime(2026, 12, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 12, 2, tzinfo=UTC),
+        sessions_revoked_at=None,
+    )
+    rendered = user.profile_json()
+    assert rendered == UserResponse.model_validate(user).model_dump_json().encode()
+    assert user.profile_json() is rendered
+    # The memo is no part of the snapshot's value: a fresh copy of the row is the same user.
+    assert user == dataclasses.replace(user)

@@ -80,9 +80,10 @@ def _managed(user: User, *, directory_in_step: bool) -> ManagedUserResponse:
 
 # Declared before /{user_id}, so "me" is never read as an id.
 @router.get("/me", response_model=UserResponse, responses=AUTH_RESPONSES)
-async def read_own_profile(user: CurrentProfile) -> UserResponse:
+async def read_own_profile(user: CurrentProfile) -> Response:
     """The signed-in user's own profile."""
-    return UserResponse.model_validate(user)
+    # A `UserResponse` (response_model), rendered once per cached snapshot of the user.
+    return Response(user.profile_json(), media_type="application/json")
 
 
 @router.post(
