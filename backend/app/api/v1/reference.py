@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 from fastapi import Query, Request, Response
 
-from app.api.deps import ReferenceReadsDep
+from app.api.deps import reference_reads
 from app.api.routing import API_PREFIX, CredentialsFirstRoute, GatedRouter
 from app.api.v1.auth import AdminUser, CurrentUser
 from app.api.v1.query import refuse_unexpected_query
@@ -71,11 +71,10 @@ router = GatedRouter(
 async def list_service_types(
     _: CurrentUser,
     request: Request,
-    reads: ReferenceReadsDep,
 ) -> Response:
     """Active service types in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.service_types_json(reads))
+    return _cached_json(await reference.service_types_json(reference_reads(request)))
 
 
 @router.get(
@@ -90,7 +89,6 @@ async def list_service_types(
 async def list_complaint_types(
     _: CurrentUser,
     request: Request,
-    reads: ReferenceReadsDep,
     service_type_id: Annotated[
         int | None,
         Query(ge=1, le=_MAX_SERVICE_TYPE_ID, description="Only this service type's entries"),
@@ -98,7 +96,7 @@ async def list_complaint_types(
 ) -> Response:
     """Active complaint types in display order, optionally of one service type (404 if unknown)."""
     refuse_unexpected_query(request, frozenset({"service_type_id"}))
-    rendered = await reference.complaint_types_json(reads, service_type_id)
+    rendered = await reference.complaint_types_json(reference_reads(request), service_type_id)
     return _cached_json(rendered)
 
 
@@ -111,11 +109,10 @@ async def list_complaint_types(
 async def list_handlers(
     _: CurrentUser,
     request: Request,
-    reads: ReferenceReadsDep,
 ) -> Response:
     """Active handling agencies in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.handlers_json(reads))
+    return _cached_json(await reference.handlers_json(reference_reads(request)))
 
 
 @router.get(
@@ -127,11 +124,10 @@ async def list_handlers(
 async def list_closure_reasons(
     _: CurrentUser,
     request: Request,
-    reads: ReferenceReadsDep,
 ) -> Response:
     """Active closure reasons in display order."""
     refuse_unexpected_query(request)
-    return _cached_json(await reference.closure_reasons_json(reads))
+    return _cached_json(await reference.closure_reasons_json(reference_reads(request)))
 
 
 @router.get(
