@@ -53,6 +53,15 @@ class Measurement:
     result: WrkResult
     warmup: bool = False
     baseline: WrkResult | None = None
+    # CPU seconds the scenario's server workers spent in the round (user and system).
+    server_cpu_s: float | None = None
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """The server's CPU per request answered: its cost, whatever else ran on the box."""
+        if self.server_cpu_s is None or not self.result.requests:
+            return None
+        return self.server_cpu_s / self.result.requests * 1e6
 
 
 def rps_of(result: WrkResult) -> float:
@@ -224,6 +233,14 @@ class BenchReport:
         return statistics.median(figure(own) for own, _ in pairs) / statistics.median(
             figure(baseline) for _, baseline in pairs
         )
+
+    def cpu_us_per_request(self, scenario: str, connections: int) -> float:
+        """The median over the scenario's rounds of its server's CPU per request (µs)."""
+        costs = [m.cpu_us_per_request for m in self.rounds(scenario, connections)]
+        measured = [cost for cost in costs if cost is not None]
+        if not measured:
+            raise KeyError(f"no server CPU measured for {scenario} at {connections}")
+        return statistics.median(measured)
 
     def ratios(
         self, scenario: str, connections: int, figure: Callable[[WrkResult], float]

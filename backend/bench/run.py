@@ -43,6 +43,8 @@ from bench.fixed_rate import FixedRateResult, parse_result_line
 from bench.instruments import read_probe, start_profiler, verify_micro
 from bench.report import (
     CONTROL_SCENARIO,
+    METRICS_OFF_SCENARIO,
+    METRICS_ON_SCENARIO,
     BenchReport,
     CoherenceFigures,
     FixedRateRound,
@@ -60,6 +62,7 @@ from bench.servers import (
     REPO_ROOT,
     RssSampler,
     Server,
+    cpu_seconds,
     machine_info,
     proc_status_bytes,
     server_env,
@@ -124,6 +127,9 @@ class Bench:
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.chosen if s.name == name)
 
+    def chosen_named(self, name: str) -> bool:
+        return any(s.name == name for s in self.chosen)
+
     def measure(self, server: Server, scenario: Scenario, level: int, seconds: int) -> WrkResult:
         """One wrk run of `scenario` at `level` connections."""
         tokens = scenario.tokens
@@ -174,7 +180,10 @@ class Bench:
         probing = not self.args.no_probe and self.args.workers == 1
         for level in self.args.levels:
             for scenario in self.chosen:
-                if scenario.name == "baseline":
+                if scenario.name == "baseline" or (
+                    # The metrics' off rounds alternate with their on rounds.
+                    scenario.name == METRICS_OFF_SCENARIO and self.chosen_named(METRICS_ON_SCENARIO)
+                ):
                     continue
                 instrumented = scenario.server == "api"
                 profiler = None
@@ -187,6 +196,12 @@ class Bench:
                     read_probe(servers["api"], reset=True)
                 for _ in range(self.args.rounds):
                     self._paired_round(servers, scenario, level)
+                    if scenario.name == METRICS_ON_SCENARIO and self.chosen_named(
+                        METRICS_OFF_SCENARIO
+                    ):
+                        # On and off in turn: a drift of the box over the rounds (CPUs warming,
+                        # neighbours) falls on both alike.
+                        self._paired_round(servers, self.scenario(METRICS_OFF_SCENARIO), level)
                 if probing and instrumented:
                     figures = read_probe(servers["api"], reset=True)
                     self.probes.append(ProbeFigures(scenario.name, level, figures))
@@ -196,14 +211,18 @@ class Bench:
     def _paired_round(self, servers: dict[str, Server], scenario: Scenario, level: int) -> None:
         seconds = self.args.duration
         before = self.measure(servers["baseline"], self.scenario("baseline"), level, seconds)
-        result = self.measure(servers[scenario.server], scenario, level, seconds)
-        self.measurements.append(Measurement("baseline", level, before))
-        self.measurements.append(Measurement(scenario.name, level, result, baseline=before))
+        server = servers[scenario.server]
+        workers = server.worker_pids()
+        cpu_before = cpu_seconds(workers)
+        result = self.measure(server, scenario, level, seconds)
+        cpu = cpu_seconds(workers) - cpu_before
+        own = Measurement(scenario.name, level, result, baseline=before, server_cpu_s=cpu)
+        self.measurements += [Measurement("baseline", level, before), own]
         print(
             f"{scenario.name:>20} c={level:<3} {result.rps:>8,.0f} req/s"
             f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-            f"  errors {result.errors}   baseline {before.rps:>8,.0f} req/s"
-            f"  p99 {before.p99_ms:7.2f} ms",
+            f"  cpu {own.cpu_us_per_request or 0:5.0f} µs/req  errors {result.errors}"
+            f"   baseline {before.rps:>8,.0f} req/s  p99 {before.p99_ms:7.2f} ms",
             flush=True,
         )
 

@@ -178,6 +178,15 @@ class RssSampler:
             self._stop.wait(self._interval)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of the processes so far (/proc/<pid>/stat fields 14 and 15)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status_bytes(pid: int, field: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

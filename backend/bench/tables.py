@@ -158,6 +158,7 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
                 "rps": round(m.result.rps, 1),
                 **asdict(m.result),
                 "baseline": None if m.baseline is None else asdict(m.baseline),
+                "server_cpu_s": m.server_cpu_s,
             }
             for m in report.measurements
         ],

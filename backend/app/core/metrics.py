@@ -211,6 +211,22 @@ class DurationsBatch:
             add_observations(self._histogram.labels(*labels), total, counts)
 
 
+class RequestsBatch(DurationsBatch):
+    """Requests by (route template, method, status class), their durations as bucket counts
+    and a sum: on flush, the request counter (by every label) and the latency histogram (by all
+    but the status class, the last), from one dictionary update a request."""
+
+    def __init__(self, counter: Counter, histogram: Histogram, buckets: Sequence[float]) -> None:
+        super().__init__(histogram, buckets)
+        self._counter = counter
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for labels, (total, *counts) in pending.items():
+            self._counter.labels(*labels).inc(sum(counts))
+            add_observations(self._histogram.labels(*labels[:-1]), total, counts)
+
+
 def add_observations(child: Histogram, total: float, counts: Sequence[float]) -> None:
     """Add observations to a histogram's child as `observe` would one by one: `counts[i]` in
     bucket i, their sum `total`.
@@ -230,14 +246,12 @@ class PerRequest:
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.requests = CountsBatch(HTTP_REQUESTS)
-        self.durations = DurationsBatch(HTTP_REQUEST_DURATION, _LATENCY_BUCKETS)
+        self.requests = RequestsBatch(HTTP_REQUESTS, HTTP_REQUEST_DURATION, _LATENCY_BUCKETS)
         self.user_lookups = CountsBatch(USER_CACHE_LOOKUPS)
 
     def flush(self) -> None:
         HTTP_IN_FLIGHT.set(self.in_flight)
         self.requests.flush()
-        self.durations.flush()
         self.user_lookups.flush()
 
 

@@ -53,15 +53,21 @@ def route_template(scope: Scope) -> str:
 
 # Indexed by a status code's hundreds: a request builds no string for its label.
 _STATUS_CLASSES = tuple(f"{hundreds}xx" for hundreds in range(10))
+# Each route's template, worked out on its first request, by the route object's id (routes
+# are not hashable); the entry holds the route, so its id is never another's. A route is
+# included under one prefix in this app, so its object names one template.
+_TEMPLATES: dict[int, tuple[object, str]] = {}
 
 
 def _count(scope: Scope, status_code: int, seconds: float) -> None:
     """The request in this process's counts (`app.core.metrics`, flushed once a second)."""
-    template = route_template(scope)
-    method = scope["method"]
-    per_request = metrics.PER_REQUEST
-    per_request.requests.add((template, method, _STATUS_CLASSES[status_code // 100 % 10]))
-    per_request.durations.observe((template, method), seconds)
+    route = scope.get("route")
+    known = _TEMPLATES.get(id(route))
+    if known is None:
+        known = _TEMPLATES[id(route)] = (route, route_template(scope))
+    template = known[1]
+    labels = (template, scope["method"], _STATUS_CLASSES[status_code // 100 % 10])
+    metrics.PER_REQUEST.requests.observe(labels, seconds)
 
 
 class RequestContextMiddleware:

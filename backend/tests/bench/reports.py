@@ -46,14 +46,34 @@ PASSING = {
 }
 
 
+# The server's CPU a request in every round, unless a test sets a scenario's own.
+CPU_US_PER_REQUEST = 150.0
+
+
+def measured(
+    name: str, level: int, rps: float, p50: float, errors: int, cpu_us: float
+) -> Measurement:
+    own = result(rps, p50, errors)
+    return Measurement(name, level, own, server_cpu_s=own.requests * cpu_us / 1e6)
+
+
 def report_of(
     figures: dict[str, tuple[tuple[float, float], tuple[float, float]]],
     *,
     errors: int = 0,
     rss: RssSummary | None = None,
+    cpu_us: dict[str, float] | None = None,
 ) -> BenchReport:
+    costs = cpu_us or {}
     measurements = [
-        Measurement(name, level, result(rps, p50, errors if name == "users/me" else 0))
+        measured(
+            name,
+            level,
+            rps,
+            p50,
+            errors if name == "users/me" else 0,
+            costs.get(name, CPU_US_PER_REQUEST),
+        )
         for name, by_level in figures.items()
         for level, (rps, p50) in zip((1, 16), by_level, strict=True)
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from app.core.metrics import CountsBatch, DurationsBatch
+from app.core.metrics import CountsBatch, DurationsBatch, RequestsBatch
 
 BUCKETS = (0.001, 0.01, 0.1)
 # Below, on and between the bounds, and past the last one (+Inf).
@@ -54,3 +54,19 @@ def test_a_flushed_counts_batch_equals_incrementing_each_time() -> None:
     batch.flush()
     batch.flush()
     assert samples(batched_registry) == samples(incremented_registry)
+
+
+def test_a_flushed_requests_batch_equals_counting_and_observing_each_request() -> None:
+    observed_registry, observed, batched_registry, batched = histogram_pair()
+    counted = Counter("requests", "r", ["route", "status"], registry=observed_registry)
+    batch = RequestsBatch(
+        Counter("requests", "r", ["route", "status"], registry=batched_registry), batched, BUCKETS
+    )
+    for route, status in (("/a", "2xx"), ("/a", "4xx"), ("/b", "2xx")):
+        for seconds in DURATIONS:
+            counted.labels(route, status).inc()
+            observed.labels(route).observe(seconds)
+            batch.observe((route, status), seconds)
+    batch.flush()
+    batch.flush()
+    assert samples(batched_registry) == samples(observed_registry)
