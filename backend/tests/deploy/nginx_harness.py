@@ -100,6 +100,14 @@ class RunningNginx:
         """nginx's stdout (access log) and stderr (error log), for assertion messages."""
         return (self.prefix / "nginx.log").read_text(errors="replace")
 
+    def log_once_it_holds(self, text: str, within: float = 5.0) -> str:
+        """The log, once `text` is in it (or as it is after `within` seconds): nginx writes a
+        request's access-log line after its answer, so a client can read the answer first."""
+        deadline = time.monotonic() + within
+        while text not in (log := self.log_text) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
