@@ -48,7 +48,12 @@ class ETaggedResponse(Response):
     media_type = "application/json"
 
     def __init__(self, body: bytes, *, etag: str, cache_control: str) -> None:
-        super().__init__(body, headers={"Cache-Control": cache_control, "ETag": etag})
+        super().__init__(body)
+        # Appended as they are sent: Starlette would build and lower-case a header mapping.
+        self.raw_headers += [
+            (b"cache-control", cache_control.encode("latin-1")),
+            (b"etag", etag.encode("latin-1")),
+        ]
         self.etag = etag
         self.cache_control = cache_control
 
