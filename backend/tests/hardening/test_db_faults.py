@@ -23,11 +23,17 @@ from sqlalchemy.engine import make_url
 from app.core.db import SessionDep
 from app.core.roles import Role
 from tests.hardening.faults import OwnPostgres, timed, wait_until
-from tests.support.harness import LiveApp, add_user, bearer, live_app, make_settings
+from tests.support.harness import (
+    LiveApp,
+    add_user,
+    bearer,
+    live_app,
+    make_settings,
+    uncached_user_list,
+)
 from tests.support.jwt_tokens import JWKSServer
 
 ME = "/api/v1/users/me"
-# Always reads the database; /me may be answered by a cache of the caller's row.
 USERS = "/api/v1/users"
 # The design's bounds: /health answers within its 2 s check; an API request within connect
 # (2 s) or pool (3 s) timeouts. Margins absorb scheduling noise on a loaded 2-core machine.
@@ -85,7 +91,7 @@ async def test_stopped_database_is_503_fast_and_the_same_process_recovers(
     assert health.status_code == 503
     assert health.json() == {"status": "error", "db": "error"}
     assert seconds < HEALTH_BOUND
-    response, seconds = await timed(live.client.get(USERS, headers=headers))
+    response, seconds = await timed(live.client.get(uncached_user_list(), headers=headers))
     assert_unavailable(response)
     assert seconds < API_BOUND
     # Routes an in-process cache may answer without the database: served or 503, never worse.
@@ -112,7 +118,7 @@ async def test_frozen_database_is_503_within_the_timeouts_not_a_hang(
         health, seconds = await timed(live.client.get("/health"))
         assert health.status_code == 503
         assert seconds < HEALTH_BOUND
-        response, seconds = await timed(live.client.get(USERS, headers=headers))
+        response, seconds = await timed(live.client.get(uncached_user_list(), headers=headers))
         assert_unavailable(response)
         # A pooled connection that stopped answering costs the pre-ping's command timeout
         # (statement timeout + 1 s), then a reconnect its connect timeout: bounded, no hang.
@@ -168,7 +174,7 @@ async def test_a_lock_that_blocks_every_query_is_503_not_a_hang(
         # Twenty callers: seven reach a connection and wait on the lock until the statement
         # timeout (5 s); the others wait for a connection until the pool timeout (3 s).
         results = await asyncio.gather(
-            *(timed(live.client.get(USERS, headers=headers)) for _ in range(20))
+            *(timed(live.client.get(uncached_user_list(), headers=headers)) for _ in range(20))
         )
     for response, seconds in results:
         assert_unavailable(response)

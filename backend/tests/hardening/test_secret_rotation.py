@@ -24,13 +24,14 @@ from sqlalchemy.engine import make_url
 import app.core.db
 from app.core.roles import Role
 from tests.hardening.faults import Fault, FaultProxy, OwnPostgres, fault_proxy, timed
-from tests.support.harness import add_user, bearer, live_app, make_settings
+from tests.support.harness import add_user, bearer, live_app, make_settings, uncached_user_list
 from tests.support.jwt_tokens import TEST_REGION, JWKSServer
 from tests.support.logs import recorded_logs
 from tests.support.moto_cognito import DUMMY_CREDENTIALS_ENV, MotoCognito
 
 ME = "/api/v1/users/me"
-USERS = "/api/v1/users"  # always reads the database
+
+
 PASSWORD_GROUP = "password_auth"
 
 
@@ -163,12 +164,12 @@ async def test_rotation_is_followed_with_one_read_of_the_secret_and_no_restart(
             set_password(own_pg, db_role, second)
             secret.put(db_role, second)
             # Open connections outlive a password change: nothing to do yet.
-            assert (await live.client.get(USERS, headers=headers)).status_code == 200
+            assert (await live.client.get(uncached_user_list(), headers=headers)).status_code == 200
             assert secrets_proxy.count("GetSecretValue") == 1
 
             await terminate_backends(own_database, db_role)
             responses = await asyncio.gather(
-                *(live.client.get(USERS, headers=headers) for _ in range(5))
+                *(live.client.get(uncached_user_list(), headers=headers) for _ in range(5))
             )
             assert [response.status_code for response in responses] == [200] * 5
             # One read for all the pool's connections the refused password made fail (a
@@ -205,7 +206,9 @@ async def test_wrong_or_unreadable_secret_is_503_with_bounded_reads_then_heals(
             set_password(own_pg, db_role, changed)
             await terminate_backends(own_database, db_role)
             for _ in range(10):
-                response, seconds = await timed(live.client.get(USERS, headers=headers))
+                response, seconds = await timed(
+                    live.client.get(uncached_user_list(), headers=headers)
+                )
                 assert_503(response)
                 assert seconds < 5
             assert (await live.client.get("/health")).status_code == 503
@@ -214,14 +217,14 @@ async def test_wrong_or_unreadable_secret_is_503_with_bounded_reads_then_heals(
             reads = secrets_proxy.count("GetSecretValue")
             assert 2 <= reads <= 3
             for _ in range(10):
-                assert_503(await live.client.get(USERS, headers=headers))
+                assert_503(await live.client.get(uncached_user_list(), headers=headers))
             assert secrets_proxy.count("GetSecretValue") == reads
 
             # Once the interval has passed, Secrets Manager itself failing is a 503 too.
             monkeypatch.setattr(app.core.db, "CREDENTIALS_REFRESH_INTERVAL_SECONDS", 0.5)
             await asyncio.sleep(0.6)
             secrets_proxy.fail("GetSecretValue", Fault("status", status=500))
-            response, seconds = await timed(live.client.get(USERS, headers=headers))
+            response, seconds = await timed(live.client.get(uncached_user_list(), headers=headers))
             assert_503(response)
             assert seconds < 5
             # Each refresh is one call and its retries; two connectors at most.

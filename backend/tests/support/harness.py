@@ -301,6 +301,12 @@ async def add_user(
     return user
 
 
+def uncached_user_list() -> str:
+    """A user-list path whose read always reaches the database: a search no earlier request
+    made, so neither its page nor its count is cached (`UserListCache`)."""
+    return f"/api/v1/users?q={uuid.uuid4().hex}"
+
+
 def token_for(user: User, **claims: object) -> str:
     """A valid access token for `user`, signed by the key the test JWKS serves."""
     return mint_token(
