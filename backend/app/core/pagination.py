@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, FromClause, Select, bindparam, func, selec
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import InstrumentedAttribute
 
+from app.core.flights import Flights
 from app.core.scope import ProvinceScope
 
 Order = tuple[ColumnElement[Any], ...]
@@ -75,6 +76,9 @@ class TicketedCache(Generic[V]):
 
     An entry remembers the ticket it was computed under; any change moves the ticket on, so a
     stale value is never served; while `changes` cannot vouch (ticket None) nothing is cached.
+    Concurrent misses of one key compute it once (`app.core.flights`): when a page everyone is
+    reading expires or changes, the requests that arrive meanwhile wait for the one read
+    rather than each running it.
     """
 
     def __init__(
@@ -84,17 +88,25 @@ class TicketedCache(Generic[V]):
         self._entries: TTLCache[Hashable, tuple[int, V]] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds
         )
+        self._flights = Flights()
 
     async def get_or_compute(self, key: Hashable, compute: Callable[[], Awaitable[V]]) -> V:
         ticket = self._changes.ticket()
-        entry = self._entries.get(key) if ticket is not None else None
+        if ticket is None:
+            return await compute()
+        entry = self._entries.get(key)
         if entry is not None and entry[0] == ticket:
             return entry[1]
-        value = await compute()
-        # Kept only if nothing changed while it was computed.
-        if ticket is not None and ticket == self._changes.ticket():
-            self._entries[key] = (ticket, value)
-        return value
+        async with self._flights.one_at_a_time(key):
+            ticket = self._changes.ticket()
+            entry = self._entries.get(key) if ticket is not None else None
+            if entry is not None and entry[0] == ticket:
+                return entry[1]
+            value = await compute()
+            # Kept only if nothing changed while it was computed.
+            if ticket is not None and ticket == self._changes.ticket():
+                self._entries[key] = (ticket, value)
+            return value
 
 
 CountCache = TicketedCache[int]

@@ -10,7 +10,6 @@ loose index scan answers them in about the time of a cache miss.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import contains_eager
 
 from app.core.db import ReadSessions
+from app.core.flights import Flights
 from app.core.errors import NotFoundError
 from app.models.case import Case, CasePriority
 from app.models.reference import (
@@ -64,16 +64,6 @@ class RenderedJson:
         return cls(body=body, etag=f'"{digest}"')
 
 
-class _Flight:
-    """The lock queueing the callers that missed one key, and how many hold or await it."""
-
-    __slots__ = ("callers", "lock")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.callers = 0
-
-
 class ReferenceCache:
     """A TTL cache of rendered responses whose concurrent misses on a key run one load.
 
@@ -91,36 +81,24 @@ class ReferenceCache:
         self._entries: TTLCache[CacheKey, RenderedJson] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds, timer=timer
         )
-        self._flights: dict[CacheKey, _Flight] = {}
+        self._flights = Flights()
 
     async def get_or_load(
         self, key: CacheKey, load: Callable[[], Awaitable[RenderedJson]]
     ) -> RenderedJson:
         """The cached value of `key`, or the result of `load()`, run once however many wait.
 
-        Waiters queue on a lock rather than sharing the first caller's future: each load runs on
-        its caller's own DB session, so if the first caller fails or is cancelled (a client that
-        hung up) the next one in line loads with its own session instead of inheriting the error.
-        Errors are never cached.
+        Waiters queue behind the first (`app.core.flights`); errors are never cached.
         """
         rendered = self._entries.get(key)
         if rendered is not None:
             return rendered
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = self._flights[key] = _Flight()
-        flight.callers += 1
-        try:
-            async with flight.lock:
-                rendered = self._entries.get(key)
-                if rendered is None:
-                    rendered = await load()
-                    self._entries[key] = rendered
-                return rendered
-        finally:
-            flight.callers -= 1
-            if flight.callers == 0:
-                del self._flights[key]
+        async with self._flights.one_at_a_time(key):
+            rendered = self._entries.get(key)
+            if rendered is None:
+                rendered = await load()
+                self._entries[key] = rendered
+            return rendered
 
     def clear(self) -> None:
         """Forget every entry, e.g. after reference data was edited in this instance."""

@@ -16,8 +16,11 @@ about every change:
   without waiting for the notification.
 - A lookup that raced with a change is never stored: `ticket()` is taken before the row is
   read, and `put` refuses if any change was seen in between.
-- Entries also expire after `ttl_seconds`, a bound on staleness should a single notification
-  ever be lost on a path that still delivers the heartbeats.
+- Entries also expire within `ttl_seconds`, a bound on staleness should a single notification
+  ever be lost on a path that still delivers the heartbeats. Each user's entry lives for a share
+  of it between `1 - EXPIRY_SPREAD` and 1, fixed by the sub (`lifetime_share`): users cached
+  together (everyone signing in at nine, a fleet's warm-up) do not all expire in one instant
+  and come back to the database in one burst that queues every request behind it.
 
 Only active users are stored; an unknown or inactive sub always goes to the database. With the
 `USER_CACHE` setting off (no listener) nothing is cached: every request reads its user.
@@ -28,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 from sqlalchemy import ARRAY, String, any_, bindparam, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -99,6 +103,16 @@ _USERS_BY_SUBS: Final = select(*_SNAPSHOT_COLUMNS).where(
 )
 
 
+# The share of the TTL over which a cohort of users cached in one instant expires.
+EXPIRY_SPREAD: Final = 0.2
+
+
+def lifetime_share(sub: str) -> float:
+    """How much of the TTL this user's entry lives: from `1 - EXPIRY_SPREAD` to 1, by the sub
+    (a hash, so stable across processes and spread evenly over users)."""
+    return 1.0 - EXPIRY_SPREAD * (zlib.crc32(sub.encode()) / 0xFFFFFFFF)
+
+
 _LOOKUP_HIT: Final = ("hit",)
 _LOOKUP_MISSED: Final = ("miss",)
 _LOOKUP_BYPASSED: Final = ("bypassed",)
@@ -116,8 +130,10 @@ class UserCache:
     ) -> None:
         self._listener = listener
         self._counted = counted
-        self._entries: TTLCache[str, AuthenticatedUser] = TTLCache(
-            maxsize=max_entries, ttl=ttl_seconds, timer=timer
+        self._entries: TLRUCache[str, AuthenticatedUser] = TLRUCache(
+            maxsize=max_entries,
+            ttu=lambda sub, _, now: now + ttl_seconds * lifetime_share(sub),
+            timer=timer,
         )
         self.ttl_seconds = ttl_seconds
         # Bumped by every change seen (and by losing the listener): a lookup that started under

@@ -42,7 +42,7 @@ from tests.support.harness import (
     make_settings,
     served,
 )
-from tests.support.jwt_tokens import JWKSServer
+from tests.support.jwt_tokens import FakeClock, JWKSServer
 
 BASE = "/api/v1/reference"
 SERVICE_TYPES = f"{BASE}/service-types"
@@ -58,19 +58,6 @@ ALL_PATHS = (*EVERY_ROLE_MAY_READ, SLA_CONFIG)
 NOT_ADMIN = (Role.DISPATCHER, Role.OFFICER, Role.EXECUTIVE)
 
 _REFERENCE_TABLE = re.compile(r"\bref_\w+")
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told, for the cache's TTL."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @contextmanager

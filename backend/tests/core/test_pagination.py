@@ -1,13 +1,15 @@
-"""Counts are cached per query, per scope and per filter: lists sharing one cache never mix."""
+"""Counts are cached per query, per scope and per filter: lists sharing one cache never mix;
+concurrent misses of one key compute it once."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.pagination import CountCache, PagedQuery, orders, read_page
+from app.core.pagination import CountCache, PagedQuery, TicketedCache, orders, read_page
 from app.core.roles import Role
 from app.core.scope import ProvinceScope
 from app.models.case import Case
@@ -89,3 +91,53 @@ async def test_a_scoped_list_is_not_read_without_a_scope(db_session: AsyncSessio
     connection = await db_session.connection()
     with pytest.raises(TypeError, match="province-scoped"):
         await read_page(connection, USERS, CountCache(Steady()), {}, sort="id", page=1, page_size=1)
+
+
+class Moving:
+    """Changes whose ticket a test moves on."""
+
+    def __init__(self) -> None:
+        self.at = 1
+
+    def ticket(self) -> int | None:
+        return self.at
+
+
+async def test_concurrent_misses_of_one_key_compute_it_once() -> None:
+    cache = TicketedCache[int](Steady())
+    release = asyncio.Event()
+    computed = 0
+
+    async def compute() -> int:
+        nonlocal computed
+        computed += 1
+        await release.wait()
+        return 42
+
+    callers = [asyncio.create_task(cache.get_or_compute("page 1", compute)) for _ in range(20)]
+    await asyncio.sleep(0)  # every caller has now missed and is queued behind the first
+    release.set()
+
+    assert await asyncio.gather(*callers) == [42] * 20
+    assert computed == 1
+
+
+async def test_a_change_while_computing_makes_the_waiters_compute_afresh() -> None:
+    changes = Moving()
+    cache = TicketedCache[int](changes)
+    release = asyncio.Event()
+    answers = iter((1, 2))
+
+    async def compute() -> int:
+        await release.wait()
+        return next(answers)
+
+    first = asyncio.create_task(cache.get_or_compute("page 1", compute))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(cache.get_or_compute("page 1", compute))
+    await asyncio.sleep(0)
+    changes.at = 2  # a users row changed while the first read ran: its answer may be stale
+    release.set()
+
+    assert (await first, await second) == (1, 2)
+    assert await cache.get_or_compute("page 1", compute) == 2  # the second's, kept

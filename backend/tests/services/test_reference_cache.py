@@ -7,16 +7,9 @@ import asyncio
 import pytest
 
 from app.services.reference import ReferenceCache, RenderedJson
+from tests.support.jwt_tokens import FakeClock
 
 SERVICE_TYPES_KEY = ("service-types", None)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingLoader:
@@ -35,7 +28,7 @@ class CountingLoader:
 
 
 async def test_an_entry_is_served_until_its_ttl_passes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     cache = ReferenceCache(ttl_seconds=300, timer=clock)
     load = CountingLoader()
 

@@ -36,7 +36,7 @@ from tests.support.harness import (
     served,
     token_for,
 )
-from tests.support.jwt_tokens import JWKSServer
+from tests.support.jwt_tokens import FakeClock, JWKSServer
 from tests.support.logs import RecordingHandler
 from tests.support.pg_proxy import Drop, PostgresProxy
 
@@ -612,11 +612,11 @@ async def never_connects() -> asyncpg.Connection:
     raise OSError("database unreachable")
 
 
-def listening_cache() -> UserCache:
+def listening_cache(**options: Any) -> UserCache:
     """A cache whose listener says it listens (no connection: for the cache's own rules)."""
     listener = NotificationListener(never_connects)
     listener._proven_at = math.inf  # as if every heartbeat came back
-    return UserCache(listener)
+    return UserCache(listener, **options)
 
 
 async def test_without_a_listener_nothing_is_cached_or_served() -> None:
@@ -648,6 +648,22 @@ async def test_a_lookup_that_raced_with_a_change_is_not_stored() -> None:
     # One snapshot serves every request of the user, so it must be immutable.
     with pytest.raises(dataclasses.FrozenInstanceError):
         hit.role = Role.ADMIN  # type: ignore[misc]
+
+
+async def test_users_cached_together_expire_over_the_last_fifth_of_the_ttl() -> None:
+    clock = FakeClock(start=0.0)
+    cache = listening_cache(ttl_seconds=300, timer=clock)
+    subs = [f"sub-{n}" for n in range(1_000)]
+    for sub in subs:
+        cache.put(cache.ticket(), dataclasses.replace(cached_user(), cognito_user_id=sub))
+
+    def still_cached(at: float) -> int:
+        clock.now = at
+        return sum(cache.get(sub) is not None for sub in subs)
+
+    assert still_cached(239.9) == 1_000
+    assert 350 < still_cached(270) < 650  # about half: the expiries are spread evenly
+    assert still_cached(300) == 0
 
 
 async def test_inactive_users_are_never_stored() -> None:
