@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import contains_eager
 
 from app.core.db import ReadSessions
-from app.core.flights import Flights
 from app.core.errors import NotFoundError
+from app.core.flights import Flights
 from app.models.case import Case, CasePriority
 from app.models.reference import (
     RefClosureReason,

@@ -29,7 +29,13 @@ from app.core.roles import Role
 from app.main import create_app
 from app.models.user import User
 from app.schemas.user import UserResponse
-from app.services.user_cache import EVERYONE, AuthenticatedUser, UserCache
+from app.services.user_cache import (
+    EVERYONE,
+    READS_IN_FLIGHT,
+    ActiveUsers,
+    AuthenticatedUser,
+    UserCache,
+)
 from tests.support.harness import (
     client_of,
     make_settings,
@@ -664,6 +670,51 @@ async def test_users_cached_together_expire_over_the_last_fifth_of_the_ttl() -> 
     assert still_cached(239.9) == 1_000
     assert 350 < still_cached(270) < 650  # about half: the expiries are spread evenly
     assert still_cached(300) == 0
+
+
+class HeldReads:
+    """Read sessions whose statements wait until released, recording the subs each asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[HeldReads]:
+        yield self
+
+    async def execute(self, _: object, parameters: dict[str, list[str]]) -> HeldReads:
+        self.asked.append(parameters["subs"])
+        await self.release.wait()
+        return self
+
+    def all(self) -> list[object]:
+        return []  # nobody is found: every caller is refused
+
+
+async def test_misses_beyond_the_reads_in_flight_wait_and_go_out_as_one_batch() -> None:
+    reads = HeldReads()
+    users = ActiveUsers(listening_cache(), reads)  # type: ignore[arg-type]
+
+    def ask(*subs: str) -> list[asyncio.Task[AuthenticatedUser | None]]:
+        return [asyncio.create_task(users.active_user(sub, 0)) for sub in subs]
+
+    async def settle() -> None:
+        for _ in range(5):  # the callers' turn, the send's, the read's
+            await asyncio.sleep(0)
+
+    callers = ask("a")
+    await settle()
+    callers += ask("b")
+    await settle()
+    assert reads.asked == [["a"], ["b"]][:READS_IN_FLIGHT]  # one read per turn, while slots last
+    callers += ask("c", "d", "c")
+    await settle()
+    assert len(reads.asked) == READS_IN_FLIGHT  # the rest wait for a read to end
+
+    reads.release.set()
+    assert await asyncio.gather(*callers) == [None] * 5
+    assert reads.asked[READS_IN_FLIGHT:] == [["c", "d"]]
 
 
 async def test_inactive_users_are_never_stored() -> None:
