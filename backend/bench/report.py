@@ -158,12 +158,16 @@ class CoherenceFigures:
 @dataclass(frozen=True, slots=True)
 class FixedRateRound:
     """One fixed-rate round of a scenario at `load` x a capacity; `baseline` is the baseline's
-    round at the same rate, run just before it."""
+    round at the same rate, run just before it. `busy` and `baseline_busy`: the share of one
+    CPU each server's workers used over the round's schedule (what the same rate asked of
+    each)."""
 
     scenario: str
     load: float
     result: FixedRateResult
     baseline: FixedRateResult | None = None
+    busy: float | None = None
+    baseline_busy: float | None = None
 
 
 def fixed_rate_plan(
@@ -298,6 +302,22 @@ class BenchReport:
         return statistics.median(own.p99_ms for own, _ in pairs) / statistics.median(
             baseline.p99_ms for _, baseline in pairs
         )
+
+    def fixed_ratio_same_share(self, scenario: str, load: float) -> float:
+        """p99: the scenario's rounds' median over the control's (`baseline A/A`, the baseline
+        at the same share of its own capacity), both servers as busy as each other."""
+        return statistics.median(
+            r.result.p99_ms for r in self.fixed_rounds(scenario, load)
+        ) / statistics.median(r.result.p99_ms for r in self.fixed_rounds(CONTROL_SCENARIO, load))
+
+    def fixed_busy(self, scenario: str, load: float) -> tuple[float, float] | None:
+        """The median busy share of the scenario's server and of the baseline beside it."""
+        rounds = self.fixed_rounds(scenario, load)
+        own = [r.busy for r in rounds if r.busy is not None]
+        base = [r.baseline_busy for r in rounds if r.baseline_busy is not None]
+        if not own or not base:
+            return None
+        return statistics.median(own), statistics.median(base)
 
     def fixed_ratios(self, scenario: str, load: float) -> list[float]:
         """Per round: p99 over the neighbouring baseline round's p99 (the spread)."""

@@ -146,9 +146,14 @@ class Bench:
         self.rotations.advance(tokens, result)
         return result
 
-    def at_rate(self, server: Server, scenario: Scenario, rate: float) -> FixedRateResult:
-        """One fixed-rate run of `scenario` (its own process, as wrk is)."""
+    def at_rate(
+        self, server: Server, scenario: Scenario, rate: float
+    ) -> tuple[FixedRateResult, float]:
+        """One fixed-rate run of `scenario` (its own process, as wrk is), and the share of one
+        CPU the server's workers used over its schedule."""
         seconds = self.args.rate_duration
+        workers = server.worker_pids()
+        cpu_before = cpu_seconds(workers)
         command = [sys.executable, "-m", "bench.openloop", server.base_url + scenario.path]
         command += ["--rate", str(rate), "--seconds", str(seconds)]
         if scenario.tokens in self.tokens:
@@ -163,7 +168,7 @@ class Bench:
         )
         if completed.returncode != 0:
             raise SystemExit(f"bench.openloop failed: {completed.stdout}{completed.stderr}")
-        return parse_result_line(completed.stdout)
+        return parse_result_line(completed.stdout), (cpu_seconds(workers) - cpu_before) / seconds
 
     def warm_up(self, servers: dict[str, Server]) -> None:
         """Every scenario once at each level: the run's first half."""
@@ -239,13 +244,18 @@ class Bench:
         for name, load, rate in fixed_rate_plan(capacities, names, loads, own_capacity=own):
             scenario = self.scenario(name)
             for _ in range(self.args.rounds):
-                before = self.at_rate(servers["baseline"], self.scenario("baseline"), rate)
-                result = self.at_rate(servers[scenario.server], scenario, rate)
-                self.fixed_rate.append(FixedRateRound(name, load, result, before))
+                before, baseline_busy = self.at_rate(
+                    servers["baseline"], self.scenario("baseline"), rate
+                )
+                result, busy = self.at_rate(servers[scenario.server], scenario, rate)
+                self.fixed_rate.append(
+                    FixedRateRound(name, load, result, before, busy, baseline_busy)
+                )
                 print(
                     f"{name:>20} {load:>4.0%} {rate:>8,.0f} req/s  p99 {result.p99_ms:8.2f} ms"
                     f"  lag p99 {result.lag_p99_ms:5.2f} ms  baseline p99 "
-                    f"{before.p99_ms:8.2f} ms{'' if result.held and before.held else '  BEHIND'}",
+                    f"{before.p99_ms:8.2f} ms  busy {busy:.0%} / {baseline_busy:.0%}"
+                    f"{'' if result.held and before.held else '  BEHIND'}",
                     flush=True,
                 )
 

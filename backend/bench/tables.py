@@ -126,8 +126,9 @@ def format_fixed_rate(report: BenchReport) -> str:
     """Each fixed-rate scenario beside the baseline at the same rate, latencies from schedule."""
     lines = [
         "| scenario | load | req/s | sent req/s | lag p99 ms | p50 ms | p99 ms | "
-        "baseline p99 ms | x baseline p99 (rounds) | p99 from send ms | rounds held |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "baseline p99 ms | x baseline p99 (rounds) | busy / baseline busy | "
+        "x baseline A/A p99 (same share) | p99 from send ms | rounds held |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for load in report.loads():
         for scenario in dict.fromkeys(r.scenario for r in report.fixed_rate if r.load == load):
@@ -137,10 +138,16 @@ def format_fixed_rate(report: BenchReport) -> str:
             ratios = report.fixed_ratios(scenario, load)
             spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
             held = 2 * len(rounds) - report.fixed_not_held(scenario, load)
+            busy = report.fixed_busy(scenario, load)
+            try:
+                same_share = f"{report.fixed_ratio_same_share(scenario, load):.2f}"
+            except KeyError:  # no control in a shortened run
+                same_share = "-"
             lines.append(
                 f"| {scenario} | {load:.0%} | {own.target_rps:,.0f} | {own.achieved_rps:,.0f} | "
                 f"{own.lag_p99_ms:.2f} | {own.p50_ms:.2f} | {own.p99_ms:.2f} | "
                 f"{baseline.p99_ms:.2f} | {report.fixed_ratio(scenario, load):.2f}{spread} | "
+                f"{'-' if busy is None else f'{busy[0]:.0%} / {busy[1]:.0%}'} | {same_share} | "
                 f"{own.service_p99_ms:.2f} | {held}/{2 * len(rounds)} |"
             )
     return "\n".join(lines)
@@ -184,6 +191,8 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
                 **asdict(r.result),
                 "held": r.result.held,
                 "baseline": None if r.baseline is None else asdict(r.baseline),
+                "busy": r.busy,
+                "baseline_busy": r.baseline_busy,
             }
             for r in report.fixed_rate
         ],

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement
+from bench.tables import format_fixed_rate
 from bench.targets import (
     EXIT_FAIL,
     EXIT_INCONCLUSIVE,
@@ -218,3 +219,19 @@ def test_the_metrics_cost_is_judged_on_the_servers_cpu_a_request() -> None:
     assert METRICS not in not_passed(moved)
     too_disturbed = with_closed_control(report_of(PASSING, cpu_us=costly), 1.6, 1.0)
     assert not_passed(too_disturbed)[METRICS] is Verdict.INCONCLUSIVE
+
+
+def test_the_fixed_rate_table_pairs_each_scenario_with_the_baseline_as_busy_as_it() -> None:
+    # At one rate the baseline beside the first page is half as busy; the control (the
+    # baseline at the same share of its own capacity) is the like-for-like tail.
+    report = report_of(PASSING)
+    report.fixed_rate = [
+        FixedRateRound(CONTROL_SCENARIO, 0.8, at_rate(800, 2.0), at_rate(800, 2.0), 0.8, 0.8),
+        FixedRateRound("users first page", 0.8, at_rate(400, 5.0), at_rate(400, 1.0), 0.8, 0.4),
+        FixedRateRound("users first page", 0.8, at_rate(400, 6.0), at_rate(400, 1.0), 0.9, 0.5),
+    ]
+    assert report.fixed_ratio("users first page", 0.8) == pytest.approx(5.5)
+    assert report.fixed_ratio_same_share("users first page", 0.8) == pytest.approx(2.75)
+    assert report.fixed_busy("users first page", 0.8) == pytest.approx((0.85, 0.45))
+    row = next(line for line in format_fixed_rate(report).splitlines() if "first page" in line)
+    assert "| 85% / 45% | 2.75 |" in row
