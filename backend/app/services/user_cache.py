@@ -215,9 +215,8 @@ class ActiveUsers:
     all. At most `READS_IN_FLIGHT` reads run at once; while they do, the misses that arrive
     make one batch that goes out when one ends, so the busier the worker, the larger its
     batches. Under load, SQLAlchemy's cost per statement (a checkout, its ping, the execution
-    and result layers: most of a cold request's own CPU) is shared by the batch (at 16
-    connections of cold callers, 14 % less CPU a request than with every batch sent at once);
-    alone, a miss waits one turn of the loop. A miss never joins a read already sent, so it
+    and result layers) is shared by the batch (docs/performance.md); alone, a miss waits one
+    turn of the loop. A miss never joins a read already sent, so it
     always sees what was committed before it arrived. A failed read fails every request of its
     batch with the same error, which each maps as it would its own.
     """
