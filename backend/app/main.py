@@ -18,6 +18,7 @@ from app.api.metrics import router as metrics_router
 from app.api.v1 import API_PREFIX
 from app.api.v1 import routers as v1_routers
 from app.api.v1.health import router as health_router
+from app.api.v1.query import document_query_schemas
 from app.core import cors, metrics
 from app.core.config import Settings, load_settings
 from app.core.db import (
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     if settings.metrics:
         app.include_router(metrics_router)  # after the API's routes, which are matched first
+    document_query_schemas(app)
     install_docs(app, settings)
     return app
 

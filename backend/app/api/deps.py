@@ -33,7 +33,8 @@ def reference_reads(request: Request) -> ReferenceReads:
     return ReferenceReads(READ_SESSIONMAKER.of(request), REFERENCE_CACHE.of(request))
 
 
-async def user_list_reads(request: Request) -> UserListReads:
+def user_list_reads(request: Request) -> UserListReads:
+    """What the user list reads with; called by its route, as `reference_reads` is."""
     return UserListReads(
         READ_SESSIONMAKER.of(request), USER_COUNTS.of(request), USER_PAGES.of(request)
     )
@@ -41,5 +42,4 @@ async def user_list_reads(request: Request) -> UserListReads:
 
 SettingsDep = Annotated[Settings, Depends(SETTINGS)]
 CognitoDep = Annotated[CognitoUserPool, Depends(COGNITO)]
-UserListReadsDep = Annotated[UserListReads, Depends(user_list_reads)]
 DirectoryRecorderDep = Annotated[DirectoryRecorder, Depends(DIRECTORY_SYNC)]

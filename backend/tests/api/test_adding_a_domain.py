@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.routing import CredentialsFirstRoute
 from app.api.v1 import API_PREFIX
 from app.api.v1.auth import CallerScope
-from app.api.v1.query import refuse_unexpected_query
+from app.api.v1.query import QueryModel
 from app.api.v1.responses import AUTH_RESPONSES, INVALID, error
 from app.core.config import Settings
 from app.core.db import ReadSessions, ReadSessionsDep
@@ -110,19 +110,20 @@ async def get_note(sessions: ReadSessions, scope: ProvinceScope, note_id: uuid.U
 
 CaseWorker = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.DISPATCHER, Role.OFFICER))]
 router = APIRouter(prefix="/notes", tags=["notes"], route_class=CredentialsFirstRoute)
+NOTE_QUERY: Final = QueryModel(NoteListParams)
 
 
-@router.get("", response_model=NoteList, responses={**AUTH_RESPONSES, **INVALID})
+@router.get(
+    "",
+    response_model=NoteList,
+    responses={**AUTH_RESPONSES, **INVALID},
+    openapi_extra=NOTE_QUERY.openapi_extra,
+)
 async def read_notes(
-    params: Annotated[NoteListParams, Query()],
-    _: CaseWorker,
-    scope: CallerScope,
-    request: Request,
-    sessions: ReadSessionsDep,
+    _: CaseWorker, scope: CallerScope, request: Request, sessions: ReadSessionsDep
 ) -> NoteList:
     """Notes in the caller's scope, paginated."""
-    refuse_unexpected_query(request, NoteListParams.model_fields)
-    return await list_notes(sessions, scope, params)
+    return await list_notes(sessions, scope, NOTE_QUERY.parse(request))
 
 
 @router.get(
@@ -245,6 +246,17 @@ async def test_a_role_the_router_does_not_name_is_refused(
     assert listed.status_code == one.status_code == 403
     assert anonymous.status_code == 401
     assert misspelt.status_code == 422
+
+
+async def test_the_list_documents_its_query(app_settings: Settings) -> None:
+    app = create_app(app_settings)
+    app.include_router(router, prefix=API_PREFIX)
+    operation = app.openapi()["paths"][NOTES_URL]["get"]
+    assert [parameter["name"] for parameter in operation["parameters"]] == [
+        "page",
+        "page_size",
+        "q",
+    ]
 
 
 def test_every_file_the_section_names_exists() -> None:

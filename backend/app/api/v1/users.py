@@ -1,14 +1,14 @@
 """User management (ADMIN) and the caller's own profile (any role)."""
 
 import uuid
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import Query, Request, Response, status
+from fastapi import Request, Response, status
 
-from app.api.deps import CognitoDep, DirectoryRecorderDep, UserListReadsDep
+from app.api.deps import CognitoDep, DirectoryRecorderDep, user_list_reads
 from app.api.routing import API_PREFIX, CredentialsFirstRoute, GatedRouter
 from app.api.v1.auth import AdminUser, CurrentProfile
-from app.api.v1.query import refuse_unexpected_query
+from app.api.v1.query import QueryModel
 from app.api.v1.responses import (
     ADMIN_RESPONSES,
     AUTH_RESPONSES,
@@ -107,17 +107,24 @@ async def create_user(
     return _managed(user, directory_in_step=True)
 
 
-@router.get("", response_model=UserList, responses=READ_RESPONSES)
-async def list_users(
-    params: Annotated[UserListParams, Query()],
-    _: AdminUser,
-    request: Request,
-    reads: UserListReadsDep,
-) -> Response:
+_LIST_QUERY: Final = QueryModel(UserListParams)
+
+
+@router.get(
+    "",
+    response_model=UserList,
+    responses=READ_RESPONSES,
+    openapi_extra=_LIST_QUERY.openapi_extra,
+)
+async def list_users(_: AdminUser, request: Request) -> Response:
     """Users, filtered, sorted and paginated."""
-    refuse_unexpected_query(request, UserListParams.model_fields)
-    # Sent as cached: the answer is a `UserList` (response_model), built once per change.
-    answer = await user_list.user_list_answer(reads, params)
+    # Sent as cached: the answer is a `UserList` (response_model), built once per change. The
+    # query is read only for a page not cached under the same query string.
+    answer = await user_list.user_list_answer(
+        user_list_reads(request),
+        request.scope["query_string"],
+        lambda: _LIST_QUERY.parse(request),
+    )
     return Response(answer, media_type="application/json")
 
 
