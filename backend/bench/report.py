@@ -39,6 +39,9 @@ CONTROL_SCENARIO: Final = "baseline A/A"
 # every other scenario, so its heap and collector differ).
 METRICS_ON_SCENARIO: Final = "users/me metrics on"
 METRICS_OFF_SCENARIO: Final = "users/me metrics off"
+# A third, alike in every setting to the one with metrics on: the control for their ratio (what
+# the box and the choice of server alone do to it).
+METRICS_AA_SCENARIO: Final = "users/me metrics on A/A"
 # A deactivation through one instance must be refused by another within this bound (seconds):
 # correctness (the notification arrived), not speed; the figures themselves are reported.
 COHERENCE_BOUND_S: Final = 5.0

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from bench import data
 from bench.database import bench_database, sql_timings
@@ -43,6 +44,7 @@ from bench.fixed_rate import FixedRateResult, parse_result_line
 from bench.instruments import read_probe, start_profiler, verify_micro
 from bench.report import (
     CONTROL_SCENARIO,
+    METRICS_AA_SCENARIO,
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
     BenchReport,
@@ -55,7 +57,13 @@ from bench.report import (
     fixed_rate_plan,
 )
 from bench.scaling import two_instances, two_workers
-from bench.scenarios import METRICS_OFF_SERVER, METRICS_ON_SERVER, Scenario, scenarios
+from bench.scenarios import (
+    METRICS_AA_SERVER,
+    METRICS_OFF_SERVER,
+    METRICS_ON_SERVER,
+    Scenario,
+    scenarios,
+)
 from bench.servers import (
     BACKEND,
     BASELINE_APP,
@@ -76,6 +84,9 @@ from bench.wrk import WrkResult, ensure_wrk, parse_wrk_output, run_wrk
 
 # Served by default: the production app plus the bench's instruments (`bench.probe`).
 PROBED_APP = "bench.probe:app"
+
+# Run right after each round of METRICS_ON_SCENARIO rather than in their own turn.
+_METRICS_IN_TURN: Final = (METRICS_OFF_SCENARIO, METRICS_AA_SCENARIO)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -186,8 +197,8 @@ class Bench:
         for level in self.args.levels:
             for scenario in self.chosen:
                 if scenario.name == "baseline" or (
-                    # The metrics' off rounds alternate with their on rounds.
-                    scenario.name == METRICS_OFF_SCENARIO and self.chosen_named(METRICS_ON_SCENARIO)
+                    # The metrics' off and A/A rounds alternate with their on rounds.
+                    scenario.name in _METRICS_IN_TURN and self.chosen_named(METRICS_ON_SCENARIO)
                 ):
                     continue
                 instrumented = scenario.server == "api"
@@ -201,12 +212,12 @@ class Bench:
                     read_probe(servers["api"], reset=True)
                 for _ in range(self.args.rounds):
                     self._paired_round(servers, scenario, level)
-                    if scenario.name == METRICS_ON_SCENARIO and self.chosen_named(
-                        METRICS_OFF_SCENARIO
-                    ):
-                        # On and off in turn: a drift of the box over the rounds (CPUs warming,
-                        # neighbours) falls on both alike.
-                        self._paired_round(servers, self.scenario(METRICS_OFF_SCENARIO), level)
+                    if scenario.name == METRICS_ON_SCENARIO:
+                        # On, off and A/A in turn: a drift of the box over the rounds (CPUs
+                        # warming, neighbours) falls on all three alike.
+                        for name in _METRICS_IN_TURN:
+                            if self.chosen_named(name):
+                                self._paired_round(servers, self.scenario(name), level)
                 if probing and instrumented:
                     figures = read_probe(servers["api"], reset=True)
                     self.probes.append(ProbeFigures(scenario.name, level, figures))
@@ -282,7 +293,11 @@ def serve_and_measure(bench: Bench, env: dict[str, str]) -> Served:
     api = start_server("api", args.api_app, env, args.workers, bench.run_dir)
     baseline = start_server("baseline", BASELINE_APP, env, args.workers, bench.run_dir)
     servers = {"api": api, "baseline": baseline}
-    for name, metrics in ((METRICS_ON_SERVER, "true"), (METRICS_OFF_SERVER, "false")):
+    for name, metrics in (
+        (METRICS_ON_SERVER, "true"),
+        (METRICS_OFF_SERVER, "false"),
+        (METRICS_AA_SERVER, "true"),
+    ):
         environment = {**env, "METRICS": metrics}
         servers[name] = start_server(name, args.api_app, environment, args.workers, bench.run_dir)
     try:

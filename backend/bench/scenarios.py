@@ -11,18 +11,20 @@ from bench.database import PAGE_SIZE
 from bench.report import (
     COLD_ME_SCENARIO,
     CONTROL_SCENARIO,
+    METRICS_AA_SCENARIO,
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
 )
 
 METRICS_ON_SERVER = "api-metrics-on"
 METRICS_OFF_SERVER = "api-metrics-off"
+METRICS_AA_SERVER = "api-metrics-on-aa"
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    server: str  # "api", "baseline", METRICS_ON_SERVER or METRICS_OFF_SERVER
+    server: str  # "api", "baseline" or one of the METRICS_*_SERVER
     path: str
     tokens: str  # "admin", "users" or "none"
 
@@ -39,6 +41,7 @@ def scenarios(users: int) -> list[Scenario]:
         # What the request metrics cost: two servers alike but for METRICS (`bench.report`).
         Scenario(METRICS_ON_SCENARIO, METRICS_ON_SERVER, "/api/v1/users/me", "users"),
         Scenario(METRICS_OFF_SCENARIO, METRICS_OFF_SERVER, "/api/v1/users/me", "users"),
+        Scenario(METRICS_AA_SCENARIO, METRICS_AA_SERVER, "/api/v1/users/me", "users"),
         Scenario(COLD_ME_SCENARIO, "api", "/api/v1/users/me", "cold"),
         Scenario("service-types", "api", "/api/v1/reference/service-types", "users"),
         Scenario("users first page", "api", users_path + urlencode({"page": 1}), "admin"),

@@ -36,6 +36,7 @@ PASSING = {
     "users/me": ((850, 1.2), (3600, 4.8)),
     "users/me metrics on": ((850, 1.2), (3600, 4.8)),
     "users/me metrics off": ((850, 1.2), (3600, 4.8)),
+    "users/me metrics on A/A": ((850, 1.2), (3600, 4.8)),
     "users/me cold": ((450, 2.2), (1900, 9.0)),
     "service-types": ((800, 1.2), (3400, 4.7)),
     "users first page": ((300, 3.0), (1000, 16.0)),

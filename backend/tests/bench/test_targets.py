@@ -209,16 +209,32 @@ METRICS = "users/me throughput per CPU second with metrics >= 0.95 x without"
 def test_the_metrics_cost_is_judged_on_the_servers_cpu_a_request() -> None:
     # The 2026-12-05 run: with metrics on, 25 µs more CPU a request of 240 (0.90 x).
     costly = {"users/me metrics on": 265.0, "users/me metrics off": 240.0}
+    costly["users/me metrics on A/A"] = 265.0
     quiet = with_closed_control(report_of(PASSING, cpu_us=costly), rps_ratio=1.02, p50_ratio=1)
     assert not_passed(quiet) == {METRICS: Verdict.FAIL}
     # Within 5 %: a pass, even where the box moved the req/s of either server by 7 %.
     cheap = {"users/me metrics on": 245.0, "users/me metrics off": 240.0}
+    cheap["users/me metrics on A/A"] = 245.0
     figures = dict(PASSING)
     figures["users/me metrics on"] = ((850, 1.2), (0.91 * 3600, 4.8))
     moved = with_closed_control(report_of(figures, cpu_us=cheap), rps_ratio=1.07, p50_ratio=1)
     assert METRICS not in not_passed(moved)
-    too_disturbed = with_closed_control(report_of(PASSING, cpu_us=costly), 1.6, 1.0)
-    assert not_passed(too_disturbed)[METRICS] is Verdict.INCONCLUSIVE
+
+
+def test_the_metrics_cost_is_read_against_two_servers_alike() -> None:
+    # A later run: 0.938 x at 64 connections, while two servers alike in every setting
+    # differed by 6 %. Beside that control the 6 % is no failure; beside a quiet one it is.
+    def report(aa_us: float) -> BenchReport:
+        costs = {
+            "users/me metrics on": 162.0,
+            "users/me metrics off": 152.0,
+            "users/me metrics on A/A": aa_us,
+        }
+        return with_closed_control(report_of(PASSING, cpu_us=costs), rps_ratio=1, p50_ratio=1)
+
+    assert not_passed(report(aa_us=152.0)) == {METRICS: Verdict.INCONCLUSIVE}
+    assert not_passed(report(aa_us=162.0)) == {METRICS: Verdict.FAIL}
+    assert not_passed(report(aa_us=100.0)) == {METRICS: Verdict.INCONCLUSIVE}  # too disturbed
 
 
 def test_the_fixed_rate_table_pairs_each_scenario_with_the_baseline_as_busy_as_it() -> None:
