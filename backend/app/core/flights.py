@@ -28,6 +28,8 @@ class _Flight:
 
 
 class Flights:
+    """One lock per key that has callers."""
+
     def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight] = {}
 
@@ -45,6 +47,3 @@ class Flights:
             flight.callers -= 1
             if flight.callers == 0:
                 del self._flights[key]
-
-    def __len__(self) -> int:
-        return len(self._flights)

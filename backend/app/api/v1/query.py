@@ -52,7 +52,11 @@ def refuse_unexpected_query(request: Request, allowed: Collection[str] = ()) -> 
 
 
 class QueryModel(Generic[M]):
-    """A route's query string as a `model`, read by `parse` and documented by `openapi_extra`."""
+    """A route's query string as a `model`, read by `parse` and documented by `openapi_extra`.
+
+    Every field takes one value: a repeated parameter is refused, so a filter of several values
+    needs a spelling of its own (`status=a,b`) rather than FastAPI's repeated-key lists.
+    """
 
     def __init__(self, model: type[M]) -> None:
         self.model = model
