@@ -9,10 +9,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text, update
+from sqlalchemy import event, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.roles import Role
@@ -313,6 +315,51 @@ def test_openapi_declares_every_status_each_route_returns(app: FastAPI) -> None:
         declared = set(paths[path][method]["responses"])
         assert statuses <= declared, (method, path, statuses - declared)
         assert paths[path][method]["description"] or paths[path][method]["summary"]
+
+
+async def test_requests_that_miss_one_page_together_read_it_once(
+    client: httpx.AsyncClient, make_user: UserFactory, served_app: Any, api_database_url: str
+) -> None:
+    admin = auth_headers(await make_user(Role.ADMIN))
+    state = served_app.state
+    async with asyncio.timeout(10):
+        while not state["user_cache"].trusted:  # noqa: ASYNC110 - the listener proves itself
+            await asyncio.sleep(0.05)
+    assert (await client.get(ME, headers=admin)).status_code == 200  # the admin is cached
+    page = f"{USERS}?q={uuid.uuid4().hex}"
+    reads: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "ILIKE" in statement.upper():
+            reads.append(statement)
+
+    engine = state["engine"]
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    locker: asyncpg.Connection | None = None
+    try:
+        # The first read is held in PostgreSQL: every SELECT on users waits for this lock,
+        # taken on a connection of its own (not one of the app's pool).
+        dsn = make_url(api_database_url).set(drivername="postgresql")
+        locker = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        asked = [asyncio.create_task(client.get(page, headers=admin)) for _ in range(10)]
+        async with asyncio.timeout(10):
+            while not reads:  # noqa: ASYNC110 - the first request's count is sent
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # time enough for the others to send theirs, were they to
+        assert len(reads) == 1
+        await lock.rollback()
+        answers = await asyncio.gather(*asked)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        if locker is not None:
+            await locker.close()
+    assert {answer.status_code for answer in answers} == {200}
+    assert len({answer.content for answer in answers}) == 1
+    assert UserList.model_validate_json(answers[0].content).total == 0
+    assert len(reads) == 1  # the one count (nothing matches: no page to read) served all ten
 
 
 async def test_a_page_is_served_as_cached_until_a_users_row_changes(

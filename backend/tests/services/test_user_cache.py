@@ -32,7 +32,6 @@ from app.schemas.user import UserResponse
 from app.services.user_cache import (
     EVERYONE,
     READS_IN_FLIGHT,
-    ActiveUsers,
     AuthenticatedUser,
     UserCache,
 )
@@ -672,49 +671,54 @@ async def test_users_cached_together_expire_over_the_last_fifth_of_the_ttl() -> 
     assert still_cached(300) == 0
 
 
-class HeldReads:
-    """Read sessions whose statements wait until released, recording the subs each asked for."""
+async def test_misses_beyond_the_reads_in_flight_wait_and_go_out_as_one_batch(
+    fresh_database_url: str, jwks_server: JWKSServer
+) -> None:
+    # The reads are held in PostgreSQL itself: a lock on users that every SELECT waits for.
+    dsn = asyncpg_dsn(fresh_database_url)
+    users = [await insert_user(dsn) for _ in range(4)]
+    async with running_app(fresh_database_url, jwks_server.url) as (client, state):
+        subs_read: list[list[str]] = []
 
-    def __init__(self) -> None:
-        self.asked: list[list[str]] = []
-        self.release = asyncio.Event()
+        def record(
+            _conn: object, _cursor: object, statement: str, parameters: Any, *_: Any
+        ) -> None:
+            if "FROM users" in statement:
+                subs_read.append(sorted(next(iter(parameters))))
 
-    @asynccontextmanager
-    async def __call__(self) -> AsyncIterator[HeldReads]:
-        yield self
+        engine = state["engine"].sync_engine
+        event.listen(engine, "before_cursor_execute", record)
+        locker = await asyncpg.connect(dsn)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
 
-    async def execute(self, _: object, parameters: dict[str, list[str]]) -> HeldReads:
-        self.asked.append(parameters["subs"])
-        await self.release.wait()
-        return self
+            def ask(*callers: User) -> list[asyncio.Task[httpx.Response]]:
+                return [
+                    asyncio.create_task(client.get(ME, headers=headers_of(user)))
+                    for user in callers
+                ]
 
-    def all(self) -> list[object]:
-        return []  # nobody is found: every caller is refused
+            asked = ask(users[0])
+            await eventually(lambda: len(subs_read) == 1)
+            asked += ask(users[1])
+            await eventually(lambda: len(subs_read) == min(2, READS_IN_FLIGHT))
+            asked += ask(users[2], users[3], users[2])
+            await asyncio.sleep(0.3)  # time enough to send a read, were a slot free
+            assert len(subs_read) == READS_IN_FLIGHT  # the rest wait for a read to end
 
-
-async def test_misses_beyond_the_reads_in_flight_wait_and_go_out_as_one_batch() -> None:
-    reads = HeldReads()
-    users = ActiveUsers(listening_cache(), reads)  # type: ignore[arg-type]
-
-    def ask(*subs: str) -> list[asyncio.Task[AuthenticatedUser | None]]:
-        return [asyncio.create_task(users.active_user(sub, 0)) for sub in subs]
-
-    async def settle() -> None:
-        for _ in range(5):  # the callers' turn, the send's, the read's
-            await asyncio.sleep(0)
-
-    callers = ask("a")
-    await settle()
-    callers += ask("b")
-    await settle()
-    assert reads.asked == [["a"], ["b"]][:READS_IN_FLIGHT]  # one read per turn, while slots last
-    callers += ask("c", "d", "c")
-    await settle()
-    assert len(reads.asked) == READS_IN_FLIGHT  # the rest wait for a read to end
-
-    reads.release.set()
-    assert await asyncio.gather(*callers) == [None] * 5
-    assert reads.asked[READS_IN_FLIGHT:] == [["c", "d"]]
+            await lock.commit()
+            answers = await asyncio.gather(*asked)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+            await locker.close()
+        assert [answer.json()["email"] for answer in answers] == [
+            user.email for user in (users[0], users[1], users[2], users[3], users[2])
+        ]
+        assert subs_read[READS_IN_FLIGHT:] == [
+            sorted([users[2].cognito_user_id, users[3].cognito_user_id])
+        ]
 
 
 async def test_inactive_users_are_never_stored() -> None:

@@ -31,7 +31,7 @@ M = TypeVar("M", bound=BaseModel)
 # `document_query_schemas` moves them into the document's components.
 _SCHEMAS_KEY: Final = "x-query-schemas"
 _COMPONENT: Final = "#/components/schemas/"
-POSITIONAL: Final = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_POSITIONAL: Final = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
 def refuse_unexpected_query(request: Request, allowed: Collection[str] = ()) -> None:
@@ -67,7 +67,7 @@ class QueryModel(Generic[M]):
             raise NotImplementedError  # never served: only its OpenAPI operation is read
 
         documented.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter("params", POSITIONAL, annotation=Annotated[model, Query()])]
+            [inspect.Parameter("params", _POSITIONAL, annotation=Annotated[model, Query()])]
         )
         scratch = APIRouter()
         scratch.add_api_route("/", documented, methods=["GET"])
