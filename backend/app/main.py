@@ -124,7 +124,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> State:
             jwks, issuer=settings.cognito_issuer, client_id=settings.cognito_app_client_id
         ),
         user_cache=user_cache,
-        user_lookup=ActiveUsers(user_cache, read_sessions),
+        user_lookup=ActiveUsers(user_cache, database.engine),
         user_counts=UserCountCache(user_cache),
         user_pages=UserPageCache(user_cache, max_entries=PAGES_CACHED),
         cognito=cognito,

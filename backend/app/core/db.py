@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -208,8 +209,11 @@ def _ping_on_checkout(
     SQLAlchemy's own pre-ping for asyncpg wraps its query in BEGIN and ROLLBACK (for pgbouncer's
     transaction mode, which this service does not use): three round trips on every checkout,
     as much as the statement a read then runs. A dead connection (database restart, failover)
-    raises DisconnectionError, so the pool discards it and hands out a fresh one.
+    raises DisconnectionError, so the pool discards it and hands out a fresh one. Skipped where
+    the caller sends its read again instead (`fetch_with_driver`).
     """
+    if _UNPINGED_CHECKOUT.get():
+        return
     driver: asyncpg.Connection = record.driver_connection  # type: ignore[assignment]
     try:
         await_only(driver.fetchrow(";"))
@@ -218,6 +222,67 @@ def _ping_on_checkout(
         # (up to 2 s more) before the pool could hand out a fresh connection.
         driver.terminate()
         raise sqlalchemy.exc.DisconnectionError(describe_database_error(error)) from error
+
+
+# What the driver raises for a statement or a connection that failed. InternalClientError: a
+# statement on a connection the server ended while it was idle can meet the driver still
+# consuming that last message.
+_CONNECTION_ERRORS: Final = (asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError)
+_DRIVER_ERRORS: Final = (asyncpg.PostgresError, *_CONNECTION_ERRORS, OSError, TimeoutError)
+# Set around a checkout whose caller sends its statement again should the connection be dead.
+_UNPINGED_CHECKOUT: Final = contextvars.ContextVar("unpinged_checkout", default=False)
+
+
+def _connection_was_dead(error: BaseException) -> bool:
+    """Whether a statement failed only because its pooled connection had already gone (the
+    server restarted or ended it while idle), so it never ran and may be sent again. Not a
+    timeout: a server that stopped answering would be waited for twice."""
+    if isinstance(error, asyncpg.PostgresError):
+        # 08: connection exception; 57P01-57P03: the server was shut down or is restarting.
+        return error.sqlstate[:2] == "08" or error.sqlstate in {"57P01", "57P02", "57P03"}
+    return isinstance(error, _CONNECTION_ERRORS)
+
+
+async def fetch_with_driver(engine: AsyncEngine, sql: str, *args: object) -> list[asyncpg.Record]:
+    """One autocommit read on a pooled connection, through the driver alone.
+
+    For the statement a cold request cannot do without (its caller's users row): SQLAlchemy's
+    session, connection and result layers cost about three times the driver's own CPU for a
+    one-row SELECT (docs/performance.md). The pool is the same one, with its timeout and
+    gauges, but the checkout skips its ping (a round trip as dear as the statement): a read is
+    safe to send twice, so one that finds its connection dead is sent once more on a fresh,
+    pinged one. A failure is raised as SQLAlchemy's `DBAPIError` over the driver's error, so it
+    is answered as any other read's (by SQLSTATE, or 503 for a lost connection), and the
+    connection it happened on is discarded rather than lent out again.
+    """
+    for unpinged in (True, False):
+        checkout = _UNPINGED_CHECKOUT.set(unpinged)
+        try:
+            connection = await engine.raw_connection()
+        except (*_DRIVER_ERRORS, engine.dialect.loaded_dbapi.Error) as error:
+            # Opening a connection: the database is not there, or refused it (as the dialect
+            # words it, not yet wrapped by SQLAlchemy).
+            raise sqlalchemy.exc.OperationalError(sql, args, error) from error
+        finally:
+            _UNPINGED_CHECKOUT.reset(checkout)
+        try:
+            driver: asyncpg.Connection = connection.driver_connection  # type: ignore[assignment]
+            return await driver.fetch(sql, *args)
+        except BaseException as error:
+            # Cancelled too: a connection left mid-statement is not lent out again.
+            connection.invalidate(error)
+            if unpinged and _connection_was_dead(error):
+                continue
+            if isinstance(error, asyncpg.PostgresError):
+                raise sqlalchemy.exc.DBAPIError(sql, args, error) from error
+            if isinstance(error, _DRIVER_ERRORS):
+                raise sqlalchemy.exc.OperationalError(
+                    sql, args, error, connection_invalidated=True
+                ) from error
+            raise
+        finally:
+            connection.close()
+    raise AssertionError("unreachable: the pinged attempt returns or raises")
 
 
 class Sessionmaker(async_sessionmaker[AsyncSession]):

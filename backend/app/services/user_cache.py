@@ -37,15 +37,18 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final
 
+import asyncpg
 from cachetools import TLRUCache
-from sqlalchemy import ARRAY, String, any_, bindparam, event, inspect, select
+from sqlalchemy import event, inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.core import metrics
-from app.core.db import ReadSessions
+from app.core.db import fetch_with_driver
 from app.core.listener import NotificationListener
 from app.core.pagination import TicketedCache, V
 from app.core.principal import Principal
+from app.core.roles import Role
 from app.models.user import User
 from app.schemas.user import UserResponse
 
@@ -92,15 +95,20 @@ class AuthenticatedUser(Principal):
         return revoked_at is None or started_at >= revoked_at.timestamp()
 
 
-_SNAPSHOT_COLUMNS: Final = tuple(
-    User.__table__.c[column.name] for column in fields(AuthenticatedUser) if column.init
+_SNAPSHOT_COLUMNS: Final = tuple(column.name for column in fields(AuthenticatedUser) if column.init)
+# The driver's own SQL (`fetch_with_driver`), of the snapshot's columns. One array parameter, so
+# one prepared statement serves any number of subs (an index scan each).
+_USERS_BY_SUBS: Final = (
+    f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM {User.__tablename__}"  # noqa: S608 - our names
+    " WHERE cognito_user_id = ANY($1::varchar[])"
 )
-# Built once, of the table's own columns: no expression to build and hash per lookup, and a
-# statement without ORM entities, which the session hands straight to its connection. One
-# array parameter, so one prepared statement serves any number of subs (an index scan each).
-_USERS_BY_SUBS: Final = select(*_SNAPSHOT_COLUMNS).where(
-    User.__table__.c.cognito_user_id == any_(bindparam("subs", type_=ARRAY(String)))
-)
+
+
+def _snapshot(row: asyncpg.Record) -> AuthenticatedUser:
+    values = dict(row.items())
+    # The driver answers the role as the text stored (SQLAlchemy's enum type is not in the way).
+    values["role"] = Role(values["role"])
+    return AuthenticatedUser(**values)
 
 
 # The share of the TTL over which a cohort of users cached in one instant expires.
@@ -208,22 +216,22 @@ class ActiveUsers:
     A token issued before the user's sessions were revoked (a deactivation) is refused even
     once the user is active again: they sign in anew.
 
-    From the cache when it can vouch for the entry, else from the database through an
-    autocommit read session (no ORM object, no BEGIN/COMMIT). Misses that arrive together are
-    read together: the first schedules a read for the next turn of the event loop, and every
-    miss until then joins it, so one checkout and one indexed `= ANY(...)` SELECT serve them
-    all. At most `READS_IN_FLIGHT` reads run at once; while they do, the misses that arrive
-    make one batch that goes out when one ends, so the busier the worker, the larger its
-    batches. Under load, SQLAlchemy's cost per statement (a checkout, its ping, the execution
-    and result layers) is shared by the batch (docs/performance.md); alone, a miss waits one
+    From the cache when it can vouch for the entry, else from the database: one autocommit
+    SELECT through the driver (`fetch_with_driver`: no session, no BEGIN/COMMIT, no ORM
+    object). Misses that arrive together are read together: the first schedules a read for the
+    next turn of the event loop, and every miss until then joins it, so one checkout and one
+    indexed `= ANY(...)` SELECT serve them all. At most `READS_IN_FLIGHT` reads run at once;
+    while they do, the misses that arrive make one batch that goes out when one ends, so the
+    busier the worker, the larger its batches. Under load, a read's cost (a checkout, its ping,
+    the statement) is shared by the batch (docs/performance.md); alone, a miss waits one
     turn of the loop. A miss never joins a read already sent, so it
     always sees what was committed before it arrived. A failed read fails every request of its
     batch with the same error, which each maps as it would its own.
     """
 
-    def __init__(self, cache: UserCache, sessions: ReadSessions) -> None:
+    def __init__(self, cache: UserCache, engine: AsyncEngine) -> None:
         self._cache = cache
-        self._sessions = sessions
+        self._engine = engine
         self._next_read: dict[str, list[asyncio.Future[AuthenticatedUser | None]]] | None = None
         self._send_scheduled = False
         self._reads: set[asyncio.Task[None]] = set()
@@ -274,8 +282,7 @@ class ActiveUsers:
     ) -> None:
         ticket = self._cache.ticket()
         try:
-            async with self._sessions() as session:
-                rows = (await session.execute(_USERS_BY_SUBS, {"subs": list(waiting)})).all()
+            rows = await fetch_with_driver(self._engine, _USERS_BY_SUBS, list(waiting))
         except BaseException as error:
             for answers in waiting.values():
                 for answer in answers:
@@ -284,12 +291,12 @@ class ActiveUsers:
             if not isinstance(error, Exception):
                 raise
             return
-        found = {row.cognito_user_id: row for row in rows}
+        found = {row["cognito_user_id"]: row for row in rows}
         for sub, answers in waiting.items():
             row = found.get(sub)
             user = None
-            if row is not None and row.is_active:
-                user = AuthenticatedUser(**row._mapping)
+            if row is not None and row["is_active"]:
+                user = _snapshot(row)
                 self._cache.put(ticket, user)
             for answer in answers:
                 if not answer.done():

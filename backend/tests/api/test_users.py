@@ -320,11 +320,16 @@ def test_openapi_declares_every_status_each_route_returns(app: FastAPI) -> None:
 async def test_requests_that_miss_one_page_together_read_it_once(
     client: httpx.AsyncClient, make_user: UserFactory, served_app: Any, api_database_url: str
 ) -> None:
-    admin = auth_headers(await make_user(Role.ADMIN))
     state = served_app.state
+    cache = state["user_cache"]
     async with asyncio.timeout(10):
-        while not state["user_cache"].trusted:  # noqa: ASYNC110 - the listener proves itself
+        while not cache.trusted:  # noqa: ASYNC110 - the listener proves itself
             await asyncio.sleep(0.05)
+        before = cache.generation
+        admin = auth_headers(await make_user(Role.ADMIN))
+        # The admin's insert is notified: cached after this, the admin stays cached.
+        while cache.generation == before:  # noqa: ASYNC110 - a plain attribute
+            await asyncio.sleep(0.01)
     assert (await client.get(ME, headers=admin)).status_code == 200  # the admin is cached
     page = f"{USERS}?q={uuid.uuid4().hex}"
     reads: list[str] = []

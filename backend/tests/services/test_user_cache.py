@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from app.core.listener import NotificationListener
@@ -35,6 +35,7 @@ from app.services.user_cache import (
     AuthenticatedUser,
     UserCache,
 )
+from tests.support.database import statements_sent, statements_waiting_for_a_lock
 from tests.support.harness import (
     client_of,
     make_settings,
@@ -96,9 +97,15 @@ async def fetch_one(dsn: str, sql: str) -> Any:
         await connection.close()
 
 
-async def eventually(condition: Any, within: float = 10.0) -> None:
+async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None:
+    """Until `condition()` (or what it returns, awaited) is true."""
     async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - the conditions are plain attributes
+        while True:
+            met = condition()
+            if asyncio.iscoroutine(met):
+                met = await met
+            if met:
+                return
             await asyncio.sleep(0.02)
 
 
@@ -181,23 +188,14 @@ async def test_misses_that_arrive_together_are_read_with_one_statement(
     dsn = asyncpg_dsn(fresh_database_url)
     users = [await insert_user(dsn, role) for role in (Role.ADMIN, Role.OFFICER, Role.EXECUTIVE)]
     async with running_app(fresh_database_url, jwks_server.url) as (client, state):
-        statements: list[str] = []
-        engine = state["engine"].sync_engine
-
-        def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-            statements.append(statement)
-
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        async with statements_sent(state["engine"]) as sent:
             callers = [*users, users[0]]  # one of them twice
             responses = await asyncio.gather(
                 *(client.get(ME, headers=headers_of(user)) for user in callers)
             )
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
         assert [r.json()["email"] for r in responses] == [user.email for user in callers]
         assert [r.json()["role"] for r in responses] == ["ADMIN", "OFFICER", "EXECUTIVE", "ADMIN"]
-        assert len([sql for sql in statements if "FROM users" in sql]) == 1
+        assert len([statement for statement in sent if "FROM users" in statement.query]) == 1
         # Unknown subs in the same read are refused, each on its own.
         strangers = await asyncio.gather(
             client.get(ME, headers={"Authorization": f"Bearer {token_for(users[0], sub='x-1')}"}),
@@ -676,49 +674,50 @@ async def test_misses_beyond_the_reads_in_flight_wait_and_go_out_as_one_batch(
 ) -> None:
     # The reads are held in PostgreSQL itself: a lock on users that every SELECT waits for.
     dsn = asyncpg_dsn(fresh_database_url)
-    users = [await insert_user(dsn) for _ in range(4)]
+    users = [await insert_user(dsn) for _ in range(READS_IN_FLIGHT + 2)]
+    first, rest = users[:READS_IN_FLIGHT], users[READS_IN_FLIGHT:]
     async with running_app(fresh_database_url, jwks_server.url) as (client, state):
-        subs_read: list[list[str]] = []
 
-        def record(
-            _conn: object, _cursor: object, statement: str, parameters: Any, *_: Any
-        ) -> None:
-            if "FROM users" in statement:
-                subs_read.append(sorted(next(iter(parameters))))
+        async def reads_held() -> int:
+            return sum("FROM users" in sql for sql in await statements_waiting_for_a_lock(dsn))
 
-        engine = state["engine"].sync_engine
-        event.listen(engine, "before_cursor_execute", record)
+        async def reads_held_are(count: int) -> bool:
+            return await reads_held() == count
+
         locker = await asyncpg.connect(dsn)
         try:
-            lock = locker.transaction()
-            await lock.start()
-            await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            async with statements_sent(state["engine"]) as sent:
+                lock = locker.transaction()
+                await lock.start()
+                await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
 
-            def ask(*callers: User) -> list[asyncio.Task[httpx.Response]]:
-                return [
-                    asyncio.create_task(client.get(ME, headers=headers_of(user)))
-                    for user in callers
-                ]
+                def ask(*callers: User) -> list[asyncio.Task[httpx.Response]]:
+                    return [
+                        asyncio.create_task(client.get(ME, headers=headers_of(user)))
+                        for user in callers
+                    ]
 
-            asked = ask(users[0])
-            await eventually(lambda: len(subs_read) == 1)
-            asked += ask(users[1])
-            await eventually(lambda: len(subs_read) == min(2, READS_IN_FLIGHT))
-            asked += ask(users[2], users[3], users[2])
-            await asyncio.sleep(0.3)  # time enough to send a read, were a slot free
-            assert len(subs_read) == READS_IN_FLIGHT  # the rest wait for a read to end
+                asked: list[asyncio.Task[httpx.Response]] = []
+                for held, user in enumerate(first, start=1):  # one read each, as they come
+                    asked += ask(user)
+                    await eventually(functools.partial(reads_held_are, held))
+                asked += ask(*rest, rest[0])
+                await asyncio.sleep(0.3)  # time enough to send a read, were a slot free
+                assert await reads_held() == READS_IN_FLIGHT  # the rest wait for a read to end
 
-            await lock.commit()
-            answers = await asyncio.gather(*asked)
+                await lock.commit()
+                answers = await asyncio.gather(*asked)
         finally:
-            event.remove(engine, "before_cursor_execute", record)
             await locker.close()
         assert [answer.json()["email"] for answer in answers] == [
-            user.email for user in (users[0], users[1], users[2], users[3], users[2])
+            user.email for user in (*first, *rest, rest[0])
         ]
-        assert subs_read[READS_IN_FLIGHT:] == [
-            sorted([users[2].cognito_user_id, users[3].cognito_user_id])
-        ]
+        # Logged as they end, in any order: a read each for the first, then one for the rest.
+        subs_read = sorted(sorted(read.args[0]) for read in sent if "FROM users" in read.query)
+        assert subs_read == sorted(
+            [[user.cognito_user_id] for user in first]
+            + [sorted(user.cognito_user_id for user in rest)]
+        )
 
 
 async def test_inactive_users_are_never_stored() -> None:

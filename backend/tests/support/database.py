@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from asyncpg.connection import LoggedQuery
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from devtools.postgres import PsqlAdmin
 
@@ -71,3 +73,40 @@ async def execute_sql(database_url: str, *statements: str) -> list[Any]:
             return rows
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def statements_sent(engine: AsyncEngine) -> AsyncIterator[list[LoggedQuery]]:
+    """Every statement the engine's pooled connections complete while inside, with its
+    arguments, as the driver itself logs them: through SQLAlchemy or straight to the driver."""
+    sent: list[LoggedQuery] = []
+    watched: set[asyncpg.Connection] = set()
+
+    def watch(_dbapi: object, record: ConnectionPoolEntry, _proxy: object) -> None:
+        driver: asyncpg.Connection = record.driver_connection  # type: ignore[assignment]
+        if driver not in watched:
+            watched.add(driver)
+            driver.add_query_logger(sent.append)
+
+    pool = engine.sync_engine.pool
+    event.listen(pool, "checkout", watch)
+    try:
+        yield sent
+    finally:
+        await asyncio.sleep(0)  # the driver hands each statement to its loggers on the next turn
+        event.remove(pool, "checkout", watch)
+        for driver in watched:
+            driver.remove_query_logger(sent.append)
+
+
+async def statements_waiting_for_a_lock(dsn: str) -> list[str]:
+    """The statements of this database that PostgreSQL has received and holds behind a lock."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT query FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    finally:
+        await connection.close()
+    return [row["query"] for row in rows]
