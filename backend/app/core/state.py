@@ -25,7 +25,9 @@ class LifespanItem(Generic[T]):
         self.name = name
 
     def of(self, request: Request) -> T:
-        value: T = getattr(request.state, self.name)
+        # The dict behind `request.state`, read directly: `request.state` wraps it in a new
+        # object for each Request instance, and every middleware and route builds its own.
+        value: T = request.scope["state"][self.name]
         return value
 
     # `async`: FastAPI would run a plain callable in a worker thread.
