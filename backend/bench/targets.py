@@ -176,11 +176,11 @@ def metrics_overhead_target(report: BenchReport) -> TargetOutcome:
     two servers that serve nothing else, so they differ in METRICS alone.
 
     Judged on what each worker serves per CPU second (the inverse of its CPU per request, read
-    from /proc around each round): that is the throughput a saturated worker has to give, and
-    it moves less with what else the 2-vCPU box runs meanwhile than req/s does. Its control is
-    the same figure between two servers that differ in nothing (`_cpu_control`): they have
-    differed by up to 6 %, as much as the target's margin, so a ratio within that of 0.95 is
-    inconclusive rather than a pass or a failure. The req/s ratio is shown beside it.
+    from /proc around each round, in each server's least disturbed round): that is the
+    throughput a saturated worker has to give, and it moves less with what else the 2-vCPU box
+    runs meanwhile than req/s does. Its control is the same figure between two servers that
+    differ in nothing (`_cpu_control`): a ratio within their factor of 0.95 is inconclusive
+    rather than a pass or a failure. The req/s ratio is shown beside it.
     """
     verdicts, parts = [], []
     for level in report.saturated_levels():
