@@ -15,9 +15,10 @@ from bench.report import COHERENCE_BOUND_S, CoherenceFigures
 from bench.servers import Server
 
 
-def read_probe(server: Server, *, reset: bool) -> dict[str, Any]:
+def read_probe(server: Server, *, reset: bool, done: bool = False) -> dict[str, Any]:
+    """The server's probe figures; it watches its loop from the first read until a `done` one."""
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
-        response = client.get("/__bench/probe", params={"reset": reset})
+        response = client.get("/__bench/probe", params={"reset": reset, "done": done})
         response.raise_for_status()
         figures: dict[str, Any] = response.json()
         return figures

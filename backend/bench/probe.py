@@ -5,11 +5,12 @@ instruments) unless `--no-probe` is given; nothing of this is imported by the ap
 run reads and resets the figures over `GET /__bench/probe` around each measured wrk run, so
 every scenario gets its own:
 
-- **loop stalls**: a ticker that sleeps `TICK_SECONDS` and records how late it woke up. A late
-  wake-up means the loop was busy with something else for that long: every request in flight
-  waited as long. Stalls of `STALL_MS` or more are kept, with how much of each a GC pause
-  overlapped and how much of it the loop's thread spent off the CPU (so the cause of a tail
-  can be named: the collector, the OS running something else on the core, or our own code).
+- **loop stalls**: a ticker that sleeps `TICK_SECONDS` and records how late it woke up (from
+  the first read of a scenario to its last: `Probe.start_ticking`). A late wake-up means the
+  loop was busy with something else for that long: every request in flight waited as long.
+  Stalls of `STALL_MS` or more are kept, with how much of each a GC pause overlapped and how
+  much of it the loop's thread spent off the CPU (so the cause of a tail can be named: the
+  collector, the OS running something else on the core, or our own code).
 - **GC pauses**: `gc.callbacks` timings per generation.
 - **(de)activation** of a user through this instance (`POST /__bench/users/{sub}/active`), for
   the coherence measurement between two instances.
@@ -59,6 +60,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 class Probe:
     def __init__(self) -> None:
         self._gc_started = 0.0
+        self._ticker: asyncio.Task[None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -144,17 +146,31 @@ class Probe:
 
     # -- life ------------------------------------------------------------------------------
 
+    def start_ticking(self) -> None:
+        """Watch the loop for stalls, from now until `stop_ticking`.
+
+        Only while the run reads this server's figures: each tick wakes an idle loop, and on
+        this VM 200 wake-ups a second cost an idle server about 6 % of a core, taken from
+        whichever server the run was measuring meanwhile.
+        """
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="bench-loop-ticker")
+
+    async def stop_ticking(self) -> None:
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
     @asynccontextmanager
     async def running(self, engine: AsyncEngine) -> AsyncIterator[None]:
         self._watch_pool(engine)
         gc.callbacks.append(self._on_gc)
-        ticker = asyncio.create_task(self._tick(), name="bench-loop-ticker")
         try:
             yield
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await self.stop_ticking()
             gc.callbacks.remove(self._on_gc)
 
     def snapshot(self) -> dict[str, Any]:
@@ -217,10 +233,15 @@ def instrumented(application: FastAPI, probe: Probe) -> FastAPI:
     application.router.lifespan_context = probed_lifespan
 
     @application.get("/__bench/probe", include_in_schema=False)
-    async def read_probe(reset: bool = False) -> dict[str, Any]:
+    async def read_probe(reset: bool = False, done: bool = False) -> dict[str, Any]:
+        """The figures so far; the loop is watched from the first read until one that is done."""
         figures = probe.snapshot()
         if reset:
             probe.reset()
+        if done:
+            await probe.stop_ticking()
+        else:
+            probe.start_ticking()
         return figures
 
     @application.post("/__bench/users/{sub}/active", include_in_schema=False)

@@ -219,7 +219,7 @@ class Bench:
                             if self.chosen_named(name):
                                 self._paired_round(servers, self.scenario(name), level)
                 if probing and instrumented:
-                    figures = read_probe(servers["api"], reset=True)
+                    figures = read_probe(servers["api"], reset=True, done=True)
                     self.probes.append(ProbeFigures(scenario.name, level, figures))
                 if profiler is not None:
                     profiler.wait(timeout=60)
