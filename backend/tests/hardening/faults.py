@@ -1,13 +1,12 @@
 """The faults the hardening tests inflict: an HTTP proxy that breaks AWS calls on demand, and a
 PostgreSQL server of their own that they stop, freeze and reconfigure; and how they time what
-follows (`timed`, `wait_until`).
+follows (`timed`; waiting for a condition is `tests.support.harness.wait_until`).
 
 The app itself they start with `tests/support/harness.py`, like every other test directory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -15,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
@@ -290,16 +289,3 @@ async def timed(awaitable: Any) -> tuple[Any, float]:
     started = time.monotonic()
     result = await awaitable
     return result, time.monotonic() - started
-
-
-async def wait_until(predicate: Callable[[], Any], *, within: float, every: float = 0.1) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(every)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from app.core.db import SessionDep
 from app.core.roles import Role
-from tests.hardening.faults import OwnPostgres, timed, wait_until
+from tests.hardening.faults import OwnPostgres, timed
 from tests.support.harness import (
     LiveApp,
     add_user,
@@ -30,6 +30,7 @@ from tests.support.harness import (
     live_app,
     make_settings,
     uncached_user_list,
+    wait_until,
 )
 from tests.support.jwt_tokens import JWKSServer
 

@@ -25,7 +25,6 @@ from tests.hardening.faults import (
     fault_proxy,
     proxied_adapter,
     timed,
-    wait_until,
 )
 from tests.support.database import execute_sql
 from tests.support.harness import (
@@ -35,6 +34,7 @@ from tests.support.harness import (
     directory_caught_up,
     live_app,
     make_settings,
+    wait_until,
 )
 from tests.support.jwt_tokens import JWKSServer
 from tests.support.moto_cognito import MotoCognito

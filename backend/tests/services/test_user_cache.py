@@ -41,6 +41,7 @@ from tests.support.harness import (
     make_settings,
     served,
     token_for,
+    wait_until,
 )
 from tests.support.jwt_tokens import FakeClock, JWKSServer
 from tests.support.logs import RecordingHandler
@@ -98,15 +99,7 @@ async def fetch_one(dsn: str, sql: str) -> Any:
 
 
 async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None:
-    """Until `condition()` (or what it returns, awaited) is true."""
-    async with asyncio.timeout(within):
-        while True:
-            met = condition()
-            if asyncio.iscoroutine(met):
-                met = await met
-            if met:
-                return
-            await asyncio.sleep(0.02)
+    await wait_until(condition, within=within, every=0.02)
 
 
 @asynccontextmanager

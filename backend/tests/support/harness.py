@@ -301,6 +301,20 @@ async def add_user(
     return user
 
 
+async def wait_until(predicate: Callable[[], Any], *, within: float, every: float = 0.1) -> None:
+    """Until `predicate()` (or what it returns, awaited) is true; AssertionError past `within`."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(every)
+
+
 def uncached_user_list() -> str:
     """A user-list path whose read always reaches the database: a search no earlier request
     made, so neither its page nor its count is cached (`UserListCache`)."""
