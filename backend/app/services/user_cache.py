@@ -222,10 +222,10 @@ class ActiveUsers:
     next turn of the event loop, and every miss until then joins it, so one checkout and one
     indexed `= ANY(...)` SELECT serve them all. At most `READS_IN_FLIGHT` reads run at once;
     while they do, the misses that arrive make one batch that goes out when one ends, so the
-    busier the worker, the larger its batches. Under load, a read's cost (a checkout, its ping,
-    the statement) is shared by the batch (docs/performance.md); alone, a miss waits one
-    turn of the loop. A miss never joins a read already sent, so it
-    always sees what was committed before it arrived. A failed read fails every request of its
+    busier the worker, the larger its batches. Under load, a read's cost (a checkout and a
+    round trip) is shared by the batch (docs/performance.md); alone, a miss waits one turn of
+    the loop. A miss never joins a read already sent, so it always sees what was committed
+    before it arrived. A failed read fails every request of its
     batch with the same error, which each maps as it would its own.
     """
 
