@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.util import await_only
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from app.core import metrics
 from app.core.compensation import run_after_commit, undo_unless_committed
@@ -281,7 +281,9 @@ async def fetch_with_driver(engine: AsyncEngine, sql: str, *args: object) -> lis
                 ) from error
             raise
         finally:
-            connection.close()
+            # In a greenlet: a connection beyond the pool's size is closed on its return, and
+            # the dialect awaits that close.
+            await greenlet_spawn(connection.close)
     raise AssertionError("unreachable: the pinged attempt returns or raises")
 
 

@@ -7,6 +7,7 @@ SQLAlchemy's errors, as any other read's would.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -97,5 +98,26 @@ async def test_a_database_that_refuses_connections_is_unavailable(
     try:
         with pytest.raises(DATABASE_UNAVAILABLE_ERRORS):
             await fetch_with_driver(engine, BACKEND_PID)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_beyond_the_pools_size_is_closed_when_it_comes_back(
+    fresh_database_url: str,
+) -> None:
+    settings = make_settings(fresh_database_url, db_pool_size=1, db_max_overflow=1)
+    engine = create_engine(
+        DatabaseConnector(settings, fetch_database_credentials(settings)), settings
+    )
+    try:
+        # Two reads at once: the second opens a connection beyond the pool's size.
+        await asyncio.gather(*(fetch_with_driver(engine, "SELECT pg_sleep(0.2)") for _ in "ab"))
+        assert checked_out(engine) == 0
+        sessions = await fetch_with_driver(
+            engine,
+            "SELECT count(*) AS open FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'one-system-api'",
+        )
+        assert sessions[0]["open"] == 1  # the pooled one: the other was closed on its return
     finally:
         await engine.dispose()
