@@ -318,18 +318,31 @@ def test_openapi_declares_every_status_each_route_returns(app: FastAPI) -> None:
 
 
 async def test_requests_that_miss_one_page_together_read_it_once(
-    client: httpx.AsyncClient, make_user: UserFactory, served_app: Any, api_database_url: str
+    client: httpx.AsyncClient,
+    make_user: UserFactory,
+    served_app: Any,
+    api_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     state = served_app.state
     cache = state["user_cache"]
+    evicted: list[str] = []
+    invalidate = cache.invalidate
+
+    def noting(subs: Any) -> None:
+        subs = list(subs)
+        evicted.extend(subs)
+        invalidate(subs)
+
+    monkeypatch.setattr(cache, "invalidate", noting)
     async with asyncio.timeout(10):
         while not cache.trusted:  # noqa: ASYNC110 - the listener proves itself
             await asyncio.sleep(0.05)
-        before = cache.generation
-        admin = auth_headers(await make_user(Role.ADMIN))
+        user = await make_user(Role.ADMIN)
         # The admin's insert is notified: cached after this, the admin stays cached.
-        while cache.generation == before:  # noqa: ASYNC110 - a plain attribute
+        while user.cognito_user_id not in evicted:  # noqa: ASYNC110 - a plain list
             await asyncio.sleep(0.01)
+    admin = auth_headers(user)
     assert (await client.get(ME, headers=admin)).status_code == 200  # the admin is cached
     page = f"{USERS}?q={uuid.uuid4().hex}"
     reads: list[str] = []
