@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -25,13 +26,18 @@ from tests.support.harness import make_settings
 BACKEND_PID = "SELECT pg_backend_pid() AS pid"
 
 
-@pytest.fixture
-async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
-    """The app's engine (app/main.py) with one connection, so every read reuses it."""
-    settings = make_settings(fresh_database_url, db_pool_size=1, db_max_overflow=0)
-    engine = create_engine(
+def app_engine(database_url: str, **settings_given: Any) -> AsyncEngine:
+    """An engine as the lifespan builds it (app/main.py): create_engine on a connector."""
+    settings = make_settings(database_url, **settings_given)
+    return create_engine(
         DatabaseConnector(settings, fetch_database_credentials(settings)), settings
     )
+
+
+@pytest.fixture
+async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The app's engine with one connection, so every read reuses it."""
+    engine = app_engine(fresh_database_url, db_pool_size=1, db_max_overflow=0)
     try:
         yield engine
     finally:
@@ -91,10 +97,7 @@ async def test_a_failed_statement_is_sqlalchemys_error_and_not_sent_twice(
 async def test_a_database_that_refuses_connections_is_unavailable(
     fresh_database_url: str,
 ) -> None:
-    settings = make_settings(fresh_database_url, db_password="wrong", db_user="nobody")
-    engine = create_engine(
-        DatabaseConnector(settings, fetch_database_credentials(settings)), settings
-    )
+    engine = app_engine(fresh_database_url, db_password="wrong", db_user="nobody")
     try:
         with pytest.raises(DATABASE_UNAVAILABLE_ERRORS):
             await fetch_with_driver(engine, BACKEND_PID)
@@ -105,10 +108,7 @@ async def test_a_database_that_refuses_connections_is_unavailable(
 async def test_a_connection_beyond_the_pools_size_is_closed_when_it_comes_back(
     fresh_database_url: str,
 ) -> None:
-    settings = make_settings(fresh_database_url, db_pool_size=1, db_max_overflow=1)
-    engine = create_engine(
-        DatabaseConnector(settings, fetch_database_credentials(settings)), settings
-    )
+    engine = app_engine(fresh_database_url, db_pool_size=1, db_max_overflow=1)
     try:
         # Two reads at once: the second opens a connection beyond the pool's size.
         await asyncio.gather(*(fetch_with_driver(engine, "SELECT pg_sleep(0.2)") for _ in "ab"))
