@@ -163,7 +163,8 @@ class FixedRateRound:
     """One fixed-rate round of a scenario at `load` x a capacity; `baseline` is the baseline's
     round at the same rate, run just before it. `busy` and `baseline_busy`: the share of one
     CPU each server's workers used over the round's schedule (what the same rate asked of
-    each)."""
+    each). `probe` names what made a slow round slow: a stall of the API's loop (the
+    collector, or its core given to other work) or, with no stall, a delay outside it."""
 
     scenario: str
     load: float
@@ -171,6 +172,8 @@ class FixedRateRound:
     baseline: FixedRateResult | None = None
     busy: float | None = None
     baseline_busy: float | None = None
+    # What `bench.probe` saw inside the API worker over this round alone (None: not probed).
+    probe: dict[str, Any] | None = None
 
 
 def fixed_rate_plan(

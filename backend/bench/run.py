@@ -135,6 +135,12 @@ class Bench:
     scaling: list[ScalingRun] = field(default_factory=list)
     coherence: CoherenceFigures | None = None
 
+    @property
+    def probing(self) -> bool:
+        """The API serves `bench.probe`'s figures, and from its one worker (`/__bench/probe`
+        would reach any one of several)."""
+        return not self.args.no_probe and self.args.workers == 1
+
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.chosen if s.name == name)
 
@@ -193,7 +199,6 @@ class Bench:
 
     def closed_loop_rounds(self, servers: dict[str, Server], api_workers: list[int]) -> None:
         """Each scenario in rounds at each level, each round right after a baseline round."""
-        probing = not self.args.no_probe and self.args.workers == 1
         for level in self.args.levels:
             for scenario in self.chosen:
                 if scenario.name == "baseline" or (
@@ -208,7 +213,7 @@ class Bench:
                     profiler = start_profiler(
                         api_workers[0], self.run_dir, scenario.name, level, seconds
                     )
-                if probing and instrumented:
+                if self.probing and instrumented:
                     read_probe(servers["api"], reset=True)
                 for _ in range(self.args.rounds):
                     self._paired_round(servers, scenario, level)
@@ -218,7 +223,7 @@ class Bench:
                         for name in _METRICS_IN_TURN:
                             if self.chosen_named(name):
                                 self._paired_round(servers, self.scenario(name), level)
-                if probing and instrumented:
+                if self.probing and instrumented:
                     figures = read_probe(servers["api"], reset=True, done=True)
                     self.probes.append(ProbeFigures(scenario.name, level, figures))
                 if profiler is not None:
@@ -254,13 +259,19 @@ class Bench:
         own = self.args.rate_basis == "own"
         for name, load, rate in fixed_rate_plan(capacities, names, loads, own_capacity=own):
             scenario = self.scenario(name)
+            # The probe watches the API's own rounds only: its ticker runs for neither the
+            # baseline's rounds nor the time between.
+            probing = self.probing and scenario.server == "api"
             for _ in range(self.args.rounds):
                 before, baseline_busy = self.at_rate(
                     servers["baseline"], self.scenario("baseline"), rate
                 )
+                if probing:
+                    read_probe(servers["api"], reset=True)
                 result, busy = self.at_rate(servers[scenario.server], scenario, rate)
+                probe = read_probe(servers["api"], reset=True, done=True) if probing else None
                 self.fixed_rate.append(
-                    FixedRateRound(name, load, result, before, busy, baseline_busy)
+                    FixedRateRound(name, load, result, before, busy, baseline_busy, probe)
                 )
                 print(
                     f"{name:>20} {load:>4.0%} {rate:>8,.0f} req/s  p99 {result.p99_ms:8.2f} ms"

@@ -70,6 +70,45 @@ def format_tails(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def _stall_shares(figures: dict[str, Any]) -> tuple[float, float, float]:
+    """The loop's stall time (ms), and the shares of it a GC pause and the OS took."""
+    total: float = figures["stall_total_ms"]
+    if not total:
+        return 0.0, 0.0, 0.0
+    return total, figures["gc_in_stalls_ms"] / total, figures["off_cpu_in_stalls_ms"] / total
+
+
+def format_fixed_rate_probes(report: BenchReport) -> str:
+    """Each probed fixed-rate round: its tail beside what the API's loop went through.
+
+    A slow round with a stall as long as its tail was slow inside the API's loop (the
+    collector's share, the OS's share); one without was delayed outside it (the generator,
+    the network stack, the box).
+    """
+    lines = [
+        "| scenario | load | round | p99 ms | x baseline p99 | busy | stalls >= 5 ms | "
+        "stall max ms | stall ms total | of it GC | of it off-CPU | pool wait max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for load in report.loads():
+        for scenario in dict.fromkeys(r.scenario for r in report.fixed_rate if r.load == load):
+            for number, found in enumerate(report.fixed_rounds(scenario, load), start=1):
+                f = found.probe
+                if f is None:
+                    continue
+                total, gc_share, off_cpu = _stall_shares(f)
+                p99 = found.result.p99_ms
+                ratio = f"{p99 / found.baseline.p99_ms:.2f}" if found.baseline else "-"
+                busy = "-" if found.busy is None else f"{found.busy:.0%}"
+                pool = f"{f['pool_wait_max_ms']:.2f}" if f["checkouts"] else "-"
+                lines.append(
+                    f"| {scenario} | {load:.0%} | {number} | {p99:.2f} | {ratio} | {busy} | "
+                    f"{f['stalls']} | {f['stall_max_ms']:.1f} | {total:.0f} | "
+                    f"{gc_share:.0%} | {off_cpu:.0%} | {pool} |"
+                )
+    return "\n".join(lines)
+
+
 def format_probes(report: BenchReport) -> str:
     """Inside the API worker, per measured run: loop stalls, GC, pool wait apart from SQL."""
     lines = [
@@ -81,9 +120,7 @@ def format_probes(report: BenchReport) -> str:
     for probe in report.probes:
         f = probe.figures
         p99 = report.find(probe.scenario, probe.connections).p99_ms
-        total = f["stall_total_ms"]
-        gc_share = f["gc_in_stalls_ms"] / total if total else 0.0
-        off_cpu = f.get("off_cpu_in_stalls_ms", 0.0) / total if total else 0.0
+        total, gc_share, off_cpu = _stall_shares(f)
         full = f["gc"]["2"]
         pool = (
             f"{f['pool_wait_p50_ms']:.2f} / {f['pool_wait_p99_ms']:.2f} / "
@@ -193,6 +230,7 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
                 "baseline": None if r.baseline is None else asdict(r.baseline),
                 "busy": r.busy,
                 "baseline_busy": r.baseline_busy,
+                "probe": r.probe,
             }
             for r in report.fixed_rate
         ],
@@ -235,6 +273,8 @@ def tables(report: BenchReport) -> str:
         sections.append(format_tails(report))
     if report.fixed_rate:
         sections.append(format_fixed_rate(report))
+    if any(r.probe is not None for r in report.fixed_rate):
+        sections.append(format_fixed_rate_probes(report))
     if report.probes:
         sections.append(format_probes(report))
     if report.scaling:

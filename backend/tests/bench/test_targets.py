@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement
-from bench.tables import format_fixed_rate
+from bench.tables import format_fixed_rate, format_fixed_rate_probes, tables
 from bench.targets import (
     EXIT_FAIL,
     EXIT_INCONCLUSIVE,
@@ -279,3 +279,51 @@ def test_the_fixed_rate_table_pairs_each_scenario_with_the_baseline_as_busy_as_i
     assert report.fixed_busy("users first page", 0.8) == pytest.approx((0.85, 0.45))
     row = next(line for line in format_fixed_rate(report).splitlines() if "first page" in line)
     assert "| 85% / 45% | 2.75 |" in row
+
+
+def probe_figures(stall_max_ms: float, *, gc_ms: float = 0.0, off_cpu_ms: float = 0.0) -> dict:
+    """`bench.probe`'s figures over a round with one stall of `stall_max_ms` (or none)."""
+    stalls = 1 if stall_max_ms else 0
+    return {
+        "stalls": stalls,
+        "stall_total_ms": stall_max_ms,
+        "stall_max_ms": stall_max_ms,
+        "gc_in_stalls_ms": gc_ms,
+        "off_cpu_in_stalls_ms": off_cpu_ms,
+        "checkouts": 0,
+        "pool_wait_max_ms": 0.0,
+    }
+
+
+def test_each_probed_fixed_rate_round_shows_its_tail_beside_its_loops_stalls() -> None:
+    # A slow round whose loop stalled as long, most of it off the CPU (the OS ran other work on
+    # its core), and a slow round without a stall (delayed outside the API's loop).
+    report = report_of(PASSING)
+    assert "| round |" not in tables(report)  # nothing probed, no table
+    report.fixed_rate = [
+        FixedRateRound(CONTROL_SCENARIO, 0.8, at_rate(800, 2.0), at_rate(800, 2.0)),
+        FixedRateRound(
+            "users first page",
+            0.8,
+            at_rate(400, 24.0),
+            at_rate(400, 3.0),
+            0.8,
+            0.5,
+            probe_figures(20.0, gc_ms=2.0, off_cpu_ms=15.0),
+        ),
+        FixedRateRound(
+            "users first page",
+            0.8,
+            at_rate(400, 12.0),
+            at_rate(400, 3.0),
+            0.7,
+            0.5,
+            probe_figures(0),
+        ),
+    ]
+    rows = [line for line in format_fixed_rate_probes(report).splitlines() if "first page" in line]
+    assert rows == [
+        "| users first page | 80% | 1 | 24.00 | 8.00 | 80% | 1 | 20.0 | 20 | 10% | 75% | - |",
+        "| users first page | 80% | 2 | 12.00 | 4.00 | 70% | 0 | 0.0 | 0 | 0% | 0% | - |",
+    ]
+    assert format_fixed_rate_probes(report) in tables(report)
