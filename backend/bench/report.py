@@ -164,7 +164,8 @@ class FixedRateRound:
     round at the same rate, run just before it. `busy` and `baseline_busy`: the share of one
     CPU each server's workers used over the round's schedule (what the same rate asked of
     each). `probe` names what made a slow round slow: a stall of the API's loop (the
-    collector, or its core given to other work) or, with no stall, a delay outside it."""
+    collector, its core given to other work, or a backlog it was serving) or, with no stall,
+    a delay outside it."""
 
     scenario: str
     load: float

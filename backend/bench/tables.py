@@ -81,9 +81,9 @@ def _stall_shares(figures: dict[str, Any]) -> tuple[float, float, float]:
 def format_fixed_rate_probes(report: BenchReport) -> str:
     """Each probed fixed-rate round: its tail beside what the API's loop went through.
 
-    A slow round with a stall as long as its tail was slow inside the API's loop (the
-    collector's share, the OS's share); one without was delayed outside it (the generator,
-    the network stack, the box).
+    A slow round with a stall as long as its tail was slow inside the API's loop: a pause
+    (the collector's share, the OS's share) or, on the CPU with the worker busy, a backlog of
+    requests. One without was delayed outside it (the generator, the network stack, the box).
     """
     lines = [
         "| scenario | load | round | p99 ms | x baseline p99 | busy | stalls >= 5 ms | "
