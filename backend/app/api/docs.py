@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.core.config import ConfigError, Settings
+from app.core.encoding import accepts_gzip
 from app.core.errors import NotFoundError
 from app.core.rbac import BEARER_SCHEME_NAME
 
@@ -63,18 +64,6 @@ class StaticAsset:
     digest: str
     # The gzip encoding of `body`, made once; None for what gzip does not shrink (PNG).
     gzipped: bytes | None = None
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an Accept-Encoding value accepts gzip (RFC 9110 section 12.5.3: `q=0` refuses)."""
-    for item in accept_encoding.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() not in {"gzip", "x-gzip", "*"}:
-            continue
-        quality = params.strip().lower().removeprefix("q=").strip()
-        if not params.strip() or quality.rstrip("0").rstrip(".") not in {"", "0"}:
-            return True
-    return False
 
 
 @dataclass(frozen=True, slots=True)

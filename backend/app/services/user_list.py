@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, bindparam, func, or_
 
 from app.core.db import ReadSessions
+from app.core.encoding import ReusedBody
 from app.core.pagination import CountCache, Order, PagedQuery, escape_like, orders, read_page
 from app.models.user import User
 from app.schemas.user import UserList, UserListParams, UserResponse, UserSort
@@ -100,7 +101,7 @@ class UserListReads:
 
 async def user_list_answer(
     reads: UserListReads, query_string: bytes, params: Callable[[], UserListParams]
-) -> bytes:
+) -> ReusedBody:
     """`list_users` as the JSON the route sends, from the page cache while it can vouch.
 
     Cached by the query string as sent, read into `params()` only for a page not cached: the
@@ -108,8 +109,8 @@ async def user_list_answer(
     never cached), so a page asked for again costs no parsing at all.
     """
 
-    async def answer() -> bytes:
+    async def answer() -> ReusedBody:
         listed = await list_users(reads.sessions, reads.counts, params())
-        return listed.model_dump_json().encode()
+        return ReusedBody(listed.model_dump_json().encode())
 
     return await reads.pages.get_or_compute(query_string, answer)

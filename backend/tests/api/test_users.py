@@ -375,6 +375,32 @@ async def test_requests_that_miss_one_page_together_read_it_once(
     assert len(reads) == 1  # the one count (nothing matches: no page to read) served all ten
 
 
+async def test_a_page_is_sent_gzipped_to_a_client_that_accepts_gzip(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], listed: tuple[str, list[User]]
+) -> None:
+    """As browsers ask (Nginx would otherwise compress each response anew); the same JSON."""
+    tag, _ = listed
+
+    async def get(accept_encoding: str) -> httpx.Response:
+        headers = {**admin_headers, "Accept-Encoding": accept_encoding}
+        response = await client.get(USERS, params={"q": tag}, headers=headers)
+        assert response.status_code == 200
+        assert "Accept-Encoding" in response.headers.get_list("vary")
+        return response
+
+    plain, gzipped, refused = (
+        await get("identity"),
+        await get("gzip, deflate, br"),
+        await get("br, gzip;q=0"),
+    )
+    assert "content-encoding" not in plain.headers
+    assert "content-encoding" not in refused.headers
+    assert gzipped.headers["content-encoding"] == "gzip"
+    assert int(gzipped.headers["content-length"]) < len(plain.content) / 2
+    assert gzipped.json() == plain.json() == refused.json()  # httpx decodes the gzip
+    assert len(plain.json()["items"]) == 6
+
+
 async def test_a_page_is_served_as_cached_until_a_users_row_changes(
     client: httpx.AsyncClient, make_user: UserFactory, served_app: Any
 ) -> None:

@@ -16,12 +16,12 @@ import pytest
 from app.api.docs import (
     OAUTH2_SCHEME_NAME,
     HostedUI,
-    accepts_gzip,
     content_security_policy,
     hosted_ui_from_settings,
     offer_hosted_ui,
 )
 from app.core.config import ConfigError
+from app.core.encoding import accepts_gzip
 from app.main import create_app
 from tests.support.harness import make_settings, serve
 from tests.support.jwt_tokens import TEST_CLIENT_ID

@@ -118,14 +118,15 @@ _LIST_QUERY: Final = QueryModel(UserListParams)
 )
 async def list_users(_: AdminUser, request: Request) -> Response:
     """Users, filtered, sorted and paginated."""
-    # Sent as cached: the answer is a `UserList` (response_model), built once per change. The
-    # query is read only for a page not cached under the same query string.
+    # Sent as cached: the answer is a `UserList` (response_model), built once per change, and
+    # gzipped once for the clients that accept it. The query is read only for a page not
+    # cached under the same query string.
     answer = await user_list.user_list_answer(
         user_list_reads(request),
         request.scope["query_string"],
         lambda: _LIST_QUERY.parse(request),
     )
-    return Response(answer, media_type="application/json")
+    return answer.response(request)
 
 
 @router.get("/{user_id}", response_model=ManagedUserResponse, responses=READ_RESPONSES)
