@@ -41,14 +41,16 @@ from urllib.parse import urlsplit
 from bench.fixed_rate import Timeline, format_result_line, summarize
 
 CONNECTIONS = 32
+ACCEPT_ENCODING = "gzip, deflate, br"
 REALTIME_PRIORITY = 10  # low among real-time ones: above every ordinary process
 TIMEOUT_S = 10.0  # as wrk's --timeout in the closed-loop runs
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)")
 
 
 def build_requests(host: str, path: str, tokens: Sequence[str]) -> list[bytes]:
-    """One request per token (or one without `Authorization`), built once, sent in rotation."""
-    head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+    """One request per token (or one without `Authorization`), built once, sent in rotation,
+    each with a browser's `Accept-Encoding` (as the closed-loop runs send: `bench/auth.lua`)."""
+    head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n"
     if not tokens:
         return [(head + "\r\n").encode()]
     return [(head + f"Authorization: Bearer {token}\r\n\r\n").encode() for token in tokens]
