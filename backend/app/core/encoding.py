@@ -5,9 +5,10 @@ a body the API sends again and again from a cache (a page of the user list) was
 compressed anew for each request, on the same box as the API. A `ReusedBody` keeps its gzip
 encoding beside it, made on the first request that accepts gzip; Nginx passes a response that
 already has a `Content-Encoding` through untouched (its gzip filter skips it), and the API
-sends a fifth of the bytes. The two encodings are one resource negotiated by
-`Accept-Encoding`, so every answer says `Vary: Accept-Encoding` (RFC 9110 § 12.5.5), whichever
-it sent. A request without `Accept-Encoding` gets the body as it is.
+sends a fifth of the bytes. A body with both encodings is one resource negotiated by
+`Accept-Encoding`, so each of its answers says `Vary: Accept-Encoding` (RFC 9110 § 12.5.5),
+whichever it sent; a body under `GZIP_MIN_BYTES` has one encoding and no `Vary`. A request
+without `Accept-Encoding` gets the body as it is.
 """
 
 from __future__ import annotations
