@@ -20,7 +20,7 @@ from bench.fixed_rate import (
     percentile,
     summarize,
 )
-from bench.openloop import fixed_rate, response_end
+from bench.openloop import build_requests, fixed_rate, response_end
 from bench.report import CONTROL_SCENARIO, fixed_rate_plan
 from tests.bench.reports import PASSING, report_of
 
@@ -125,6 +125,16 @@ def test_the_result_line_round_trips() -> None:
     assert parse_result_line("noise\n" + format_result_line(result) + "\n") == result
     with pytest.raises(FixedRateOutputError):
         parse_result_line("Traceback ...\n")
+
+
+def test_every_request_asks_as_a_browser_does() -> None:
+    # Each token's request, and the one without a token, accept gzip (the list pages go so).
+    for tokens in (["t1", "t2"], []):
+        for request in build_requests("127.0.0.1:8000", "/api/v1/users?page=1", tokens):
+            head = request.decode().split("\r\n")
+            assert head[0] == "GET /api/v1/users?page=1 HTTP/1.1"
+            assert "Accept-Encoding: gzip, deflate, br" in head
+            assert request.endswith(b"\r\n\r\n")
 
 
 def test_a_response_is_complete_once_its_content_length_has_arrived() -> None:
