@@ -12,13 +12,16 @@ name, instead of silently doing something else. Anything else uses public APIs o
   one opened). The pool's events fire after it (`checkout`), none before. For the bench's
   probe only, which times that wait.
 - FastAPI's `APIRoute.dependant` and `fastapi.dependencies.models.Dependant` (`.call`,
-  `.dependencies`): the tree of a route's dependencies, which FastAPI builds and uses but does
-  not document. For `app.api.routing`, which finds a route's role requirement in it.
+  `.dependencies`, `.name`, the lists of parameters it reads from the request and the names of
+  the special ones): the tree of a route's dependencies and what its endpoint takes, which
+  FastAPI builds and uses but does not document. For `app.api.routing`, which finds a route's
+  role requirement in it, and calls an endpoint that takes nothing else itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.dependencies.models import Dependant
@@ -51,3 +54,39 @@ def dependency_calls(route: APIRoute) -> Iterator[Callable[..., Any]]:
             yield from walk(dependency)
 
     return walk(route.dependant)
+
+
+@dataclass(frozen=True, slots=True)
+class SoleDependency:
+    """What an endpoint takes when it takes one dependency and, at most, the request."""
+
+    name: str  # the endpoint's parameter the dependency's value is passed as
+    call: Callable[..., Any]
+    request_name: str | None  # the endpoint's `Request` parameter, if it has one
+
+
+def sole_dependency(route: APIRoute) -> SoleDependency | None:
+    """The route's one dependency, when its endpoint takes nothing else but the request: no
+    parameter FastAPI reads from the request (path, query, header, cookie, body) and none of
+    the special ones FastAPI makes per request (response, background tasks, security scopes)."""
+    dependant = route.dependant
+    read_from_the_request = (
+        dependant.path_params,
+        dependant.query_params,
+        dependant.header_params,
+        dependant.cookie_params,
+        dependant.body_params,
+    )
+    made_per_request = (
+        dependant.websocket_param_name,
+        dependant.http_connection_param_name,
+        dependant.response_param_name,
+        dependant.background_tasks_param_name,
+        dependant.security_scopes_param_name,
+    )
+    if any(read_from_the_request) or any(made_per_request) or len(dependant.dependencies) != 1:
+        return None
+    (dependency,) = dependant.dependencies
+    if dependency.call is None or dependency.name is None:
+        return None
+    return SoleDependency(dependency.name, dependency.call, dependant.request_param_name)

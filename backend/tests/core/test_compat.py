@@ -10,13 +10,19 @@ import inspect
 import sqlite3
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, QueuePool
 from sqlalchemy.util.queue import AsyncAdaptedQueue, QueueCommon
 
-from app.core.compat import Checkout, dependency_calls, wrap_checkout
+from app.core.compat import (
+    Checkout,
+    SoleDependency,
+    dependency_calls,
+    sole_dependency,
+    wrap_checkout,
+)
 from app.core.pool import FairAsyncQueue, FairAsyncQueuePool
 
 
@@ -74,3 +80,37 @@ def test_fastapi_keeps_a_routes_dependency_tree_in_its_dependant() -> None:
 
     (route,) = [route for route in app.routes if isinstance(route, APIRoute)]
     assert list(dependency_calls(route)) == [outer, inner]
+
+
+async def caller_and_request(value: Annotated[int, Depends(inner)], request: Request) -> Response:
+    return Response()
+
+
+async def caller_only(value: Annotated[int, Depends(inner)]) -> Response:
+    return Response()
+
+
+async def caller_and_query(
+    value: Annotated[int, Depends(inner)], page: Annotated[int, Query()] = 1
+) -> Response:
+    return Response()
+
+
+async def caller_and_response(value: Annotated[int, Depends(inner)], response: Response) -> int:
+    return value
+
+
+def _route(endpoint: object) -> APIRoute:
+    app = FastAPI()
+    app.get("/probe")(endpoint)
+    (route,) = [route for route in app.routes if isinstance(route, APIRoute)]
+    return route
+
+
+def test_fastapi_says_what_an_endpoint_takes_in_its_dependant() -> None:
+    assert sole_dependency(_route(caller_and_request)) == SoleDependency("value", inner, "request")
+    assert sole_dependency(_route(caller_only)) == SoleDependency("value", inner, None)
+    assert sole_dependency(_route(probe)) == SoleDependency("value", outer, None)
+    assert sole_dependency(_route(caller_and_query)) is None
+    assert sole_dependency(_route(caller_and_response)) is None
+    assert sole_dependency(_route(inner)) is None
