@@ -186,17 +186,21 @@ def fixed_rate_plan(
 ) -> list[tuple[str, float, float]]:
     """(scenario, load, req/s) of every fixed-rate run, from the capacities measured.
 
-    The control runs at the baseline's capacity; a scenario at its own (`own_capacity`: the
-    same share of work for every server, never beyond what it can serve) or at the
-    baseline's (every scenario at the same absolute rate: one slower than the baseline at
-    that rate is overloaded, and its tail is its backlog). Its baseline rounds run at the
-    same rate as it does.
+    The control runs at the baseline's capacity; a scenario at its own (`own_capacity`) or at
+    the baseline's (every scenario at the same absolute rate: one slower than the baseline at
+    that rate is overloaded, and its tail is its backlog). Its baseline rounds run at the same
+    rate as it does, so with `own_capacity` the rate is a share of the lesser of the two
+    capacities: the slower server of the pair at that share of its work, and neither beyond
+    what it can serve (a share of a scenario faster than the baseline could be more than the
+    baseline serves, and the baseline's backlog would be its tail).
     """
     plan = []
+    baseline = report.capacity("baseline")
     for load in loads:
         for scenario in scenarios:
-            basis = scenario if own_capacity and scenario != CONTROL_SCENARIO else "baseline"
-            plan.append((scenario, load, round(load * report.capacity(basis), 1)))
+            own = own_capacity and scenario != CONTROL_SCENARIO
+            capacity = min(report.capacity(scenario), baseline) if own else baseline
+            plan.append((scenario, load, round(load * capacity, 1)))
     return plan
 
 

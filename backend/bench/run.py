@@ -10,8 +10,9 @@ same server and flags), each with the same number of workers. Then, in order:
 2. closed-loop rounds: each scenario in rounds under wrk, each right after a baseline round at
    the same level (throughput, and the capacities of step 3);
 3. fixed-rate rounds (`bench.openloop`): the control, `/users/me`, service-types and the first
-   users page at 50 % and 80 % of their capacity, each round right after a baseline round at
-   the same rate (tails, counted from each request's scheduled send time);
+   users page at 50 % and 80 % of their capacity (or of the baseline's, if less), each round
+   right after a baseline round at the same rate (tails, counted from each request's
+   scheduled send time);
 4. unless `--no-scaling`: the main scenarios on 2 workers and on 2 instances, and the
    coherence trials between two instances.
 

@@ -160,6 +160,13 @@ def test_rates_are_shares_of_the_capacities_measured() -> None:
     assert same == [("users/me", 0.5, 2000.0)]
 
 
+def test_a_scenario_faster_than_the_baseline_runs_at_a_share_of_the_baselines_capacity() -> None:
+    """Its baseline rounds run at its rate: a share of its own capacity could overload them."""
+    report = report_of({**PASSING, "users/me": ((1200, 0.8), (5000, 3.2))})
+    plan = fixed_rate_plan(report, ["users/me"], [0.5, 0.8], own_capacity=True)
+    assert plan == [("users/me", 0.5, 2000.0), ("users/me", 0.8, 3200.0)]
+
+
 class _Server:
     """A keep-alive HTTP/1.1 server that answers 200 (401 without a token) and keeps count."""
 
