@@ -13,7 +13,7 @@ unknown fields is refused, rather than ignore what the client meant to say.
 An endpoint that takes nothing but its caller (the role requirement's principal) and the
 request, and answers with a `Response` itself, is then called directly with them: FastAPI's
 request handler would only solve that one dependency again, and its generic work per request
-(the dependency solver, its telemetry hooks, the endpoint's error context) cost about 25 µs of a
+(the dependency solver, its telemetry hooks, the endpoint's error context) cost about 27 µs of a
 cached `/users/me`'s 64 in process (docs/performance.md). Every check still runs: the token, the
 user and the role in the requirement, the query string in the endpoint. A test that overrides
 the requirement gets FastAPI's handler, which runs the override.
