@@ -64,7 +64,7 @@ def direct_call(route: APIRoute, requirements: list[RoleRequirement[Any]]) -> Di
     """The route's endpoint called with its caller and the request, if that is all it takes
     (its one dependency being its one role requirement) and it answers with a `Response`."""
     sole = sole_dependency(route)
-    if sole is None or [sole.call] != requirements or route.body_field is not None:
+    if sole is None or [sole.call] != requirements:
         return None
     endpoint = route.endpoint
     returns = typing.get_type_hints(endpoint).get("return")
