@@ -22,6 +22,7 @@ from bench.fixed_rate import (
 )
 from bench.openloop import build_requests, fixed_rate, response_end
 from bench.report import CONTROL_SCENARIO, fixed_rate_plan
+from bench.run import parse_args
 from tests.bench.reports import PASSING, report_of
 
 RATE = 100.0  # a request due every 10 ms
@@ -235,3 +236,9 @@ def test_capacity_is_what_the_server_sustained_at_every_saturated_level() -> Non
     report.measurements += [*slower, dataclasses.replace(me, connections=64, result=fewer)]
     assert report.capacity("users/me") == pytest.approx(1800)  # not 3,600 at 16
     assert report.capacity("baseline") == pytest.approx(4000)
+
+
+def test_a_full_run_has_more_fixed_rate_rounds_than_closed_loop_ones() -> None:
+    """docs/performance.md: nine fixed-rate rounds a scenario and rate, five closed-loop ones."""
+    args = parse_args([])
+    assert (args.rate_rounds, args.rounds) == (9, 5)
