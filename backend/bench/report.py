@@ -250,19 +250,34 @@ class BenchReport:
         )
 
     def cpu_us_per_request(self, scenario: str, connections: int) -> float:
-        """The lowest over the scenario's rounds of its server's CPU per request (µs).
-
-        What else runs on the box only ever adds CPU to the same work (a core shared with a
-        neighbour, caches it evicted), never takes any away, so the least disturbed round is the
-        nearest to what the code itself costs: the reasoning of the `timeit` documentation's
-        note on taking the min of repeated timings. One server's rounds have ranged from 143 to
-        202 µs a request within a run, a spread the median of five rounds still carried.
-        """
+        """The median over the scenario's rounds of its server's CPU per request (µs)."""
         costs = [m.cpu_us_per_request for m in self.rounds(scenario, connections)]
         measured = [cost for cost in costs if cost is not None]
         if not measured:
             raise KeyError(f"no server CPU measured for {scenario} at {connections}")
-        return min(measured)
+        return statistics.median(measured)
+
+    def together(
+        self,
+        scenario: str,
+        other: str,
+        connections: int,
+        figure: Callable[[Measurement], float | None],
+    ) -> float:
+        """The median over rounds of the scenario's figure over the other's, their servers
+        loaded at once in each round (`Bench._metrics_rounds`): what the box did to the CPU in
+        a round fell on both, and cancels in the round's ratio."""
+        pairs = zip(
+            self.rounds(scenario, connections), self.rounds(other, connections), strict=True
+        )
+        ratios = [
+            ours / theirs
+            for ours, theirs in ((figure(a), figure(b)) for a, b in pairs)
+            if ours is not None and theirs
+        ]
+        if not ratios:
+            raise KeyError(f"no {scenario} and {other} rounds at {connections} to compare")
+        return statistics.median(ratios)
 
     def ratios(
         self, scenario: str, connections: int, figure: Callable[[WrkResult], float]

@@ -8,7 +8,8 @@ same server and flags), each with the same number of workers. Then, in order:
 
 1. warm-up: every scenario once at each concurrency level under wrk (the run's first half);
 2. closed-loop rounds: each scenario in rounds under wrk, each right after a baseline round at
-   the same level (throughput, and the capacities of step 3);
+   the same level (throughput, and the capacities of step 3), but the metrics' three servers,
+   loaded at once round after round (`Bench._metrics_rounds`);
 3. fixed-rate rounds (`bench.openloop`): the control, `/users/me`, service-types and the first
    users page at 50 % and 80 % of their capacity (or of the baseline's, if less), each round
    right after a baseline round at the same rate (tails, counted from each request's
@@ -34,7 +35,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -71,6 +72,7 @@ from bench.servers import (
     REPO_ROOT,
     RssSampler,
     Server,
+    confinement,
     cpu_seconds,
     machine_info,
     proc_status_bytes,
@@ -81,12 +83,12 @@ from bench.servers import (
 from bench.tables import print_results, tables
 from bench.targets import FIXED_RATE_LIMITS, FIXED_RATE_SCENARIOS
 from bench.tokens import Rotations, mint_tokens
-from bench.wrk import WrkResult, ensure_wrk, parse_wrk_output, run_wrk
+from bench.wrk import WrkResult, ensure_wrk, parse_wrk_output, run_wrk, run_wrk_at_once
 
 # Served by default: the production app plus the bench's instruments (`bench.probe`).
 PROBED_APP = "bench.probe:app"
 
-# Run right after each round of METRICS_ON_SCENARIO rather than in their own turn.
+# Loaded together with METRICS_ON_SCENARIO rather than in their own turn.
 _METRICS_IN_TURN: Final = (METRICS_OFF_SCENARIO, METRICS_AA_SCENARIO)
 
 
@@ -101,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # More than the closed loop's: one 3 s round's p99 at 80 % load moves several-fold with a
     # stall of the box, so a median of five was too loose a control (docs/performance.md).
     add("--rate-rounds", type=int, default=9, help="fixed-rate rounds per scenario and rate")
+    # The metrics' cost is a few % of a request: judged on the median of per-round ratios.
+    add("--metrics-rounds", type=int, default=24, help="rounds of the metrics' servers at once")
     add("--warmup", type=int, default=2, help="seconds per warm-up run")
     add("--rate-duration", type=float, default=3, help="seconds per fixed-rate round")
     add(
@@ -162,6 +166,7 @@ class Bench:
             seconds,
             self.tokens.get(tokens),
             start,
+            server.confinement,
         )
         result = parse_wrk_output(output)
         self.rotations.advance(tokens, result)
@@ -206,7 +211,7 @@ class Bench:
         for level in self.args.levels:
             for scenario in self.chosen:
                 if scenario.name == "baseline" or (
-                    # The metrics' off and A/A rounds alternate with their on rounds.
+                    # The metrics' off and A/A servers are loaded with the on server.
                     scenario.name in _METRICS_IN_TURN and self.chosen_named(METRICS_ON_SCENARIO)
                 ):
                     continue
@@ -219,22 +224,58 @@ class Bench:
                     )
                 if self.probing and instrumented:
                     read_probe(servers["api"], reset=True)
-                for _ in range(self.args.rounds):
-                    self._paired_round(servers, scenario, level)
-                    if scenario.name == METRICS_ON_SCENARIO:
-                        # On, off and A/A in turn: a drift of the box over the rounds (CPUs
-                        # warming, neighbours) falls on all three alike.
-                        for name in _METRICS_IN_TURN:
-                            if self.chosen_named(name):
-                                self._paired_round(servers, self.scenario(name), level)
+                if scenario.name == METRICS_ON_SCENARIO:
+                    self._metrics_rounds(servers, level)
+                else:
+                    for _ in range(self.args.rounds):
+                        self._paired_round(servers, scenario, level, self.args.duration)
                 if self.probing and instrumented:
                     figures = read_probe(servers["api"], reset=True, done=True)
                     self.probes.append(ProbeFigures(scenario.name, level, figures))
                 if profiler is not None:
                     profiler.wait(timeout=60)
 
-    def _paired_round(self, servers: dict[str, Server], scenario: Scenario, level: int) -> None:
-        seconds = self.args.duration
+    def _metrics_rounds(self, servers: dict[str, Server], level: int) -> None:
+        """The metrics' on, off and A/A servers loaded at once, round after round, each by a
+        wrk of its own at `level` connections, the servers sharing one CPU and the wrks the
+        other (`Confinement`).
+
+        At once, because what the box's neighbours do to a CPU then falls on all three alike
+        and cancels in their ratios: one after another, one server's CPU per request moved by
+        up to half between rounds, more than the few % the target must resolve. Each server's
+        req/s is a third of what it serves alone.
+        """
+        names = [METRICS_ON_SCENARIO, *filter(self.chosen_named, _METRICS_IN_TURN)]
+        chosen = [(servers[self.scenario(name).server], self.scenario(name)) for name in names]
+        tokens = chosen[0][1].tokens
+        for _ in range(self.args.metrics_rounds):
+            workers = [server.worker_pids() for server, _ in chosen]
+            before = [cpu_seconds(pids) for pids in workers]
+            results = run_wrk_at_once(
+                self.wrk,
+                [(server.base_url + scenario.path, level) for server, scenario in chosen],
+                self.args.duration,
+                self.tokens.get(tokens),
+                self.rotations.start(tokens),
+                chosen[0][0].confinement,
+            )
+            for (_, scenario), pids, cpu_before, result in zip(
+                chosen, workers, before, results, strict=True
+            ):
+                cpu = cpu_seconds(pids) - cpu_before
+                own = Measurement(scenario.name, level, result, server_cpu_s=cpu)
+                self.measurements.append(own)
+                print(
+                    f"{scenario.name:>20} c={level:<3} {result.rps:>8,.0f} req/s"
+                    f"  cpu {own.cpu_us_per_request or 0:5.1f} µs/req  errors {result.errors}"
+                    "   (the three at once)",
+                    flush=True,
+                )
+
+    def _paired_round(
+        self, servers: dict[str, Server], scenario: Scenario, level: int, seconds: int
+    ) -> None:
+        """A baseline round, then the scenario's."""
         before = self.measure(servers["baseline"], self.scenario("baseline"), level, seconds)
         server = servers[scenario.server]
         workers = server.worker_pids()
@@ -308,13 +349,17 @@ def serve_and_measure(bench: Bench, env: dict[str, str]) -> Served:
     api = start_server("api", args.api_app, env, args.workers, bench.run_dir)
     baseline = start_server("baseline", BASELINE_APP, env, args.workers, bench.run_dir)
     servers = {"api": api, "baseline": baseline}
+    # Compared with each other on CPU per request, so each confined alike (`Confinement`).
+    confined = confinement()
     for name, metrics in (
         (METRICS_ON_SERVER, "true"),
         (METRICS_OFF_SERVER, "false"),
         (METRICS_AA_SERVER, "true"),
     ):
         environment = {**env, "METRICS": metrics}
-        servers[name] = start_server(name, args.api_app, environment, args.workers, bench.run_dir)
+        servers[name] = start_server(
+            name, args.api_app, environment, args.workers, bench.run_dir, confined
+        )
     try:
         for server in servers.values():
             ready = "/" if server is baseline else "/health"
@@ -365,8 +410,10 @@ def run(bench: Bench) -> BenchReport:
         "load_seconds": round(load_seconds, 1),
         **{name: getattr(args, name) for name in ("workers", "rounds", "warmup", "duration")},
         **{name: getattr(args, name) for name in ("rate_rounds", "rate_duration", "rate_basis")},
+        "metrics_rounds": args.metrics_rounds,
         "api_app": args.api_app,
         "connections": args.levels,
+        "metrics_servers_confined": asdict(confined) if (confined := confinement()) else None,
     }
     return BenchReport(
         machine=machine_info(),

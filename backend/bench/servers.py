@@ -62,11 +62,46 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """A server on one CPU and its load generator on another, the server's memory laid out and
+    its strings hashed the same way at every start.
+
+    For servers compared with each other on CPU per request (the metrics' on, off and A/A):
+    unconfined, the scheduler moved the server and wrk between the two CPUs and a server's
+    CPU per request varied by a third between rounds, and two identical servers differed by
+    4 % from their address space layouts and hash seeds alone, more than the 5 % the
+    comparison must resolve (docs/performance.md).
+    """
+
+    server_cpu: int
+    client_cpu: int
+
+    def server_command(self, command: list[str]) -> list[str]:
+        # taskset and setarch are util-linux's; -R turns address space randomisation off.
+        pinned = ["taskset", "--cpu-list", str(self.server_cpu)]
+        return [*pinned, "setarch", platform.machine(), "-R", *command]
+
+    def client_command(self, command: list[str]) -> list[str]:
+        return ["taskset", "--cpu-list", str(self.client_cpu), *command]
+
+    @staticmethod
+    def server_env(env: dict[str, str]) -> dict[str, str]:
+        return {**env, "PYTHONHASHSEED": "0"}
+
+
+def confinement() -> Confinement | None:
+    """The last CPU this process may use for servers, the first for load; None on one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return Confinement(cpus[-1], cpus[0]) if len(cpus) > 1 else None
+
+
 @dataclass
 class Server:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    confinement: Confinement | None = None
 
     @property
     def base_url(self) -> str:
@@ -103,12 +138,19 @@ def _is_python(pid: int) -> bool:
 
 
 def start_server(
-    name: str, app_path: str, env: dict[str, str], workers: int, log_dir: Path
+    name: str,
+    app_path: str,
+    env: dict[str, str],
+    workers: int,
+    log_dir: Path,
+    confined: Confinement | None = None,
 ) -> Server:
     port = free_port()
     # As the image starts it: app.serve empties the metrics directory, then runs uvicorn.
     command = [sys.executable, "-m", "app.serve", app_path, "--host", "127.0.0.1"]
     command += ["--port", str(port), *UVICORN_FLAGS, "--workers", str(workers)]
+    if confined is not None:
+        command, env = confined.server_command(command), confined.server_env(env)
     metrics_dir = log_dir / f"{name}-metrics"
     with (log_dir / f"{name}.log").open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
@@ -118,7 +160,7 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return Server(name, port, process)
+    return Server(name, port, process, confined)
 
 
 def wait_until_ok(url: str, process: subprocess.Popen[bytes], within: float = 60) -> None:
@@ -179,12 +221,16 @@ class RssSampler:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time of the processes so far (/proc/<pid>/stat fields 14 and 15)."""
-    ticks = 0
+    """CPU time of the processes' threads so far: the first field of each thread's
+    /proc/<pid>/task/<tid>/schedstat (time on a CPU, in ns), where /proc/<pid>/stat counts in
+    clock ticks (10 ms, 2 % of a 1 s round's CPU). The servers' threads live as long as they do.
+    """
+    nanoseconds = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                nanoseconds += int((task / "schedstat").read_text().split()[0])
+    return nanoseconds / 1e9
 
 
 def proc_status_bytes(pid: int, field: str) -> int | None:

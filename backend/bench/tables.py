@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.fixed_rate import FixedRateResult
-from bench.report import BenchReport, p99_of, rps_of
+from bench.report import (
+    METRICS_AA_SCENARIO,
+    METRICS_OFF_SCENARIO,
+    METRICS_ON_SCENARIO,
+    BenchReport,
+    Measurement,
+    p99_of,
+    rps_of,
+)
 from bench.targets import (
     TargetOutcome,
     evaluate_targets,
@@ -36,8 +44,41 @@ def format_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+# Loaded at once on one CPU (`Bench._metrics_rounds`): no baseline beside them, their own table.
+_TOGETHER = (METRICS_ON_SCENARIO, METRICS_OFF_SCENARIO, METRICS_AA_SCENARIO)
+
+
 def _scenario_levels(report: BenchReport) -> list[tuple[str, int]]:
-    return list(dict.fromkeys((m.scenario, m.connections) for m in report.measured()))
+    return list(
+        dict.fromkeys(
+            (m.scenario, m.connections) for m in report.measured() if m.scenario not in _TOGETHER
+        )
+    )
+
+
+def format_together(report: BenchReport) -> str:
+    """The metrics' servers, loaded at once: each one's CPU a request, and against the on one's
+    in the same rounds."""
+    lines = [
+        "| scenario (at once) | conns | req/s | CPU µs a request (rounds) "
+        "| x metrics on (median of rounds) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for scenario, level in dict.fromkeys(
+        (m.scenario, m.connections) for m in report.measured() if m.scenario in _TOGETHER
+    ):
+        costs = [m.cpu_us_per_request or 0.0 for m in report.rounds(scenario, level)]
+        ratio = report.together(scenario, METRICS_ON_SCENARIO, level, _cpu_of)
+        lines.append(
+            f"| {scenario} | {level} | {report.find(scenario, level).rps:,.0f} | "
+            f"{report.cpu_us_per_request(scenario, level):.1f} "
+            f"({min(costs):.1f}-{max(costs):.1f}) | {ratio:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _cpu_of(measurement: Measurement) -> float | None:
+    return measurement.cpu_us_per_request
 
 
 def _with_spread(
@@ -60,7 +101,7 @@ def format_tails(report: BenchReport) -> str:
         + " |",
         "|---|" + "---:|---:|" * len(saturated),
     ]
-    scenarios = list(dict.fromkeys(m.scenario for m in report.measured()))
+    scenarios = dict.fromkeys(m.scenario for m in report.measured() if m.scenario not in _TOGETHER)
     for scenario in scenarios:
         cells = []
         for level in saturated:
@@ -271,6 +312,8 @@ def tables(report: BenchReport) -> str:
     sections = [format_table(report)]
     if report.saturated_levels():
         sections.append(format_tails(report))
+    if any(m.scenario in _TOGETHER for m in report.measured()):
+        sections.append(format_together(report))
     if report.fixed_rate:
         sections.append(format_fixed_rate(report))
     if any(r.probe is not None for r in report.fixed_rate):

@@ -16,6 +16,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.servers import Confinement
 
 LUA_SCRIPT = Path(__file__).with_name("auth.lua")
 _RESULT_LINE = re.compile(r"^BENCH_RESULT (\{.*\})\s*$", re.MULTILINE)
@@ -113,6 +117,7 @@ def wrk_command(
     seconds: int,
     tokens_file: Path | None,
     tokens_start: int | None = None,
+    confined: Confinement | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ}
     env.pop("BENCH_TOKENS_FILE", None)
@@ -125,7 +130,7 @@ def wrk_command(
     threads = 1
     command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"]
     command += ["--timeout", "10s", "-s", str(LUA_SCRIPT), url]
-    return command, env
+    return (command if confined is None else confined.client_command(command)), env
 
 
 def run_wrk(
@@ -135,8 +140,9 @@ def run_wrk(
     seconds: int,
     tokens_file: Path | None,
     tokens_start: int | None = None,
+    confined: Confinement | None = None,
 ) -> str:
-    command, env = wrk_command(wrk, url, connections, seconds, tokens_file, tokens_start)
+    command, env = wrk_command(wrk, url, connections, seconds, tokens_file, tokens_start, confined)
     completed = subprocess.run(  # noqa: S603 - wrk against our own loopback servers
         command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
@@ -147,19 +153,20 @@ def run_wrk(
     return completed.stdout
 
 
-def run_wrk_pair(
+def run_wrk_at_once(
     wrk: str,
-    urls: tuple[str, str],
-    connections: int,
+    loads: Sequence[tuple[str, int]],
     seconds: int,
     tokens_file: Path | None,
     tokens_start: int | None,
-) -> WrkResult:
-    """Two wrk processes at once, one per instance, `connections` split between them."""
+    confined: Confinement | None = None,
+) -> list[WrkResult]:
+    """One wrk process per (url, connections), all at once; their results in that order."""
     processes = []
-    for index, url in enumerate(urls):
-        share = connections // 2 + (connections % 2 if index == 0 else 0)
-        command, env = wrk_command(wrk, url, share, seconds, tokens_file, tokens_start)
+    for url, connections in loads:
+        command, env = wrk_command(
+            wrk, url, connections, seconds, tokens_file, tokens_start, confined
+        )
         processes.append(
             subprocess.Popen(  # noqa: S603 - wrk against our own loopback servers
                 command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -171,7 +178,22 @@ def run_wrk_pair(
         if process.returncode != 0:
             raise SystemExit(f"wrk failed ({process.returncode}): {stdout}{stderr}")
         results.append(parse_wrk_output(stdout))
-    first, second = results
+    return results
+
+
+def run_wrk_pair(
+    wrk: str,
+    urls: tuple[str, str],
+    connections: int,
+    seconds: int,
+    tokens_file: Path | None,
+    tokens_start: int | None,
+) -> WrkResult:
+    """Two wrk processes at once, one per instance, `connections` split between them."""
+    shares = (connections // 2 + connections % 2, connections // 2)
+    first, second = run_wrk_at_once(
+        wrk, list(zip(urls, shares, strict=True)), seconds, tokens_file, tokens_start
+    )
     # Throughput adds up; of the percentiles, the worse instance's is the honest one to show.
     return WrkResult(
         requests=first.requests + second.requests,

@@ -238,7 +238,8 @@ def test_capacity_is_what_the_server_sustained_at_every_saturated_level() -> Non
     assert report.capacity("baseline") == pytest.approx(4000)
 
 
-def test_a_full_run_has_more_fixed_rate_rounds_than_closed_loop_ones() -> None:
-    """docs/performance.md: nine fixed-rate rounds a scenario and rate, five closed-loop ones."""
+def test_a_full_run_has_more_fixed_rate_and_metrics_rounds_than_other_closed_loop_ones() -> None:
+    """docs/performance.md: nine fixed-rate rounds a scenario and rate, 24 of the metrics'
+    servers at once, five of every other closed-loop scenario."""
     args = parse_args([])
-    assert (args.rate_rounds, args.rounds) == (9, 5)
+    assert (args.rate_rounds, args.metrics_rounds, args.rounds) == (9, 24, 5)

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from bench.report import BenchReport, CoherenceFigures, Measurement, RssSummary, SqlTiming
-from bench.tables import format_table, format_tails
+from bench.tables import format_table, format_tails, format_together
 from bench.wrk import WrkOutputError, WrkResult, parse_wrk_output
 from tests.bench.reports import PASSING, failed, report_of, result
 
@@ -101,6 +101,16 @@ def test_table_gives_ratios_against_the_baseline_at_the_same_level() -> None:
     table = format_table(report_of(PASSING))
     assert "| users/me | 16 | 3,600 | 4.80 | 14.40 | 0 | 0.90 |" in table
     assert "| baseline | 1 | 1,000 | 1.00 | 3.00 | 0 | 1.00 |" in table
+
+
+def test_the_metrics_servers_have_a_table_of_their_own_without_a_baseline() -> None:
+    # Loaded at once on one CPU, each serves a third of what it would alone: no ratio to the
+    # baseline's req/s means anything, their CPU a request against each other's does.
+    report = report_of(PASSING, cpu_us={"users/me metrics off": 145.5})
+    assert "metrics" not in format_table(report) + format_tails(report)
+    together = format_together(report)
+    assert "| users/me metrics on | 16 | 3,600 | 150.0 (150.0-150.0) | 1.000 |" in together
+    assert "| users/me metrics off | 16 | 3,600 | 145.5 (145.5-145.5) | 0.970 |" in together
 
 
 def with_p99(report: BenchReport, scenario: str, connections: int, p99_ms: float) -> BenchReport:
