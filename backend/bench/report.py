@@ -67,6 +67,10 @@ class Measurement:
         return self.server_cpu_s / self.result.requests * 1e6
 
 
+def cpu_of(measurement: Measurement) -> float | None:
+    return measurement.cpu_us_per_request
+
+
 def rps_of(result: WrkResult) -> float:
     return result.rps
 

@@ -88,8 +88,8 @@ from bench.wrk import WrkResult, ensure_wrk, parse_wrk_output, run_wrk, run_wrk_
 # Served by default: the production app plus the bench's instruments (`bench.probe`).
 PROBED_APP = "bench.probe:app"
 
-# Loaded together with METRICS_ON_SCENARIO rather than in their own turn.
-_METRICS_IN_TURN: Final = (METRICS_OFF_SCENARIO, METRICS_AA_SCENARIO)
+# Loaded at once with METRICS_ON_SCENARIO rather than in their own turn.
+_LOADED_WITH_METRICS_ON: Final = (METRICS_OFF_SCENARIO, METRICS_AA_SCENARIO)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,7 +212,8 @@ class Bench:
             for scenario in self.chosen:
                 if scenario.name == "baseline" or (
                     # The metrics' off and A/A servers are loaded with the on server.
-                    scenario.name in _METRICS_IN_TURN and self.chosen_named(METRICS_ON_SCENARIO)
+                    scenario.name in _LOADED_WITH_METRICS_ON
+                    and self.chosen_named(METRICS_ON_SCENARIO)
                 ):
                     continue
                 instrumented = scenario.server == "api"
@@ -245,7 +246,7 @@ class Bench:
         up to half between rounds, more than the few % the target must resolve. Each server's
         req/s is a third of what it serves alone.
         """
-        names = [METRICS_ON_SCENARIO, *filter(self.chosen_named, _METRICS_IN_TURN)]
+        names = [METRICS_ON_SCENARIO, *filter(self.chosen_named, _LOADED_WITH_METRICS_ON)]
         chosen = [(servers[self.scenario(name).server], self.scenario(name)) for name in names]
         tokens = chosen[0][1].tokens
         for _ in range(self.args.metrics_rounds):

@@ -64,14 +64,14 @@ def free_port() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Confinement:
-    """A server on one CPU and its load generator on another, the server's memory laid out and
-    its strings hashed the same way at every start.
+    """Servers on one CPU and their load generators on another, each server's memory laid out
+    and its strings hashed the same way at every start.
 
-    For servers compared with each other on CPU per request (the metrics' on, off and A/A):
-    unconfined, the scheduler moved the server and wrk between the two CPUs and a server's
-    CPU per request varied by a third between rounds, and two identical servers differed by
-    4 % from their address space layouts and hash seeds alone, more than the 5 % the
-    comparison must resolve (docs/performance.md).
+    For servers compared with each other on CPU per request, loaded at once (the metrics' on,
+    off and A/A, `Bench._metrics_rounds`): sharing a CPU, they share what the box does to it;
+    and two identical servers started without this differed by 4 % from their address space
+    layouts and hash seeds alone, near the 5 % the comparison must resolve
+    (docs/performance.md).
     """
 
     server_cpu: int

@@ -14,7 +14,7 @@ from bench.report import (
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
     BenchReport,
-    Measurement,
+    cpu_of,
     p99_of,
     rps_of,
 )
@@ -68,17 +68,13 @@ def format_together(report: BenchReport) -> str:
         (m.scenario, m.connections) for m in report.measured() if m.scenario in _TOGETHER
     ):
         costs = [m.cpu_us_per_request or 0.0 for m in report.rounds(scenario, level)]
-        ratio = report.together(scenario, METRICS_ON_SCENARIO, level, _cpu_of)
+        ratio = report.together(scenario, METRICS_ON_SCENARIO, level, cpu_of)
         lines.append(
             f"| {scenario} | {level} | {report.find(scenario, level).rps:,.0f} | "
             f"{report.cpu_us_per_request(scenario, level):.1f} "
             f"({min(costs):.1f}-{max(costs):.1f}) | {ratio:.3f} |"
         )
     return "\n".join(lines)
-
-
-def _cpu_of(measurement: Measurement) -> float | None:
-    return measurement.cpu_us_per_request
 
 
 def _with_spread(

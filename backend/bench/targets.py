@@ -38,6 +38,7 @@ from bench.report import (
     METRICS_ON_SCENARIO,
     BenchReport,
     Measurement,
+    cpu_of,
     p50_of,
     rps_of,
 )
@@ -160,11 +161,7 @@ def throughput_target(report: BenchReport, scenario: str, minimum: float) -> Tar
     return TargetOutcome(f"{scenario} throughput >= {minimum:g} x baseline", verdict, detail)
 
 
-def _cpu_of(measurement: Measurement) -> float | None:
-    return measurement.cpu_us_per_request
-
-
-def _rps_of(measurement: Measurement) -> float:
+def _measured_rps(measurement: Measurement) -> float:
     return measurement.result.rps
 
 
@@ -173,7 +170,7 @@ def _cpu_control(report: BenchReport, level: int) -> float | None:
     of their CPU per request is what the box and the choice of server alone do to the metrics
     target's ratio."""
     try:
-        return report.together(METRICS_ON_SCENARIO, METRICS_AA_SCENARIO, level, _cpu_of)
+        return report.together(METRICS_ON_SCENARIO, METRICS_AA_SCENARIO, level, cpu_of)
     except KeyError:
         return None
 
@@ -191,13 +188,13 @@ def metrics_overhead_target(report: BenchReport) -> TargetOutcome:
     """
     verdicts, parts = [], []
     for level in report.saturated_levels():
-        ratio = report.together(METRICS_OFF_SCENARIO, METRICS_ON_SCENARIO, level, _cpu_of)
+        ratio = report.together(METRICS_OFF_SCENARIO, METRICS_ON_SCENARIO, level, cpu_of)
         on = report.cpu_us_per_request(METRICS_ON_SCENARIO, level)
         off = report.cpu_us_per_request(METRICS_OFF_SCENARIO, level)
         control = _cpu_control(report, level)
         noise = box_noise(control)
         verdicts.append(judge(ratio, METRICS_OVERHEAD_MINIMUM, noise, at_most=False))
-        rps = report.together(METRICS_ON_SCENARIO, METRICS_OFF_SCENARIO, level, _rps_of)
+        rps = report.together(METRICS_ON_SCENARIO, METRICS_OFF_SCENARIO, level, _measured_rps)
         parts.append(
             f"{ratio:.3f} at {level} connections (medians {on:.1f} against {off:.1f} CPU µs a "
             f"request; req/s {rps:.3f}; {_box(noise, control)}, two servers alike)"

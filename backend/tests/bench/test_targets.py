@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement
+from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement, cpu_of
 from bench.tables import format_fixed_rate, format_fixed_rate_probes, tables
 from bench.targets import (
     EXIT_FAIL,
@@ -257,7 +257,7 @@ def test_the_metrics_cost_is_the_median_of_rounds_that_loaded_the_servers_at_onc
     report = report_with(rounds)
     # Each round's off over on, the median of them (each server's own median would mix rounds).
     assert report.together(
-        "users/me metrics off", "users/me metrics on", 16, lambda m: m.cpu_us_per_request
+        "users/me metrics off", "users/me metrics on", 16, cpu_of
     ) == pytest.approx(99.0 / 102.0)
     assert METRICS not in not_passed(report)
     # A cost the code adds shows in every round's ratio, the disturbed rounds' too.
