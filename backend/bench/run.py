@@ -229,7 +229,7 @@ class Bench:
                     self._metrics_rounds(servers, level)
                 else:
                     for _ in range(self.args.rounds):
-                        self._paired_round(servers, scenario, level, self.args.duration)
+                        self._paired_round(servers, scenario, level)
                 if self.probing and instrumented:
                     figures = read_probe(servers["api"], reset=True, done=True)
                     self.probes.append(ProbeFigures(scenario.name, level, figures))
@@ -273,10 +273,9 @@ class Bench:
                     flush=True,
                 )
 
-    def _paired_round(
-        self, servers: dict[str, Server], scenario: Scenario, level: int, seconds: int
-    ) -> None:
+    def _paired_round(self, servers: dict[str, Server], scenario: Scenario, level: int) -> None:
         """A baseline round, then the scenario's."""
+        seconds = self.args.duration
         before = self.measure(servers["baseline"], self.scenario("baseline"), level, seconds)
         server = servers[scenario.server]
         workers = server.worker_pids()
