@@ -49,6 +49,7 @@ from bench.report import (
     METRICS_AA_SCENARIO,
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
+    SATURATED_CONNECTIONS,
     BenchReport,
     CoherenceFigures,
     FixedRateRound,
@@ -100,9 +101,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--connections", default="1,16,64", help="comma-separated levels")
     add("--duration", type=int, default=2, help="seconds per closed-loop round")
     add("--rounds", type=int, default=5, help="closed-loop rounds per scenario and level")
-    # More than the closed loop's: one 3 s round's p99 at 80 % load moves several-fold with a
-    # stall of the box, so a median of five was too loose a control (docs/performance.md).
-    add("--rate-rounds", type=int, default=9, help="fixed-rate rounds per scenario and rate")
+    # More than the closed loop's: one 3 s round's p99 moves several-fold with a stall of the
+    # box, so a median of nine still let the control stray past its bound in five runs of
+    # nine (docs/performance.md).
+    add("--rate-rounds", type=int, default=15, help="fixed-rate rounds per scenario and rate")
     # The metrics' cost is a few % of a request: judged on the median of per-round ratios.
     add("--metrics-rounds", type=int, default=24, help="rounds of the metrics' servers at once")
     add("--warmup", type=int, default=2, help="seconds per warm-up run")
@@ -206,35 +208,47 @@ class Bench:
                     )
                     self.measurements.append(Measurement(scenario.name, level, result, True))
 
+    def closed_loop_plan(self) -> list[tuple[int, Scenario]]:
+        """(level, scenario) of each closed-loop turn, in order. The baseline runs beside
+        every other scenario, not in a turn of its own; the metrics' off and A/A servers are
+        loaded with the on server, and the three only at saturated levels, the only ones their
+        target reads (at one connection a server waits for `wrk` more than it works)."""
+        return [
+            (level, scenario)
+            for level in self.args.levels
+            for scenario in self.chosen
+            if scenario.name != "baseline"
+            and not (
+                scenario.name in _LOADED_WITH_METRICS_ON and self.chosen_named(METRICS_ON_SCENARIO)
+            )
+            and not (
+                scenario.name in (METRICS_ON_SCENARIO, *_LOADED_WITH_METRICS_ON)
+                and level < SATURATED_CONNECTIONS
+            )
+        ]
+
     def closed_loop_rounds(self, servers: dict[str, Server], api_workers: list[int]) -> None:
         """Each scenario in rounds at each level, each round right after a baseline round."""
-        for level in self.args.levels:
-            for scenario in self.chosen:
-                if scenario.name == "baseline" or (
-                    # The metrics' off and A/A servers are loaded with the on server.
-                    scenario.name in _LOADED_WITH_METRICS_ON
-                    and self.chosen_named(METRICS_ON_SCENARIO)
-                ):
-                    continue
-                instrumented = scenario.server == "api"
-                profiler = None
-                if self.args.profile and instrumented:
-                    seconds = 2 * self.args.rounds * self.args.duration
-                    profiler = start_profiler(
-                        api_workers[0], self.run_dir, scenario.name, level, seconds
-                    )
-                if self.probing and instrumented:
-                    read_probe(servers["api"], reset=True)
-                if scenario.name == METRICS_ON_SCENARIO:
-                    self._metrics_rounds(servers, level)
-                else:
-                    for _ in range(self.args.rounds):
-                        self._paired_round(servers, scenario, level)
-                if self.probing and instrumented:
-                    figures = read_probe(servers["api"], reset=True, done=True)
-                    self.probes.append(ProbeFigures(scenario.name, level, figures))
-                if profiler is not None:
-                    profiler.wait(timeout=60)
+        for level, scenario in self.closed_loop_plan():
+            instrumented = scenario.server == "api"
+            profiler = None
+            if self.args.profile and instrumented:
+                seconds = 2 * self.args.rounds * self.args.duration
+                profiler = start_profiler(
+                    api_workers[0], self.run_dir, scenario.name, level, seconds
+                )
+            if self.probing and instrumented:
+                read_probe(servers["api"], reset=True)
+            if scenario.name == METRICS_ON_SCENARIO:
+                self._metrics_rounds(servers, level)
+            else:
+                for _ in range(self.args.rounds):
+                    self._paired_round(servers, scenario, level)
+            if self.probing and instrumented:
+                figures = read_probe(servers["api"], reset=True, done=True)
+                self.probes.append(ProbeFigures(scenario.name, level, figures))
+            if profiler is not None:
+                profiler.wait(timeout=60)
 
     def _metrics_rounds(self, servers: dict[str, Server], level: int) -> None:
         """The metrics' on, off and A/A servers loaded at once, round after round, each by a

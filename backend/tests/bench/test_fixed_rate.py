@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,15 @@ from bench.fixed_rate import (
     summarize,
 )
 from bench.openloop import build_requests, fixed_rate, response_end
-from bench.report import CONTROL_SCENARIO, fixed_rate_plan
-from bench.run import parse_args
+from bench.report import (
+    CONTROL_SCENARIO,
+    METRICS_AA_SCENARIO,
+    METRICS_OFF_SCENARIO,
+    METRICS_ON_SCENARIO,
+    fixed_rate_plan,
+)
+from bench.run import Bench, parse_args
+from bench.scenarios import scenarios
 from tests.bench.reports import PASSING, report_of
 
 RATE = 100.0  # a request due every 10 ms
@@ -239,7 +247,21 @@ def test_capacity_is_what_the_server_sustained_at_every_saturated_level() -> Non
 
 
 def test_a_full_run_has_more_fixed_rate_and_metrics_rounds_than_other_closed_loop_ones() -> None:
-    """docs/performance.md: nine fixed-rate rounds a scenario and rate, 24 of the metrics'
+    """docs/performance.md: 15 fixed-rate rounds a scenario and rate, 24 of the metrics'
     servers at once, five of every other closed-loop scenario."""
     args = parse_args([])
-    assert (args.rate_rounds, args.metrics_rounds, args.rounds) == (9, 24, 5)
+    assert (args.rate_rounds, args.metrics_rounds, args.rounds) == (15, 24, 5)
+
+
+def test_the_metrics_servers_are_loaded_at_saturated_levels_only() -> None:
+    """Their target reads 16 and 64 connections; every other scenario runs at every level,
+    the baseline beside them rather than in a turn of its own."""
+    args = parse_args(["--users", "2000"])
+    bench = Bench(args, "wrk", Path("unused"), scenarios(args.users))
+    plan = bench.closed_loop_plan()
+    metrics = {METRICS_ON_SCENARIO, METRICS_OFF_SCENARIO, METRICS_AA_SCENARIO}
+    assert [level for level, s in plan if s.name == METRICS_ON_SCENARIO] == [16, 64]
+    assert not [s for _, s in plan if s.name in metrics - {METRICS_ON_SCENARIO}]
+    others = [s.name for s in scenarios(args.users) if s.name not in metrics | {"baseline"}]
+    for level in (1, 16, 64):
+        assert [s.name for lv, s in plan if lv == level and s.name not in metrics] == others
