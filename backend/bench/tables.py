@@ -275,6 +275,19 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
     }
 
 
+def chart_bars(report: BenchReport) -> dict[int, list[tuple[str, WrkResult]]]:
+    """Per level, each scenario's combined result: those measured at every level, as the
+    chart's rows (the metrics' servers, loaded at once on one CPU and at saturated levels
+    only, are left out as they are of the other tables' comparisons)."""
+    levels = report.levels()
+    scenarios = [
+        scenario
+        for scenario in dict.fromkeys(m.scenario for m in report.measured())
+        if scenario not in _TOGETHER
+    ]
+    return {level: [(s, report.find(s, level)) for s in scenarios] for level in levels}
+
+
 def write_chart(report: BenchReport, path: Path) -> None:
     """Throughput and p99 per scenario, one bar per concurrency level."""
     import matplotlib
@@ -282,16 +295,16 @@ def write_chart(report: BenchReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = list(dict.fromkeys(m.scenario for m in report.measured()))
-    levels = report.levels()
-    height = 0.8 / len(levels)
+    bars = chart_bars(report)
+    scenarios = [scenario for scenario, _ in next(iter(bars.values()))]
+    height = 0.8 / len(bars)
     figure, (throughput, p99) = plt.subplots(1, 2, figsize=(13, 0.45 * len(scenarios) + 2))
-    for index, level in enumerate(levels):
+    for index, (level, at_level) in enumerate(bars.items()):
         offsets = [row + index * height for row in range(len(scenarios))]
-        results = [report.find(scenario, level) for scenario in scenarios]
+        results = [result for _, result in at_level]
         throughput.barh(offsets, [r.rps for r in results], height, label=f"{level} conns")
         p99.barh(offsets, [r.p99_ms for r in results], height, label=f"{level} conns")
-    centre = [row + height * (len(levels) - 1) / 2 for row in range(len(scenarios))]
+    centre = [row + height * (len(bars) - 1) / 2 for row in range(len(scenarios))]
     for axis, title in ((throughput, "requests / s"), (p99, "p99 latency, ms")):
         axis.set_yticks(centre, scenarios)
         axis.invert_yaxis()

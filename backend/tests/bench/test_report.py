@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from bench.report import BenchReport, CoherenceFigures, Measurement, RssSummary, SqlTiming
-from bench.tables import format_table, format_tails, format_together
+from bench.tables import chart_bars, format_table, format_tails, format_together
 from bench.wrk import WrkOutputError, WrkResult, parse_wrk_output
 from tests.bench.reports import PASSING, failed, report_of, result
 
@@ -111,6 +111,16 @@ def test_the_metrics_servers_have_a_table_of_their_own_without_a_baseline() -> N
     together = format_together(report)
     assert "| users/me metrics on | 16 | 3,600 | 150.0 (150.0-150.0) | 1.000 |" in together
     assert "| users/me metrics off | 16 | 3,600 | 145.5 (145.5-145.5) | 0.970 |" in together
+
+
+def test_the_chart_leaves_the_metrics_servers_out_as_the_tables_do() -> None:
+    # They run at saturated levels only, so a chart row of theirs had no bar at one connection.
+    bars = chart_bars(report_of(PASSING))
+    assert list(bars) == [1, 16]
+    for at_level in bars.values():
+        names = [scenario for scenario, _ in at_level]
+        assert names == [name for name in PASSING if "metrics" not in name]
+    assert dict(bars[16])["users/me"].rps == 3600
 
 
 def with_p99(report: BenchReport, scenario: str, connections: int, p99_ms: float) -> BenchReport:
