@@ -220,6 +220,8 @@ class BenchReport:
     coherence: CoherenceFigures | None = None
     scaling: list[ScalingRun] = field(default_factory=list)
     fixed_rate: list[FixedRateRound] = field(default_factory=list)
+    # Attempts at a load that were measured again: shown, never judged.
+    fixed_rate_set_aside: list[list[FixedRateRound]] = field(default_factory=list)
 
     def measured(self) -> list[Measurement]:
         return [m for m in self.measurements if not m.warmup]

@@ -10,18 +10,22 @@ from typing import Any
 
 from bench.fixed_rate import FixedRateResult
 from bench.report import (
+    CONTROL_SCENARIO,
     METRICS_AA_SCENARIO,
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
     BenchReport,
+    FixedRateRound,
     cpu_of,
     p99_of,
     rps_of,
 )
 from bench.targets import (
+    FIXED_RATE_LIMITS,
     TargetOutcome,
     evaluate_targets,
     exit_status,
+    fixed_rate_target,
     format_targets,
     format_verdict,
 )
@@ -227,6 +231,36 @@ def format_fixed_rate(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def _fixed_round_json(r: FixedRateRound) -> dict[str, Any]:
+    return {
+        "scenario": r.scenario,
+        "load": r.load,
+        **asdict(r.result),
+        "held": r.result.held,
+        "baseline": None if r.baseline is None else asdict(r.baseline),
+        "busy": r.busy,
+        "baseline_busy": r.baseline_busy,
+        "probe": r.probe,
+    }
+
+
+def format_set_aside(report: BenchReport) -> str:
+    """The fixed-rate attempts measured again (`measure_again`), with what made them so."""
+    lines = []
+    for rounds in report.fixed_rate_set_aside:
+        attempt = BenchReport({}, {}, [], [], fixed_rate=rounds)
+        load = rounds[0].load
+        limit = dict(FIXED_RATE_LIMITS)[load]
+        told = [
+            f"{o.name.split(' p99')[0]} {o.verdict} {o.detail}"
+            for s in dict.fromkeys(r.scenario for r in rounds)
+            if s != CONTROL_SCENARIO
+            for o in [fixed_rate_target(attempt, s, load, limit)]
+        ]
+        lines.append(f"- {load:.0%} load, an attempt set aside: " + "; ".join(told))
+    return "Fixed-rate attempts measured again:\n" + "\n".join(lines)
+
+
 def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str, Any]:
     return {
         "machine": report.machine,
@@ -258,18 +292,9 @@ def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str,
             }
             for r in report.scaling
         ],
-        "fixed_rate": [
-            {
-                "scenario": r.scenario,
-                "load": r.load,
-                **asdict(r.result),
-                "held": r.result.held,
-                "baseline": None if r.baseline is None else asdict(r.baseline),
-                "busy": r.busy,
-                "baseline_busy": r.baseline_busy,
-                "probe": r.probe,
-            }
-            for r in report.fixed_rate
+        "fixed_rate": [_fixed_round_json(r) for r in report.fixed_rate],
+        "fixed_rate_set_aside": [
+            [_fixed_round_json(r) for r in attempt] for attempt in report.fixed_rate_set_aside
         ],
         "targets": [asdict(outcome) for outcome in outcomes],
     }
@@ -325,6 +350,8 @@ def tables(report: BenchReport) -> str:
         sections.append(format_together(report))
     if report.fixed_rate:
         sections.append(format_fixed_rate(report))
+    if report.fixed_rate_set_aside:
+        sections.append(format_set_aside(report))
     if any(r.probe is not None for r in report.fixed_rate):
         sections.append(format_fixed_rate_probes(report))
     if report.probes:

@@ -13,7 +13,10 @@ measures how far, at the same level or rate and for the same figure. That factor
   miss by more than the control's factor still counts (as FAIL), and the rest is
   INCONCLUSIVE;
 - a fixed-rate target is INCONCLUSIVE when the generator fell behind its schedule in any of
-  its rounds, its baseline's or the control's (`FixedRateResult.held`).
+  its rounds, its baseline's or the control's (`FixedRateResult.held`);
+- a fixed-rate load with a target INCONCLUSIVE and none FAIL is measured again, all its
+  scenarios and its control, up to `--rate-attempts` in all (`measure_again`); the attempts
+  set aside are shown, and the last is judged.
 
 No level or round is left out of a verdict, so a disturbed level can never turn a miss into a
 pass. The run exits 0 when every target passed, 1 when any failed, and 3 (inconclusive: the
@@ -37,6 +40,7 @@ from bench.report import (
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
     BenchReport,
+    FixedRateRound,
     Measurement,
     cpu_of,
     p50_of,
@@ -225,6 +229,20 @@ def fixed_rate_target(
         detail += f"; the generator fell behind its schedule in {behind} round(s)"
         return TargetOutcome(name, Verdict.INCONCLUSIVE, detail)
     return TargetOutcome(name, judge(ratio, limit, noise, at_most=True), detail)
+
+
+def measure_again(rounds: Sequence[FixedRateRound], load: float) -> bool:
+    """Whether a load's fixed-rate rounds should be measured again: some target at it could
+    not be told (its control too disturbed, or the generator behind) and none failed.
+
+    What the INCONCLUSIVE verdict asks of an operator, "run again on a quieter machine", for
+    that load alone. A FAIL stands: the attempt that showed it is the one judged.
+    """
+    report = BenchReport({}, {}, [], [], fixed_rate=list(rounds))
+    limit = dict(FIXED_RATE_LIMITS)[load]
+    present = [s for s in FIXED_RATE_SCENARIOS if any(r.scenario == s for r in rounds)]
+    verdicts = [fixed_rate_target(report, s, load, limit).verdict for s in present]
+    return worst_of(verdicts) is Verdict.INCONCLUSIVE
 
 
 def p50_target(

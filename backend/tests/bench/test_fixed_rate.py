@@ -247,10 +247,11 @@ def test_capacity_is_what_the_server_sustained_at_every_saturated_level() -> Non
 
 
 def test_a_full_run_has_more_fixed_rate_and_metrics_rounds_than_other_closed_loop_ones() -> None:
-    """docs/performance.md: 15 fixed-rate rounds a scenario and rate, 24 of the metrics'
-    servers at once, five of every other closed-loop scenario."""
+    """docs/performance.md: 15 fixed-rate rounds a scenario and rate in up to three attempts,
+    24 of the metrics' servers at once, five of every other closed-loop scenario."""
     args = parse_args([])
-    assert (args.rate_rounds, args.metrics_rounds, args.rounds) == (15, 24, 5)
+    assert (args.rate_rounds, args.rate_attempts) == (15, 3)
+    assert (args.metrics_rounds, args.rounds) == (24, 5)
 
 
 def test_the_metrics_servers_are_loaded_at_saturated_levels_only() -> None:

@@ -6,10 +6,13 @@ Made-up reports only (`reports.py`); no timing is asserted.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement, cpu_of
+from bench.run import Bench, parse_args
+from bench.scenarios import scenarios
 from bench.tables import format_fixed_rate, format_fixed_rate_probes, tables
 from bench.targets import (
     EXIT_FAIL,
@@ -22,6 +25,7 @@ from bench.targets import (
     format_targets,
     format_verdict,
     judge,
+    measure_again,
 )
 from tests.bench.reports import PASSING, at_rate, measured, report_of
 
@@ -329,3 +333,80 @@ def test_each_probed_fixed_rate_round_shows_its_tail_beside_its_loops_stalls() -
         "| users first page | 80% | 2 | 12.00 | 4.00 | 70% | 0 | 0.0 | 0 | 0% | 0% | - |",
     ]
     assert format_fixed_rate_probes(report) in tables(report)
+
+
+def _at(report: BenchReport, load: float) -> list[FixedRateRound]:
+    return [r for r in report.fixed_rate if r.load == load]
+
+
+def test_a_fixed_rate_load_too_disturbed_to_tell_is_measured_again_unless_it_failed() -> None:
+    # The control at 1.6 x: too disturbed, and every target at 80 % INCONCLUSIVE.
+    disturbed = set_fixed(report_of(PASSING), CONTROL_SCENARIO, 0.8, 4.8)
+    assert measure_again(_at(disturbed, 0.8), 0.8)
+    assert not measure_again(_at(disturbed, 0.5), 0.5)  # every target at 50 % passed
+    # A tail beyond the limit even with the box's factor in its favour is a FAIL, and stands.
+    failing = set_fixed(disturbed, "users/me", 0.8, 3.0 * 3 * 1.6 * 1.1)
+    assert not_passed(failing)[ME_AT_80] is Verdict.FAIL
+    assert not measure_again(_at(failing, 0.8), 0.8)
+    # The generator behind its schedule cannot be told either.
+    behind = set_fixed(report_of(PASSING), "users/me", 0.5, 3.0, lag_p99_ms=8.0)
+    assert measure_again(_at(behind, 0.5), 0.5)
+
+
+def _bench_measuring(attempts: list[BenchReport], rate_attempts: int = 3) -> Bench:
+    """A bench whose fixed-rate rounds at 80 % come from `attempts` in turn (those at 50 %
+    from a passing report), with capacities from a passing report."""
+    args = parse_args(["--users", "2000", "--rate-attempts", str(rate_attempts)])
+    bench = Bench(args, "wrk", Path("unused"), scenarios(args.users))
+    bench.measurements = report_of(PASSING).measurements
+    served = iter(attempts)
+    current: list[BenchReport] = []
+
+    def rounds_at_rate(
+        servers: object, name: str, load: float, rate: float
+    ) -> list[FixedRateRound]:
+        if load == 0.5:
+            return [r for r in _at(report_of(PASSING), 0.5) if r.scenario == name]
+        if name == CONTROL_SCENARIO:  # the first of each attempt's scenarios
+            current[:] = [next(served)]
+        return [r for r in _at(current[0], 0.8) if r.scenario == name]
+
+    bench._rounds_at_rate = rounds_at_rate  # type: ignore[method-assign]
+    return bench
+
+
+def test_the_bench_judges_the_attempt_it_could_tell_and_shows_the_one_set_aside() -> None:
+    disturbed = set_fixed(report_of(PASSING), CONTROL_SCENARIO, 0.8, 4.8)
+    calm = set_fixed(report_of(PASSING), "users/me", 0.8, 4.0)
+    bench = _bench_measuring([disturbed, calm])
+
+    bench.fixed_rate_rounds({})
+
+    assert _at(BenchReport({}, {}, [], [], fixed_rate=bench.fixed_rate), 0.8) == _at(calm, 0.8)
+    assert bench.fixed_rate_set_aside == [_at(disturbed, 0.8)]
+    report = dataclasses.replace(
+        report_of(PASSING),
+        fixed_rate=bench.fixed_rate,
+        fixed_rate_set_aside=bench.fixed_rate_set_aside,
+    )
+    assert not not_passed(report)
+    assert "- 80% load, an attempt set aside: users/me INCONCLUSIVE 1.00 (box x1.60" in tables(
+        report
+    )
+
+
+def test_a_failure_or_the_last_attempt_is_what_the_bench_judges() -> None:
+    disturbed = set_fixed(report_of(PASSING), CONTROL_SCENARIO, 0.8, 4.8)
+    failing = set_fixed(
+        set_fixed(report_of(PASSING), CONTROL_SCENARIO, 0.8, 4.8), "users/me", 0.8, 16.0
+    )
+    bench = _bench_measuring([failing, disturbed])
+    bench.fixed_rate_rounds({})
+    assert not bench.fixed_rate_set_aside  # the failure stands
+    assert _at(BenchReport({}, {}, [], [], fixed_rate=bench.fixed_rate), 0.8) == _at(failing, 0.8)
+
+    always = _bench_measuring([disturbed, disturbed, disturbed], rate_attempts=3)
+    always.fixed_rate_rounds({})
+    assert len(always.fixed_rate_set_aside) == 2  # three attempts in all, the last judged
+    judged = dataclasses.replace(report_of(PASSING), fixed_rate=always.fixed_rate)
+    assert not_passed(judged)[ME_AT_80] is Verdict.INCONCLUSIVE
