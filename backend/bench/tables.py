@@ -251,12 +251,11 @@ def format_set_aside(report: BenchReport) -> str:
         attempt = BenchReport({}, {}, [], [], fixed_rate=rounds)
         load = rounds[0].load
         limit = dict(FIXED_RATE_LIMITS)[load]
-        told = [
-            f"{o.name.split(' p99')[0]} {o.verdict} {o.detail}"
-            for s in dict.fromkeys(r.scenario for r in rounds)
-            if s != CONTROL_SCENARIO
-            for o in [fixed_rate_target(attempt, s, load, limit)]
-        ]
+        told = []
+        for scenario in dict.fromkeys(r.scenario for r in rounds):
+            if scenario != CONTROL_SCENARIO:
+                outcome = fixed_rate_target(attempt, scenario, load, limit)
+                told.append(f"{scenario} {outcome.verdict} {outcome.detail}")
         lines.append(f"- {load:.0%} load, an attempt set aside: " + "; ".join(told))
     return "Fixed-rate attempts measured again:\n" + "\n".join(lines)
 
