@@ -10,7 +10,6 @@ from typing import Any
 
 from bench.fixed_rate import FixedRateResult
 from bench.report import (
-    CONTROL_SCENARIO,
     METRICS_AA_SCENARIO,
     METRICS_OFF_SCENARIO,
     METRICS_ON_SCENARIO,
@@ -21,11 +20,10 @@ from bench.report import (
     rps_of,
 )
 from bench.targets import (
-    FIXED_RATE_LIMITS,
     TargetOutcome,
+    attempt_outcomes,
     evaluate_targets,
     exit_status,
-    fixed_rate_target,
     format_targets,
     format_verdict,
 )
@@ -246,18 +244,12 @@ def _fixed_round_json(r: FixedRateRound) -> dict[str, Any]:
 
 def format_set_aside(report: BenchReport) -> str:
     """The fixed-rate attempts measured again (`measure_again`), with what made them so."""
-    lines = []
+    lines = ["Fixed-rate attempts measured again:"]
     for rounds in report.fixed_rate_set_aside:
-        attempt = BenchReport({}, {}, [], [], fixed_rate=rounds)
-        load = rounds[0].load
-        limit = dict(FIXED_RATE_LIMITS)[load]
-        told = []
-        for scenario in dict.fromkeys(r.scenario for r in rounds):
-            if scenario != CONTROL_SCENARIO:
-                outcome = fixed_rate_target(attempt, scenario, load, limit)
-                told.append(f"{scenario} {outcome.verdict} {outcome.detail}")
-        lines.append(f"- {load:.0%} load, an attempt set aside: " + "; ".join(told))
-    return "Fixed-rate attempts measured again:\n" + "\n".join(lines)
+        outcomes = attempt_outcomes(rounds, rounds[0].load)
+        told = "; ".join(f"{o.name}: {o.verdict} {o.detail}" for o in outcomes)
+        lines.append(f"- {rounds[0].load:.0%} load, an attempt set aside: {told}")
+    return "\n".join(lines)
 
 
 def to_json(report: BenchReport, outcomes: Sequence[TargetOutcome]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ measures how far, at the same level or rate and for the same figure. That factor
   scenarios and its control, up to `--rate-attempts` in all (`measure_again`); the attempts
   set aside are shown, and the last is judged.
 
-No level or round is left out of a verdict, so a disturbed level can never turn a miss into a
+No level or round of a judged attempt is left out of its verdict, and a fixed-rate attempt
+that showed a FAIL is the one judged, so a disturbed round can never turn a failure into a
 pass. The run exits 0 when every target passed, 1 when any failed, and 3 (inconclusive: the
 box, not the code, decided something) when none failed but some could not be told.
 
@@ -231,6 +232,14 @@ def fixed_rate_target(
     return TargetOutcome(name, judge(ratio, limit, noise, at_most=True), detail)
 
 
+def attempt_outcomes(rounds: Sequence[FixedRateRound], load: float) -> list[TargetOutcome]:
+    """The fixed-rate targets at `load` judged on one attempt's rounds alone."""
+    report = BenchReport({}, {}, [], [], fixed_rate=list(rounds))
+    limit = dict(FIXED_RATE_LIMITS)[load]
+    present = [s for s in FIXED_RATE_SCENARIOS if any(r.scenario == s for r in rounds)]
+    return [fixed_rate_target(report, scenario, load, limit) for scenario in present]
+
+
 def measure_again(rounds: Sequence[FixedRateRound], load: float) -> bool:
     """Whether a load's fixed-rate rounds should be measured again: some target at it could
     not be told (its control too disturbed, or the generator behind) and none failed.
@@ -238,10 +247,7 @@ def measure_again(rounds: Sequence[FixedRateRound], load: float) -> bool:
     What the INCONCLUSIVE verdict asks of an operator, "run again on a quieter machine", for
     that load alone. A FAIL stands: the attempt that showed it is the one judged.
     """
-    report = BenchReport({}, {}, [], [], fixed_rate=list(rounds))
-    limit = dict(FIXED_RATE_LIMITS)[load]
-    present = [s for s in FIXED_RATE_SCENARIOS if any(r.scenario == s for r in rounds)]
-    verdicts = [fixed_rate_target(report, s, load, limit).verdict for s in present]
+    verdicts = (outcome.verdict for outcome in attempt_outcomes(rounds, load))
     return worst_of(verdicts) is Verdict.INCONCLUSIVE
 
 

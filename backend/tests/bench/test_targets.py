@@ -390,8 +390,8 @@ def test_the_bench_judges_the_attempt_it_could_tell_and_shows_the_one_set_aside(
         fixed_rate_set_aside=bench.fixed_rate_set_aside,
     )
     assert not not_passed(report)
-    assert "- 80% load, an attempt set aside: users/me INCONCLUSIVE 1.00 (box x1.60" in tables(
-        report
+    assert f"- 80% load, an attempt set aside: {ME_AT_80}: INCONCLUSIVE 1.00 (box x1.60" in (
+        tables(report)
     )
 
 
