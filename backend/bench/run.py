@@ -102,8 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--duration", type=int, default=2, help="seconds per closed-loop round")
     add("--rounds", type=int, default=5, help="closed-loop rounds per scenario and level")
     # More than the closed loop's: one 3 s round's p99 moves several-fold with a stall of the
-    # box, so a median of nine still let the control stray past its bound in five runs of
-    # nine (docs/performance.md).
+    # box, so a median of nine still let the control stray past its bound in three runs of
+    # seven (docs/performance.md).
     add("--rate-rounds", type=int, default=15, help="fixed-rate rounds per scenario and rate")
     # A load whose targets could not be told (none failed) is measured again, as an operator
     # would run the bench again on a quieter machine, at most this many times in all.

@@ -13,7 +13,7 @@ import pytest
 from bench.report import CONTROL_SCENARIO, BenchReport, FixedRateRound, Measurement, cpu_of
 from bench.run import Bench, parse_args
 from bench.scenarios import scenarios
-from bench.tables import format_fixed_rate, format_fixed_rate_probes, tables
+from bench.tables import format_fixed_rate, format_fixed_rate_probes, tables, to_json
 from bench.targets import (
     EXIT_FAIL,
     EXIT_INCONCLUSIVE,
@@ -393,6 +393,11 @@ def test_the_bench_judges_the_attempt_it_could_tell_and_shows_the_one_set_aside(
     assert f"- 80% load, an attempt set aside: {ME_AT_80}: INCONCLUSIVE 1.00 (box x1.60" in (
         tables(report)
     )
+    (written,) = to_json(report, [])["fixed_rate_set_aside"]
+    assert [(r["scenario"], r["p99_ms"]) for r in written] == [
+        (r.scenario, r.result.p99_ms) for r in _at(disturbed, 0.8)
+    ]
+    assert (written[0]["scenario"], written[0]["p99_ms"]) == (CONTROL_SCENARIO, 4.8)
 
 
 def test_a_failure_or_the_last_attempt_is_what_the_bench_judges() -> None:
